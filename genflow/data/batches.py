@@ -1,0 +1,51 @@
+"""Batches drawn from a tensor that already sits on the training device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from genflow.errors import GenflowError
+
+
+class EpochBatches:
+    """Shuffled fixed-size batches, a pure function of (seed, step).
+
+    The permutation of epoch e comes from a generator seeded with (seed, e), so resuming
+    at any step draws exactly the batches an uninterrupted run would: no loader state to
+    save. The last incomplete batch of each epoch is dropped.
+    """
+
+    def __init__(self, data: Tensor, batch_size: int, seed: int):
+        if batch_size < 1:
+            raise GenflowError(f"trainer.batch_size must be a positive integer, got {batch_size}")
+        if batch_size > len(data):
+            raise GenflowError(
+                f"trainer.batch_size={batch_size} is larger than the training split ({len(data)} examples)"
+            )
+        self.data = data
+        self.batch_size = batch_size
+        self.seed = seed
+        self.steps_per_epoch = len(data) // batch_size
+        self._epoch = -1
+        self._perm: Tensor | None = None
+
+    def _permutation(self, epoch: int) -> Tensor:
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(len(self.data), generator=generator).to(self.data.device)
+            self._epoch = epoch
+        return self._perm
+
+    def __call__(self, step: int) -> Tensor:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        index = self._permutation(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
+        return self.data[index]
+
+
+def in_order(data: Tensor, batch_size: int) -> Iterator[Tensor]:
+    """Every example once, in order, in batches of at most ``batch_size``."""
+    for start in range(0, len(data), batch_size):
+        yield data[start : start + batch_size]

@@ -1,0 +1,155 @@
+"""Datasets as whole tensors: train / validation / test splits held in memory (and on device).
+
+Images are uint8 tensors of shape (N, C, H, W) with values in [0, levels); the 2-D toys are
+float32 tensors of shape (N, 2). Nothing here downloads unless ``download`` is true.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from genflow.data.toys import TOYS, make_toy
+from genflow.errors import GenflowError
+
+
+@dataclass
+class DataSplits:
+    train: Tensor
+    val: Tensor
+    test: Tensor
+
+    def to(self, device: torch.device | str) -> DataSplits:
+        return DataSplits(self.train.to(device), self.val.to(device), self.test.to(device))
+
+
+def _digits(cfg) -> DataSplits:
+    """scikit-learn's 8x8 digits (values 0..16), split 1000 / 350 / 447 in file order.
+
+    The split follows Tomczak's "Deep Generative Modeling" code so numbers compare.
+    """
+    from sklearn.datasets import load_digits
+
+    x = torch.from_numpy(load_digits().data.astype(np.uint8)).view(-1, 1, 8, 8)
+    n_train, n_val = int(cfg.get("n_train", 1000)), int(cfg.get("n_val", 350))
+    return DataSplits(x[:n_train], x[n_train : n_train + n_val], x[n_train + n_val :])
+
+
+def _root(cfg) -> Path:
+    return Path(str(cfg.root)).expanduser()
+
+
+def _torchvision(cls_name: str, folder: str, files_hint: str) -> Callable:
+    def load(cfg) -> DataSplits:
+        import torchvision
+
+        cls = getattr(torchvision.datasets, cls_name)
+        root = _root(cfg)
+        try:
+            train = cls(str(root), train=True, download=bool(cfg.download))
+            test = cls(str(root), train=False, download=bool(cfg.download))
+        except RuntimeError as err:  # torchvision: "Dataset not found ..."
+            raise GenflowError(
+                f"dataset '{cfg.name}' not found under {root.resolve() / folder} "
+                f"(looked for {files_hint}); point dataset.root (or the GENFLOW_DATA "
+                f"environment variable) at the folder that holds '{folder}', "
+                "or pass dataset.download=true to download it"
+            ) from err
+        return _hold_out(_as_nchw(train.data), _as_nchw(test.data), int(cfg.val_size))
+
+    return load
+
+
+def _as_nchw(data) -> Tensor:
+    x = torch.as_tensor(np.asarray(data)) if not isinstance(data, Tensor) else data
+    if x.dim() == 3:  # (N, H, W) greyscale
+        return x.unsqueeze(1).contiguous()
+    return x.permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) colour
+
+
+def _hold_out(train: Tensor, test: Tensor, val_size: int) -> DataSplits:
+    """The validation split is the last ``val_size`` training examples."""
+    if not 0 < val_size < len(train):
+        raise GenflowError(f"dataset.val_size must be in (0, {len(train)}), got {val_size}")
+    return DataSplits(train[:-val_size], train[-val_size:], test)
+
+
+def _image_folder(cfg) -> DataSplits:
+    """Every image under ``root/path`` (torchvision ImageFolder layout), resized and held as uint8."""
+    import torchvision
+    from torchvision.transforms import v2
+
+    folder = Path(str(cfg.path)).expanduser()
+    if not folder.is_absolute():
+        folder = _root(cfg) / folder
+    if not folder.is_dir():
+        raise GenflowError(
+            f"image folder {folder.resolve()} does not exist; set dataset.path to a folder "
+            "with one sub-folder of images per class (torchvision's ImageFolder layout)"
+        )
+    size = int(cfg.image_size)
+    transforms = [v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    if int(cfg.channels) == 1:
+        transforms.insert(0, v2.Grayscale())
+    images = torchvision.datasets.ImageFolder(str(folder), transform=v2.Compose(transforms))
+    if len(images) < 3:
+        raise GenflowError(f"image folder {folder} holds {len(images)} images; need at least 3")
+    x = torch.stack([images[i][0] for i in range(len(images))])
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(cfg.split_seed)))
+    x = x[perm]
+    n_test = max(1, int(len(x) * float(cfg.test_fraction)))
+    n_val = max(1, int(len(x) * float(cfg.val_fraction)))
+    return DataSplits(x[: -(n_val + n_test)], x[-(n_val + n_test) : -n_test], x[-n_test:])
+
+
+def _toy(cfg) -> DataSplits:
+    seed = int(cfg.data_seed)
+    make = lambda n, offset: torch.from_numpy(make_toy(cfg.name, int(n), seed + offset))  # noqa: E731
+    return DataSplits(make(cfg.n_train, 0), make(cfg.n_val, 1), make(cfg.n_test, 2))
+
+
+LOADERS: dict[str, Callable] = {
+    "digits": _digits,
+    "mnist": _torchvision(
+        "MNIST", "MNIST/raw", "train-images-idx3-ubyte and t10k-images-idx3-ubyte"
+    ),
+    "fashion_mnist": _torchvision(
+        "FashionMNIST", "FashionMNIST/raw", "train-images-idx3-ubyte and t10k-images-idx3-ubyte"
+    ),
+    "cifar10": _torchvision("CIFAR10", "cifar-10-batches-py", "data_batch_1..5 and test_batch"),
+    "image_folder": _image_folder,
+    **{name: _toy for name in TOYS},
+}
+
+
+def reduce_bits(x: Tensor, n_bits: int) -> Tensor:
+    """Keep the top ``n_bits`` of 8-bit data: values then lie in [0, 2**n_bits)."""
+    if not 1 <= n_bits <= 8:
+        raise GenflowError(f"dataset.n_bits must be an integer from 1 to 8, got {n_bits}")
+    return x >> (8 - n_bits) if n_bits < 8 else x
+
+
+def load_dataset(cfg) -> DataSplits:
+    """Build the splits named by ``cfg.name`` (a dataset config), on the CPU."""
+    if cfg.name not in LOADERS:
+        raise GenflowError(
+            f"unknown dataset '{cfg.name}'; valid datasets: {', '.join(sorted(LOADERS))}"
+        )
+    splits = LOADERS[cfg.name](cfg)
+    n_bits = cfg.get("n_bits")
+    if n_bits is not None:
+        splits = DataSplits(
+            *(reduce_bits(s, int(n_bits)) for s in (splits.train, splits.val, splits.test))
+        )
+    expected = tuple(cfg.shape)
+    if tuple(splits.train.shape[1:]) != expected:
+        raise GenflowError(
+            f"dataset '{cfg.name}' has examples of shape {tuple(splits.train.shape[1:])} "
+            f"but dataset.shape says {list(expected)}"
+        )
+    return splits

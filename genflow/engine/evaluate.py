@@ -1,0 +1,31 @@
+"""The evaluation protocol: per-example metrics summed over a whole split, divided by N."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from genflow.data.batches import in_order
+from genflow.models.base import GenerativeModel
+
+
+@torch.no_grad()
+def evaluate(
+    model: GenerativeModel, data: Tensor, batch_size: int, seed: int = 0
+) -> dict[str, float]:
+    """Mean of each per-example metric over ``data``.
+
+    Runs under a forked RNG seeded with ``seed``, so the dequantization noise is the same at
+    every evaluation (fair model selection) and the training RNG stream is untouched.
+    """
+    was_training = model.training
+    model.eval()
+    devices = [data.device] if data.device.type == "cuda" else []
+    totals: dict[str, Tensor] = {}
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for batch in in_order(data, batch_size):
+            for name, values in model.evaluate(batch).items():
+                totals[name] = totals.get(name, 0.0) + values.double().sum()
+    model.train(was_training)
+    return {name: (total / len(data)).item() for name, total in totals.items()}

@@ -1,0 +1,44 @@
+"""Optimizers (adam, adamw, adamax) and learning-rate schedules (constant, cosine with warm-up)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from genflow.errors import GenflowError
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}
+SCHEDULERS = ("constant", "cosine")
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    if cfg.name not in OPTIMIZERS:
+        raise GenflowError(
+            f"unknown optimizer '{cfg.name}'; valid optimizers: {', '.join(OPTIMIZERS)}"
+        )
+    if not cfg.lr > 0:
+        raise GenflowError(f"optimizer.lr must be positive, got {cfg.lr}")
+    return OPTIMIZERS[cfg.name](
+        model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, max_steps: int):
+    """Multiplier on the base lr: linear warm-up, then constant or cosine down to ``min_lr_ratio``."""
+    name = cfg.name
+    if name not in SCHEDULERS:
+        raise GenflowError(f"unknown scheduler '{name}'; valid schedulers: {', '.join(SCHEDULERS)}")
+    warmup = int(cfg.get("warmup_steps", 0))
+    floor = float(cfg.get("min_lr_ratio", 0.0))
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)

@@ -1,0 +1,75 @@
+"""Where metrics go: ``metrics.jsonl`` in the run directory, and W&B when enabled."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep them visible rather than dropping them
+    return value
+
+
+class RunLogger:
+    """Appends one JSON object per event to ``metrics.jsonl``; mirrors to W&B if configured.
+
+    ``logger_cfg.name`` is ``wandb`` or ``none``; W&B runs in ``logger_cfg.mode``
+    (offline by default: no account and no network needed) and resumes under ``run_id``.
+    """
+
+    def __init__(self, run_dir: Path, logger_cfg, config: dict, run_id: str | None = None):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.wandb = None
+        self.run_id = run_id
+        if logger_cfg is not None and logger_cfg.name == "wandb" and logger_cfg.mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(
+                project=logger_cfg.project,
+                entity=logger_cfg.get("entity"),
+                group=logger_cfg.get("group"),
+                name=logger_cfg.get("run_name") or self.run_dir.name,
+                tags=list(logger_cfg.get("tags") or []),
+                mode=logger_cfg.mode,
+                dir=str(self.run_dir),
+                id=run_id,
+                resume="allow",
+                config=config,
+            )
+            self.run_id = self.wandb.id
+
+    def log(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+        record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(
+                {f"{split}/{k}": v for k, v in record.items() if k not in ("step", "split")},
+                step=step,
+            )
+
+    def log_image(self, step: int, key: str, path: Path) -> None:
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({key: wandb.Image(str(path))}, step=step)
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        if self.wandb is not None:
+            for k, v in metrics.items():
+                self.wandb.summary[k] = _plain(v)
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None

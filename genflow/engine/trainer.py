@@ -1,0 +1,227 @@
+"""One plain, step-based training loop: validate, keep the best, checkpoint, sample."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from genflow.data.batches import EpochBatches
+from genflow.data.datasets import DataSplits
+from genflow.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from genflow.engine.evaluate import evaluate
+from genflow.engine.pictures import save_samples
+from genflow.engine.run_logger import RunLogger
+from genflow.errors import GenflowError
+from genflow.models.base import GenerativeModel
+
+log = logging.getLogger(__name__)
+
+SELECTION_METRIC = "bpd"
+
+
+@dataclass
+class TrainState:
+    """Everything about progress that a checkpoint must carry besides the modules."""
+
+    step: int = 0
+    best_metric: float = math.inf
+    best_step: int = -1
+    evals_since_best: int = 0
+    stopped_early: bool = False
+    wandb_id: str | None = None
+
+
+class Trainer:
+    """Trains ``model`` on ``splits`` and writes into ``run_dir``.
+
+    ``checkpoints/last.pt`` holds the newest full state and ``checkpoints/best.pt`` the state
+    with the lowest validation bpd; ``samples/`` holds sample grids; ``metrics.jsonl`` one
+    JSON object per logged event.
+    """
+
+    def __init__(
+        self,
+        cfg,
+        model: GenerativeModel,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        splits: DataSplits,
+        run_dir: Path,
+        config: dict[str, Any],
+    ):
+        self.cfg = cfg
+        self.tcfg = cfg.trainer
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.splits = splits
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.config = config
+        self.state = TrainState()
+        self.batches = EpochBatches(splits.train, int(self.tcfg.batch_size), int(cfg.seed))
+        self.logger: RunLogger | None = None
+
+    # -- checkpoints -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "trainer": asdict(self.state),
+            "rng": rng_state(),
+            "config": self.config,
+        }
+
+    def save(self, name: str) -> Path:
+        path = self.ckpt_dir / name
+        save_checkpoint(self.state_dict(), path)
+        return path
+
+    def restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as err:
+            raise GenflowError(
+                f"checkpoint {path} does not fit this model config (was the model changed "
+                f"since the run started?): {str(err).splitlines()[0]}"
+            ) from err
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.state = TrainState(**ckpt["trainer"])
+        set_rng_state(ckpt["rng"])
+        self._drop_records_after(self.state.step)
+        log.info("resumed from %s at step %d", path, self.state.step)
+
+    def _drop_records_after(self, step: int) -> None:
+        """Steps after the checkpoint will be run again: drop their stale records."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self, logger: RunLogger) -> TrainState:
+        self.logger = logger
+        self.state.wandb_id = logger.run_id
+        tc = self.tcfg
+        max_steps = int(tc.max_steps)
+        grad_clip = float(tc.grad_clip) if tc.grad_clip else math.inf
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        bar = tqdm(
+            total=max_steps,
+            initial=self.state.step,
+            desc="train",
+            disable=not tc.progress_bar,
+            dynamic_ncols=True,
+        )
+        self.model.train()
+        with logging_redirect_tqdm():
+            self._loop(bar, max_steps, grad_clip, params)
+        bar.close()
+        return self.state
+
+    def _loop(self, bar, max_steps: int, grad_clip: float, params) -> None:
+        tc, logger = self.tcfg, self.logger
+        window_start, window_steps = time.perf_counter(), 0
+        while self.state.step < max_steps and not self.state.stopped_early:
+            x = self.batches(self.state.step)
+            out = self.model(x)
+            if not torch.isfinite(out.loss):
+                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in out.metrics.items())
+                raise GenflowError(
+                    f"training loss became {out.loss.item()} at step {self.state.step + 1} ({terms}); "
+                    "try a lower optimizer.lr or a tighter trainer.grad_clip"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.state.step += 1
+            step = self.state.step
+            window_steps += 1
+            bar.update(1)
+
+            if step % int(tc.log_every) == 0 or step == max_steps:
+                elapsed = time.perf_counter() - window_start
+                metrics = {
+                    "loss": out.loss.detach(),
+                    **out.metrics,
+                    "grad_norm": grad_norm,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "steps_per_sec": window_steps / max(elapsed, 1e-9),
+                }
+                logger.log(step, "train", metrics)
+                bar.set_postfix(
+                    loss=f"{out.loss.item():.4f}", bpd=f"{out.metrics['bpd'].item():.3f}"
+                )
+                window_start, window_steps = time.perf_counter(), 0
+            if step % int(tc.eval_every) == 0 or step == max_steps:
+                self._validate(step)
+            if tc.sample_every and (step % int(tc.sample_every) == 0 or step == max_steps):
+                self.write_samples(step)
+            if step % int(tc.ckpt_every) == 0 or step == max_steps or self.state.stopped_early:
+                self.save("last.pt")
+
+    def _validate(self, step: int) -> None:
+        metrics = evaluate(self.model, self.splits.val, int(self.tcfg.eval_batch_size))
+        self.logger.log(step, "val", metrics)
+        value = metrics[SELECTION_METRIC]
+        improved = value < self.state.best_metric
+        if improved:
+            self.state.best_metric, self.state.best_step = value, step
+            self.state.evals_since_best = 0
+        else:
+            self.state.evals_since_best += 1
+        patience = self.tcfg.get("patience")
+        if patience and self.state.evals_since_best >= int(patience):
+            self.state.stopped_early = True
+            log.info(
+                "early stop at step %d: no better validation %s for %d evaluations (best %.4f at step %d)",
+                step,
+                SELECTION_METRIC,
+                patience,
+                self.state.best_metric,
+                self.state.best_step,
+            )
+        if improved:
+            self.save("best.pt")
+        log.info(
+            "step %d: val %s %.4f (best %.4f at step %d)",
+            step,
+            SELECTION_METRIC,
+            value,
+            self.state.best_metric,
+            self.state.best_step,
+        )
+
+    def write_samples(self, step: int) -> Path:
+        was_training = self.model.training
+        self.model.eval()
+        devices = [self.splits.train.device] if self.splits.train.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(self.cfg.seed))
+            samples = self.model.sample(int(self.tcfg.sample_n))
+        self.model.train(was_training)
+        reference = self.splits.val if self.splits.val.dim() == 2 else None
+        path = save_samples(
+            samples,
+            self.run_dir / "samples" / f"step_{step:07d}.png",
+            getattr(self.model, "levels", None),
+            reference,
+        )
+        self.logger.log_image(step, "samples", path)
+        return path

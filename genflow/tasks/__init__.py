@@ -1,0 +1,1 @@
+"""Tasks: run(cfg) -> dict of results, one module per CLI command."""

@@ -1,0 +1,94 @@
+"""Pieces the train, eval and sample tasks share."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from genflow.engine.checkpoint import load_checkpoint
+from genflow.engine.evaluate import evaluate
+from genflow.errors import GenflowError
+from genflow.models.base import GenerativeModel
+
+log = logging.getLogger(__name__)
+
+
+def output_dir() -> Path:
+    """The run directory Hydra chose for this job."""
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def build_model(model_cfg) -> GenerativeModel:
+    """Instantiate the model from its ``_target_`` config (a DictConfig or a plain dict)."""
+    if not isinstance(model_cfg, DictConfig):
+        model_cfg = OmegaConf.create(model_cfg)
+    try:
+        return instantiate(model_cfg, _convert_="all")
+    except InstantiationException as err:
+        raise GenflowError(f"could not build the model from its config: {err}") from err
+
+
+def find_run_checkpoint(run: str | Path, which: str = "best") -> Path:
+    """``run`` is a run directory or a checkpoint file; ``which`` is best, last or a file name."""
+    path = Path(str(run)).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise GenflowError(f"run={run}: no such run directory or checkpoint file")
+    ckpt_dir = path / "checkpoints"
+    candidates = [ckpt_dir / f"{which}.pt", ckpt_dir / which]
+    if which == "best":
+        candidates.append(ckpt_dir / "last.pt")  # a run stopped before its first validation
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise GenflowError(
+        f"run {path} has no checkpoint '{which}' under {ckpt_dir} (valid: best, last, or a file name)"
+    )
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    return (
+        checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    )
+
+
+def load_model_from_checkpoint(
+    checkpoint: Path, device: torch.device
+) -> tuple[GenerativeModel, dict]:
+    """Rebuild the model from the resolved config stored in the checkpoint and load its weights."""
+    ckpt = load_checkpoint(checkpoint)
+    model = build_model(ckpt["config"]["model"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+def evaluation_summary(
+    model: GenerativeModel,
+    data: torch.Tensor,
+    batch_size: int,
+    checkpoint: Path,
+    step: int,
+    split: str,
+) -> dict[str, Any]:
+    metrics = evaluate(model, data, batch_size)
+    return {
+        "run": str(run_dir_of(checkpoint)),
+        "checkpoint": checkpoint.name,
+        "step": int(step),
+        "split": split,
+        "num_examples": len(data),
+        **metrics,
+    }
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2) + "\n")

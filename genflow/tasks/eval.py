@@ -1,0 +1,40 @@
+"""genflow eval: test metrics of a run's best (or last) checkpoint, as eval.json and one JSON line."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from genflow.data.datasets import load_dataset
+from genflow.engine.device import resolve_device
+from genflow.errors import GenflowError
+from genflow.tasks.common import (
+    evaluation_summary,
+    find_run_checkpoint,
+    load_model_from_checkpoint,
+    run_dir_of,
+    write_json,
+)
+
+SPLITS = ("train", "val", "test")
+
+
+def run(cfg) -> dict[str, Any]:
+    if cfg.split not in SPLITS:
+        raise GenflowError(f"split={cfg.split} is not a split; valid splits: {', '.join(SPLITS)}")
+    checkpoint = find_run_checkpoint(cfg.run, cfg.checkpoint)
+    device = resolve_device(cfg.device)
+    model, ckpt = load_model_from_checkpoint(checkpoint, device)
+    dataset_cfg = OmegaConf.create(ckpt["config"]["dataset"])
+    if cfg.get("dataset_root"):
+        dataset_cfg.root = cfg.dataset_root
+    data = getattr(load_dataset(dataset_cfg), cfg.split).to(device)
+    summary = evaluation_summary(
+        model, data, int(cfg.batch_size), checkpoint, ckpt["trainer"]["step"], cfg.split
+    )
+    name = "eval.json" if cfg.split == "test" else f"eval_{cfg.split}.json"
+    write_json(run_dir_of(checkpoint) / name, summary)
+    print(json.dumps(summary), flush=True)
+    return summary

@@ -1,0 +1,99 @@
+"""genflow train: fit a model, keep the best checkpoint by validation bpd, test it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from genflow.data.datasets import load_dataset
+from genflow.engine.checkpoint import load_checkpoint
+from genflow.engine.device import resolve_device
+from genflow.engine.optim import build_optimizer, build_scheduler
+from genflow.engine.run_logger import RunLogger
+from genflow.engine.trainer import Trainer
+from genflow.errors import GenflowError
+from genflow.tasks.common import build_model, evaluation_summary, output_dir, write_json
+
+log = logging.getLogger(__name__)
+
+
+def resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from: ``resume`` is null, auto, a run directory or a file."""
+    if resume in (None, "", False):
+        return None
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume == "auto":
+        return last if last.is_file() else None
+    path = Path(str(resume)).expanduser()
+    if path.is_file():
+        return path
+    if (path / "checkpoints" / "last.pt").is_file():
+        return path / "checkpoints" / "last.pt"
+    raise GenflowError(
+        f"resume={resume}: not a checkpoint file nor a run directory with checkpoints/last.pt"
+    )
+
+
+def run(cfg) -> dict[str, Any]:
+    run_dir = output_dir()
+    torch.manual_seed(int(cfg.seed))
+    device = resolve_device(cfg.device)
+    splits = load_dataset(cfg.dataset).to(device)
+    model = build_model(cfg.model).to(device)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    scheduler = build_scheduler(optimizer, cfg.optimizer.scheduler, int(cfg.trainer.max_steps))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    trainer = Trainer(cfg, model, optimizer, scheduler, splits, run_dir, config)
+
+    checkpoint = resume_checkpoint(cfg.resume, run_dir)
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+    else:
+        if cfg.resume == "auto":
+            log.info("resume=auto: no earlier run with this config; starting fresh")
+        model.initialize(trainer.batches(0))
+    num_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        "run directory %s; %s on %s (%.2fM parameters) on %s",
+        run_dir,
+        type(model).__name__,
+        cfg.dataset.name,
+        num_params / 1e6,
+        device,
+    )
+
+    logger = RunLogger(run_dir, cfg.logger, config, run_id=trainer.state.wandb_id)
+    try:
+        state = trainer.fit(logger)
+        best = run_dir / "checkpoints" / ("best.pt" if state.best_step > 0 else "last.pt")
+        ckpt = load_checkpoint(best)
+        model.load_state_dict(ckpt["model"])
+        summary = evaluation_summary(
+            model,
+            splits.test,
+            int(cfg.trainer.eval_batch_size),
+            best,
+            ckpt["trainer"]["step"],
+            "test",
+        )
+        logger.log(
+            state.step,
+            "test",
+            {k: summary[k] for k in ("bpd", "nll")} | {"best_step": summary["step"]},
+        )
+        logger.summary({f"test/{k}": v for k, v in summary.items() if isinstance(v, float)})
+        write_json(run_dir / "eval.json", summary)
+        log.info(
+            "test bpd %.4f, nll %.2f nats (best checkpoint, step %d); run directory %s",
+            summary["bpd"],
+            summary["nll"],
+            summary["step"],
+            run_dir,
+        )
+    finally:
+        logger.close()
+    return {"val_bpd": state.best_metric, "test": summary, "run_dir": str(run_dir)}

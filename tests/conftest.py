@@ -1,0 +1,72 @@
+"""Shared test helpers: the bijection harness lives in test_bijections.py; these run the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MNIST_ROOT = REPO.parent / "shared" / "data"
+
+# A RealNVP small enough that a CLI run takes a second or two of training on 2 cores.
+TINY = [
+    "model.hidden_channels=8",
+    "model.num_blocks=1",
+    "trainer.max_steps=20",
+    "trainer.eval_every=10",
+    "trainer.ckpt_every=10",
+    "trainer.sample_every=20",
+    "trainer.sample_n=16",
+    "trainer.batch_size=32",
+    "trainer.log_every=5",
+    "trainer.progress_bar=false",
+    "logger=none",
+    "device=cpu",
+]
+
+
+def genflow_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="0", PYTHONUNBUFFERED="1"
+    )
+    env.setdefault("GENFLOW_DATA", str(MNIST_ROOT))
+    return env
+
+
+def run_genflow(
+    args: list[str], cwd: Path, check: bool = True, **kwargs
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "genflow", *args],
+        cwd=cwd,
+        env=genflow_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"genflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent.parent for p in root.glob("outputs/**/.hydra/config.yaml"))
+
+
+def last_json_line(stdout: str) -> dict:
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    return json.loads(lines[-1])
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

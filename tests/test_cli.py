@@ -1,0 +1,250 @@
+"""The CLI end to end on tiny configs: train -> eval -> sample -> resume, sweeps, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import MNIST_ROOT, TINY, genflow_env, last_json_line, run_dirs, run_genflow
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_eval_sample_end_to_end(workdir):
+    proc = run_genflow(["train", *TINY], workdir)
+    [run_dir] = run_dirs(workdir)
+    assert run_dir.parent.name == "realnvp-digits"
+    for name in (
+        ".hydra/config.yaml",
+        "train.log",
+        "metrics.jsonl",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "eval.json",
+        "samples/step_0000020.png",
+    ):
+        assert (run_dir / name).is_file(), name
+    records = _records(run_dir)
+    assert {r["split"] for r in records} == {"train", "val", "test"}
+    assert all("step" in r and "split" in r for r in records)
+    assert [r["step"] for r in records if r["split"] == "val"] == [10, 20]
+    assert all(r["bpd"] > 0 for r in records if "bpd" in r)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["trainer"]["step"] == 20 and ckpt["config"]["model"]["hidden_channels"] == 8
+    assert {"model", "optimizer", "scheduler", "rng", "config"} <= set(ckpt)
+    assert "test bpd" in proc.stdout + proc.stderr
+
+    proc = run_genflow(["eval", f"run={run_dir}"], workdir)
+    summary = last_json_line(proc.stdout)
+    assert summary == json.loads((run_dir / "eval.json").read_text())
+    assert summary["split"] == "test" and summary["num_examples"] == 447
+    assert 0 < summary["bpd"] < 8 and summary["nll"] == pytest.approx(
+        summary["bpd"] * 64 * 0.6931471805599453
+    )
+
+    proc = run_genflow(
+        ["sample", f"run={run_dir}", "sample.n=9", "sample.temperature=0.7"], workdir
+    )
+    result = last_json_line(proc.stdout)
+    samples = torch.load(result["tensor"], weights_only=True)
+    assert samples.shape == (9, 1, 8, 8) and 0 <= samples.min() and samples.max() <= 16
+    assert Path(result["image"]).is_file()
+    # the same seed gives the same samples
+    proc = run_genflow(
+        ["sample", f"run={run_dir}", "sample.n=9", "sample.temperature=0.7"], workdir
+    )
+    assert torch.equal(
+        torch.load(last_json_line(proc.stdout)["tensor"], weights_only=True), samples
+    )
+
+
+def test_resume_run_dir_continues_the_step_count(workdir):
+    run_genflow(["train", *TINY], workdir)
+    [run_dir] = run_dirs(workdir)
+    proc = run_genflow(["train", f"resume={run_dir}", "trainer.max_steps=30"], workdir)
+    assert run_dirs(workdir) == [run_dir]  # continued in place, no new run directory
+    assert "resumed from" in proc.stdout + proc.stderr
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["trainer"]["step"] == 30
+    train_steps = [r["step"] for r in _records(run_dir) if r["split"] == "train"]
+    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 30
+
+
+KILL_RUN = [
+    *TINY,
+    "trainer.max_steps=300",
+    "trainer.ckpt_every=10",
+    "trainer.eval_every=50",
+    "trainer.log_every=1",
+    "trainer.sample_every=0",
+    "optimizer.lr=3e-3",
+]
+
+
+def _final_params(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("uninterrupted")
+    run_genflow(["train", *KILL_RUN], root)
+    [run_dir] = run_dirs(root)
+    return _final_params(run_dir)
+
+
+@pytest.mark.parametrize("kill_at", [37, 171])
+def test_kill_9_then_resume_auto_reproduces_uninterrupted_run(workdir, uninterrupted, kill_at):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genflow", "train", *KILL_RUN],
+        cwd=workdir,
+        env=genflow_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            metrics = list(workdir.glob("outputs/**/metrics.jsonl"))
+            if metrics and metrics[0].read_text().count('"split": "train"') >= kill_at:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.005)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    [run_dir] = run_dirs(workdir)
+    killed_at = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["trainer"][
+        "step"
+    ]
+    assert 0 < killed_at < 300
+
+    out = run_genflow(["train", *KILL_RUN, "resume=auto"], workdir)
+    assert run_dirs(workdir) == [run_dir]
+    assert f"at step {killed_at}" in out.stdout + out.stderr
+    resumed = _final_params(run_dir)
+    assert resumed.keys() == uninterrupted.keys()
+    for name, value in uninterrupted.items():
+        assert torch.equal(resumed[name], value), name
+    train_steps = [r["step"] for r in _records(run_dir) if r["split"] == "train"]
+    assert train_steps == list(range(1, 301))  # stale records of the lost steps were dropped
+
+
+def test_resume_auto_without_a_matching_run_starts_fresh(workdir):
+    proc = run_genflow(["train", *TINY, "trainer.max_steps=5", "resume=auto"], workdir)
+    assert "starting fresh" in proc.stdout + proc.stderr
+    assert len(run_dirs(workdir)) == 1
+
+
+def test_multirun_sweep_makes_one_run_dir_per_job(workdir):
+    run_genflow(
+        ["train", "-m", *TINY, "trainer.max_steps=5", "trainer.eval_every=5", "seed=0,1"], workdir
+    )
+    dirs = [d for d in run_dirs(workdir) if "multirun" in d.parts]
+    assert len(dirs) == 2
+    assert all((d / "eval.json").is_file() for d in dirs)
+
+
+def test_two_dimensional_toy_trains_and_samples_a_scatter_plot(workdir):
+    run_genflow(
+        [
+            "train",
+            "dataset=moons",
+            *TINY,
+            "model.hidden_features=16",
+            "model.num_layers=2",
+            "dataset.n_train=512",
+            "dataset.n_val=128",
+            "dataset.n_test=128",
+        ],
+        workdir,
+    )
+    [run_dir] = run_dirs(workdir)
+    proc = run_genflow(["sample", f"run={run_dir}", "sample.n=50"], workdir)
+    result = last_json_line(proc.stdout)
+    assert torch.load(result["tensor"], weights_only=True).shape == (50, 2)
+    assert Path(result["image"]).stat().st_size > 1000
+
+
+def test_wandb_offline_needs_no_account(workdir):
+    env_home = workdir / "home"
+    env_home.mkdir()
+    args = [
+        "train",
+        *[o for o in TINY if o != "logger=none"],
+        "logger=wandb",
+        "trainer.max_steps=10",
+    ]
+    run_genflow(args, workdir)
+    [run_dir] = run_dirs(workdir)
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["trainer"]["wandb_id"] and ckpt["trainer"]["wandb_id"] in offline[0].name
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["trian"], "unknown command 'trian'; valid commands: train, eval, sample"),
+        (["train", "model=realnvpp"], "unknown model 'realnvpp'; valid choices: realnvp"),
+        (["train", "dataset=mnsit"], "unknown dataset 'mnsit'; valid choices:"),
+        (
+            ["train", "-m", "optimizer=adam,sgd"],
+            "unknown optimizer 'sgd'; valid choices: adam, adamax, adamw",
+        ),
+        (["eval"], "genflow eval needs run=<run_dir>"),
+        (["sample", "run=does/not/exist"], "no such run directory"),
+        (["train", "resume=does/not/exist"], "resume=does/not/exist: no such run directory"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_2(workdir, args, fragment):
+    proc = run_genflow(args, workdir, check=False)
+    assert proc.returncode == 2
+    assert fragment in proc.stderr + proc.stdout
+    assert not list(workdir.glob("outputs/**/checkpoints"))
+
+
+def test_help_lists_commands_and_groups(workdir):
+    proc = run_genflow(["--help"], workdir)
+    assert all(c in proc.stdout for c in ("train", "eval", "sample"))
+    proc = run_genflow(["train", "--help"], workdir)
+    assert (
+        "model: realnvp" in proc.stdout
+        and "dataset:" in proc.stdout
+        and "optimizer/scheduler:" in proc.stdout
+    )
+
+
+@pytest.mark.skipif(not (MNIST_ROOT / "MNIST" / "raw").is_dir(), reason="real MNIST not present")
+def test_realnvp_on_real_mnist_trains_evaluates_and_samples(workdir):
+    run_genflow(
+        [
+            "train",
+            "dataset=mnist",
+            f"dataset.root={MNIST_ROOT}",
+            *TINY,
+            "trainer.max_steps=4",
+            "trainer.eval_every=4",
+            "trainer.sample_every=4",
+            "trainer.eval_batch_size=2000",
+            "dataset.val_size=1000",
+            "model.num_scales=3",
+        ],
+        workdir,
+    )
+    [run_dir] = run_dirs(workdir)
+    summary = last_json_line(run_genflow(["eval", f"run={run_dir}"], workdir).stdout)
+    assert summary["num_examples"] == 10000 and math.isfinite(summary["bpd"]) and summary["bpd"] > 0
+    result = last_json_line(run_genflow(["sample", f"run={run_dir}", "sample.n=4"], workdir).stdout)
+    assert torch.load(result["tensor"], weights_only=True).shape == (4, 1, 28, 28)

@@ -1,0 +1,90 @@
+"""Every config group option composes; models build from every dataset they can model."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from genflow.cli import _groups
+from genflow.config import config_dir
+from genflow.tasks.common import build_model
+
+GROUPS = _groups(config_dir())
+OPTIONS = [(group, option) for group, options in GROUPS.items() for option in options]
+
+
+def _compose(name: str, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose(name, overrides=overrides, return_hydra_config=False)
+
+
+def test_expected_groups_exist():
+    for group in (
+        "model",
+        "dataset",
+        "optimizer",
+        "optimizer/scheduler",
+        "device",
+        "logger",
+        "trainer",
+    ):
+        assert group in GROUPS, group
+    assert {"adam", "adamw", "adamax"} <= set(GROUPS["optimizer"])
+    assert {"constant", "cosine"} <= set(GROUPS["optimizer/scheduler"])
+    assert {"auto", "cpu", "cuda"} <= set(GROUPS["device"])
+    assert {"wandb", "none"} <= set(GROUPS["logger"])
+    datasets = {
+        "digits",
+        "mnist",
+        "fashion_mnist",
+        "cifar10",
+        "image_folder",
+        "moons",
+        "circles",
+        "eight_gaussians",
+        "checkerboard",
+        "pinwheel",
+        "two_spirals",
+    }
+    assert datasets <= set(GROUPS["dataset"])
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS)
+def test_every_group_option_composes(group, option):
+    overrides = [f"{group}={option}"]
+    if option == "image_folder":
+        overrides.append("dataset.path=somewhere")
+    cfg = _compose("train", overrides)
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert resolved["model"]["event_shape"] == resolved["dataset"]["shape"]
+
+
+@pytest.mark.parametrize("dataset", sorted(GROUPS["dataset"]))
+def test_default_model_builds_for_every_dataset(dataset):
+    overrides = [f"dataset={dataset}", "model.hidden_channels=4", "model.hidden_features=8"]
+    if dataset == "image_folder":
+        overrides.append("dataset.path=somewhere")
+    cfg = _compose("train", overrides)
+    model = build_model(cfg.model)
+    assert model.event_shape == tuple(cfg.dataset.shape)
+    assert model.levels == cfg.dataset.levels
+
+
+def test_default_experiment_is_realnvp_on_digits():
+    cfg = _compose("train", [])
+    assert cfg.model._target_.endswith("RealNVP") and cfg.dataset.name == "digits"
+    assert cfg.logger.name == "wandb" and cfg.logger.mode == "offline"
+
+
+def test_n_bits_sets_levels():
+    cfg = _compose("train", ["dataset=mnist", "dataset.n_bits=5"])
+    assert cfg.dataset.levels == 32 and cfg.model.levels == 32
+
+
+@pytest.mark.parametrize("name", ["eval", "sample"])
+def test_eval_and_sample_configs_compose(name):
+    cfg = _compose(name, ["run=somewhere"])
+    assert cfg.run == "somewhere" and cfg.checkpoint == "best"

@@ -1,0 +1,99 @@
+"""Datasets, splits and on-device batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import MNIST_ROOT
+from omegaconf import OmegaConf
+
+from genflow.data import EpochBatches, load_dataset
+from genflow.data.datasets import reduce_bits
+from genflow.data.toys import TOYS
+from genflow.errors import GenflowError
+
+
+def _cfg(**kw):
+    return OmegaConf.create(kw)
+
+
+def test_digits_split_follows_file_order():
+    from sklearn.datasets import load_digits
+
+    splits = load_dataset(_cfg(name="digits", shape=[1, 8, 8], n_train=1000, n_val=350))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (1000, 350, 447)
+    raw = torch.from_numpy(load_digits().data.astype(np.uint8)).view(-1, 1, 8, 8)
+    assert torch.equal(splits.train, raw[:1000])
+    assert torch.equal(splits.val, raw[1000:1350])
+    assert torch.equal(splits.test, raw[1350:])
+    assert splits.train.dtype == torch.uint8 and int(splits.train.max()) == 16
+
+
+@pytest.mark.parametrize("name", sorted(TOYS))
+def test_toys_are_reproducible_2d_points(name):
+    cfg = _cfg(name=name, shape=[2], n_train=500, n_val=50, n_test=50, data_seed=7)
+    a, b = load_dataset(cfg), load_dataset(cfg)
+    assert a.train.shape == (500, 2) and a.train.dtype == torch.float32
+    assert torch.equal(a.train, b.train) and not torch.equal(a.train[:50], a.val)
+    assert torch.isfinite(a.train).all() and a.train.std() > 0.1
+
+
+def test_reduce_bits_keeps_top_bits():
+    x = torch.tensor([0, 7, 8, 255], dtype=torch.uint8)
+    assert reduce_bits(x, 5).tolist() == [0, 0, 1, 31]
+    with pytest.raises(GenflowError, match="n_bits"):
+        reduce_bits(x, 9)
+
+
+def test_missing_mnist_says_where_it_looked(tmp_path):
+    cfg = _cfg(
+        name="mnist",
+        root=str(tmp_path),
+        download=False,
+        val_size=10000,
+        shape=[1, 28, 28],
+        n_bits=8,
+    )
+    with pytest.raises(GenflowError) as err:
+        load_dataset(cfg)
+    message = str(err.value)
+    assert str(tmp_path) in message and "dataset.root" in message and "download=true" in message
+
+
+def test_unknown_dataset_lists_valid_ones():
+    with pytest.raises(GenflowError, match="valid datasets: .*digits"):
+        load_dataset(_cfg(name="mnits", shape=[1]))
+
+
+@pytest.mark.skipif(not (MNIST_ROOT / "MNIST" / "raw").is_dir(), reason="real MNIST not present")
+def test_real_mnist_holds_out_last_10k_of_train():
+    cfg = _cfg(
+        name="mnist",
+        root=str(MNIST_ROOT),
+        download=False,
+        val_size=10000,
+        shape=[1, 28, 28],
+        n_bits=8,
+    )
+    splits = load_dataset(cfg)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (50000, 10000, 10000)
+    assert splits.train.dtype == torch.uint8 and splits.train.shape[1:] == (1, 28, 28)
+
+
+def test_epoch_batches_are_a_pure_function_of_step():
+    data = torch.arange(10).view(10, 1)
+    batches = EpochBatches(data, batch_size=3, seed=5)
+    assert batches.steps_per_epoch == 3
+    first_epoch = torch.cat([batches(s) for s in range(3)]).flatten().tolist()
+    assert len(set(first_epoch)) == 9  # a permutation, last partial batch dropped
+    fresh = EpochBatches(data, batch_size=3, seed=5)
+    assert torch.equal(fresh(7), batches(7)) and torch.equal(fresh(1), batches(1))
+    assert not torch.equal(batches(0), batches(3))  # a new permutation each epoch
+
+
+def test_epoch_batches_reject_bad_sizes():
+    with pytest.raises(GenflowError, match="batch_size"):
+        EpochBatches(torch.zeros(4, 1), batch_size=0, seed=0)
+    with pytest.raises(GenflowError, match="larger than the training split"):
+        EpochBatches(torch.zeros(4, 1), batch_size=5, seed=0)
