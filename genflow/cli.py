@@ -46,15 +46,49 @@ def _groups(root: Path) -> dict[str, list[str]]:
     return groups
 
 
+# Hydra's flags that take a value (``--cfg job``), and ``--info``'s optional one.
+_VALUE_FLAGS = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+}
+_INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """Separate Hydra's command-line flags (with their values) from the overrides."""
+    overrides: list[str] = []
+    flags: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        takes_value = arg in _VALUE_FLAGS or (
+            arg == "--info" and i + 1 < len(args) and args[i + 1] in _INFO_VALUES
+        )
+        if takes_value:
+            flags += args[i : i + 2]
+            i += 2
+            continue
+        (flags if arg.startswith("-") else overrides).append(arg)
+        i += 1
+    return overrides, flags
+
+
 def check_group_choices(overrides: list[str], root: Path) -> None:
     """Raise GenflowError for ``group=option`` naming an option that does not exist."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     groups = _groups(root)
     try:
-        parsed = OverridesParser.create().parse_overrides(
-            [o for o in overrides if not o.startswith("-")]
-        )
+        parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as err:  # Hydra's parser message is already one sentence
         raise GenflowError(str(err).splitlines()[0]) from err
     for override in parsed:
@@ -126,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         return _fail(f"unknown command '{command}'; valid commands: {', '.join(COMMANDS)}")
     root = config_dir()
-    wants_help = any(o in ("--help", "-h", "--hydra-help") for o in overrides)
+    plain, flags = split_flags(overrides)
+    wants_help = any(f in ("--help", "-h", "--hydra-help") for f in flags)
     try:
         if not wants_help:
-            check_group_choices(overrides, root)
+            check_group_choices(plain, root)
             if command in ("eval", "sample"):
                 run = _value_of(overrides, "run")
                 if run is None:
@@ -138,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 if not Path(run).expanduser().exists():  # Hydra would create it as its output dir
                     raise GenflowError(f"run={run}: no such run directory or checkpoint file")
-            if command == "train":
-                overrides = prepare_resume(overrides, root)
+            if command == "train" and not any(f in ("--cfg", "-c", "--info") for f in flags):
+                overrides = [*flags, *prepare_resume(plain, root)]
     except GenflowError as err:
         return _fail(str(err))
     saved = sys.argv

@@ -177,8 +177,6 @@ def test_two_dimensional_toy_trains_and_samples_a_scatter_plot(workdir):
 
 
 def test_wandb_offline_needs_no_account(workdir):
-    env_home = workdir / "home"
-    env_home.mkdir()
     args = [
         "train",
         *[o for o in TINY if o != "logger=none"],
@@ -189,8 +187,14 @@ def test_wandb_offline_needs_no_account(workdir):
     [run_dir] = run_dirs(workdir)
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
-    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["trainer"]["wandb_id"] and ckpt["trainer"]["wandb_id"] in offline[0].name
+    run_id = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["trainer"][
+        "wandb_id"
+    ]
+    assert run_id and offline[0].name.endswith(run_id)
+    # resuming continues the same W&B run id
+    run_genflow(["train", f"resume={run_dir}", "trainer.max_steps=15"], workdir)
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(d.name.endswith(run_id) for d in offline)
 
 
 @pytest.mark.parametrize(

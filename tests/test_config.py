@@ -88,3 +88,13 @@ def test_n_bits_sets_levels():
 def test_eval_and_sample_configs_compose(name):
     cfg = _compose(name, ["run=somewhere"])
     assert cfg.run == "somewhere" and cfg.checkpoint == "best"
+
+
+def test_split_flags_keeps_hydra_flag_values_out_of_overrides():
+    from genflow.cli import split_flags
+
+    overrides, flags = split_flags(
+        ["-m", "a=1", "--cfg", "job", "b=2", "--info", "defaults", "--help"]
+    )
+    assert overrides == ["a=1", "b=2"]
+    assert flags == ["-m", "--cfg", "job", "--info", "defaults", "--help"]

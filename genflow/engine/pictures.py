@@ -19,7 +19,8 @@ def save_samples(
         from torchvision.utils import save_image
 
         images = samples.float() / (levels - 1) if levels else samples.float()
-        save_image(images.clamp(0, 1), path, nrow=max(1, int(math.sqrt(len(images)))), padding=1)
+        nrow = max(1, int(math.sqrt(len(images))))
+        save_image(images.clamp(0, 1), path, nrow=nrow, padding=1, pad_value=0.35)
         return path
     if samples.dim() == 2 and samples.shape[1] == 2:
         import matplotlib

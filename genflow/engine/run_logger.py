@@ -38,7 +38,8 @@ class RunLogger:
                 project=logger_cfg.project,
                 entity=logger_cfg.get("entity"),
                 group=logger_cfg.get("group"),
-                name=logger_cfg.get("run_name") or self.run_dir.name,
+                name=logger_cfg.get("run_name")
+                or f"{self.run_dir.parent.name}/{self.run_dir.name}",
                 tags=list(logger_cfg.get("tags") or []),
                 mode=logger_cfg.mode,
                 dir=str(self.run_dir),

@@ -40,6 +40,8 @@ def resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
 
 def run(cfg) -> dict[str, Any]:
     run_dir = output_dir()
+    if cfg.dataset.get("root"):  # stored absolute, so eval and sample work from any directory
+        cfg.dataset.root = str(Path(str(cfg.dataset.root)).expanduser().resolve())
     torch.manual_seed(int(cfg.seed))
     device = resolve_device(cfg.device)
     splits = load_dataset(cfg.dataset).to(device)
