@@ -13,10 +13,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 MNIST_ROOT = REPO.parent / "shared" / "data"
 
-# A RealNVP small enough that a CLI run takes a second or two of training on 2 cores.
-TINY = [
-    "model.hidden_channels=8",
-    "model.num_blocks=1",
+# A run short enough that the CLI takes a second or two of training on 2 cores ...
+RUN_TINY = [
     "trainer.max_steps=20",
     "trainer.eval_every=10",
     "trainer.ckpt_every=10",
@@ -28,6 +26,14 @@ TINY = [
     "logger=none",
     "device=cpu",
 ]
+# ... and small models: TINY is the default model (RealNVP) at that size.
+MODEL_TINY = {
+    "realnvp": ["model.hidden_channels=8", "model.num_blocks=1"],
+    "nice": ["model.hidden_features=32", "model.hidden_layers=1"],
+    "maf": ["model.hidden_features=32", "model.num_layers=2"],
+    "glow": ["model.hidden_channels=8", "model.steps_per_level=2"],
+}
+TINY = [*MODEL_TINY["realnvp"], *RUN_TINY]
 
 
 def genflow_env() -> dict[str, str]:

@@ -6,9 +6,26 @@ import pytest
 import torch
 
 from genflow.bijections import AffineCoupling, Compose, FactorOut, Inverted, Logit, Squeeze
-from genflow.bijections.coupling import alternating_mask, channel_mask, checkerboard_mask
+from genflow.bijections.actnorm import ActNorm
+from genflow.bijections.autoregressive import MaskedAffineAutoregressive
+from genflow.bijections.conv1x1 import InvertibleConv1x1
+from genflow.bijections.coupling import (
+    AdditiveCoupling,
+    ChannelCoupling,
+    alternating_mask,
+    channel_mask,
+    checkerboard_mask,
+)
+from genflow.bijections.elementwise import BatchNormFlow, DiagonalScaling
+from genflow.bijections.permutation import Permutation
+from genflow.bijections.reshape import Flatten
+from genflow.models.glow import glow_flow
+from genflow.models.maf import MAF
+from genflow.models.nice import NICE
 from genflow.models.realnvp import multiscale_flow, vector_flow
 from genflow.nn import MLP, ResNet
+from genflow.nn.conv_net import ConvNet, zero_conv
+from genflow.nn.made import MADE
 
 
 def _perturbed(module: torch.nn.Module) -> torch.nn.Module:
@@ -18,6 +35,14 @@ def _perturbed(module: torch.nn.Module) -> torch.nn.Module:
         for p in module.parameters():
             p.add_(0.2 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
     return module
+
+
+def _batch_norm_in_eval_mode():
+    """Batch statistics couple examples; as a fixed bijection it runs on running statistics."""
+    layer = BatchNormFlow(4)
+    layer.running_mean.copy_(torch.tensor([0.5, -1.0, 0.0, 2.0]))
+    layer.running_var.copy_(torch.tensor([0.3, 2.0, 1.0, 0.7]))
+    return layer.eval()
 
 
 def _image_coupling(mask):
@@ -56,6 +81,50 @@ CASES = {
     ),
     "realnvp_vector": (lambda: vector_flow(4, 4, 16, 2, 0.0), (4,), "normal"),
     "realnvp_multiscale": (lambda: multiscale_flow((1, 4, 4), 2, 8, 1, 0.0), (1, 4, 4), "normal"),
+    "additive_coupling": (
+        lambda: AdditiveCoupling(alternating_mask(5), MLP(5, 5, 16, 2)),
+        (5,),
+        "normal",
+    ),
+    "diagonal_scaling": (lambda: DiagonalScaling((5,)), (5,), "normal"),
+    "flatten": (lambda: Flatten((2, 2, 2)), (2, 2, 2), "normal"),
+    "permutation": (lambda: Permutation.random(6, seed=3), (6,), "normal"),
+    "batch_norm_eval": (_batch_norm_in_eval_mode, (4,), "normal"),
+    "made_affine": (
+        lambda: MaskedAffineAutoregressive(MADE(5, 16, 2, ordering="random")),
+        (5,),
+        "normal",
+    ),
+    "actnorm_image": (lambda: ActNorm(3), (3, 2, 2), "normal"),
+    "actnorm_vector": (lambda: ActNorm(4), (4,), "normal"),
+    "conv1x1": (lambda: InvertibleConv1x1(3), (3, 2, 2), "normal"),
+    "channel_coupling_sigmoid": (lambda: ChannelCoupling(4, ConvNet(2, 4, 8)), (4, 3, 3), "normal"),
+    "channel_coupling_additive": (
+        lambda: ChannelCoupling(4, ConvNet(2, 2, 8), "additive"),
+        (4, 3, 3),
+        "normal",
+    ),
+    "glow_split_prior": (
+        lambda: ChannelCoupling(5, zero_conv(3, 4), "exp", condition_on_second=True),
+        (5, 2, 2),
+        "normal",
+    ),
+    "nice_flow": (
+        lambda: NICE((1, 2, 3), num_layers=4, hidden_features=16, hidden_layers=1).flow,
+        (1, 2, 3),
+        "normal",
+    ),
+    "maf_flow": (
+        lambda: MAF((6,), num_layers=3, hidden_features=16, batch_norm=False).flow,
+        (6,),
+        "normal",
+    ),
+    "glow_flow": (lambda: glow_flow((1, 4, 4), 2, 2, 8), (1, 4, 4), "normal"),
+    "glow_flow_additive": (
+        lambda: glow_flow((2, 4, 4), 2, 1, 8, additive=True),
+        (2, 4, 4),
+        "normal",
+    ),
 }
 
 
@@ -131,3 +200,65 @@ def test_masks_partition_the_input():
 def test_logit_rejects_bad_alpha():
     with pytest.raises(ValueError, match="alpha"):
         Logit(0.5)
+
+
+@pytest.mark.parametrize("ordering", ["natural", "reversed", "random"])
+@pytest.mark.parametrize("hidden_degrees", ["sequential", "random"])
+def test_made_is_autoregressive(ordering, hidden_degrees):
+    """Output block k of feature i has zero gradient w.r.t. every input at or after i."""
+    features = 6
+    made = _perturbed(
+        MADE(
+            features,
+            24,
+            2,
+            output_multiplier=3,
+            ordering=ordering,
+            hidden_degrees=hidden_degrees,
+            context_features=2,
+            seed=4,
+        ).double()
+    )
+    x = torch.randn(features, dtype=torch.float64)
+    context = torch.randn(1, 2, dtype=torch.float64)
+    jacobian = torch.autograd.functional.jacobian(lambda v: made(v[None], context)[0], x)
+    degrees = made.degrees
+    for k in range(3):
+        block = jacobian[k * features : (k + 1) * features]
+        allowed = degrees[None, :] < degrees[:, None]  # [i, j]: input j comes before output i
+        assert (block[~allowed] == 0).all()
+        assert (block[allowed] != 0).any()
+    assert sorted(degrees.tolist()) == list(range(1, features + 1))
+
+
+def test_maf_sequential_sampler_inverts_its_density_pass():
+    torch.manual_seed(0)
+    model = _perturbed(MAF((5,), num_layers=3, hidden_features=16, permutation="random").double())
+    z = torch.randn(4, 5, dtype=torch.float64)
+    x, inverse_logdet = model.flow.inverse(z)
+    z_again, logdet = model.flow(x)
+    torch.testing.assert_close(z_again, z)
+    torch.testing.assert_close(logdet, -inverse_logdet)
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1) + logdet
+    torch.testing.assert_close(model.log_prob(x), expected)
+
+
+def test_actnorm_initialises_from_data_once_and_persists():
+    torch.manual_seed(0)
+    x = 3.0 + 2.0 * torch.randn(64, 3, 4, 4)
+    layer = ActNorm(3)
+    y, _ = layer(x)
+    torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std((0, 2, 3)), torch.ones(3), atol=1e-3, rtol=0)
+    restored = ActNorm(3)
+    restored.load_state_dict(layer.state_dict())
+    assert bool(restored.initialized)
+    y2, _ = restored(x + 10.0)  # a resumed layer must not initialise again
+    torch.testing.assert_close(y2, layer(x + 10.0)[0])
+
+
+def test_conv1x1_weight_is_invertible_and_logdet_is_slogdet():
+    layer = _perturbed(InvertibleConv1x1(5).double())
+    sign, logabsdet = torch.linalg.slogdet(layer.weight())
+    assert sign != 0
+    torch.testing.assert_close(layer.log_s.sum(), logabsdet)

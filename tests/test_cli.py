@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MNIST_ROOT, TINY, genflow_env, last_json_line, run_dirs, run_genflow
+from conftest import (
+    MNIST_ROOT,
+    MODEL_TINY,
+    RUN_TINY,
+    TINY,
+    genflow_env,
+    last_json_line,
+    run_dirs,
+    run_genflow,
+)
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -174,6 +183,40 @@ def test_two_dimensional_toy_trains_and_samples_a_scatter_plot(workdir):
     result = last_json_line(proc.stdout)
     assert torch.load(result["tensor"], weights_only=True).shape == (50, 2)
     assert Path(result["image"]).stat().st_size > 1000
+    assert Path(result["density"]).stat().st_size > 1000
+    assert (run_dir / "samples" / "density_0000020.png").is_file()  # written during training too
+
+
+@pytest.mark.parametrize("model", ["nice", "maf"])
+def test_vector_flows_train_on_flattened_digits(workdir, model):
+    run_genflow(["train", f"model={model}", *RUN_TINY, *MODEL_TINY[model]], workdir)
+    [run_dir] = run_dirs(workdir)
+    assert json.loads((run_dir / "eval.json").read_text())["bpd"] > 0
+    assert (run_dir / "samples" / "step_0000020.png").is_file()
+
+
+def test_glow_trains_and_interpolates_between_test_images(workdir):
+    from omegaconf import OmegaConf
+
+    from genflow.data import load_dataset
+
+    run_genflow(["train", "model=glow", *RUN_TINY, *MODEL_TINY["glow"]], workdir)
+    [run_dir] = run_dirs(workdir)
+    ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert all(
+        v for k, v in ckpt["model"].items() if k.endswith("initialized")
+    )  # ActNorm ran its init
+    proc = run_genflow(
+        ["sample", f"run={run_dir}", "sample.mode=interpolate", "sample.pairs=2", "sample.steps=5"],
+        workdir,
+    )
+    result = last_json_line(proc.stdout)
+    rows = torch.load(result["tensor"], weights_only=True)
+    assert rows.shape == (2, 5, 1, 8, 8)
+    test = load_dataset(OmegaConf.create(ckpt["config"]["dataset"])).test.float()
+    for endpoint in (*rows[:, 0], *rows[:, -1]):  # encode -> decode is exact at the ends
+        assert (test == endpoint).flatten(1).all(1).any()
+    assert Path(result["image"]).is_file()
 
 
 def test_wandb_offline_needs_no_account(workdir):
@@ -201,7 +244,10 @@ def test_wandb_offline_needs_no_account(workdir):
     ("args", "fragment"),
     [
         (["trian"], "unknown command 'trian'; valid commands: train, eval, sample"),
-        (["train", "model=realnvpp"], "unknown model 'realnvpp'; valid choices: realnvp"),
+        (
+            ["train", "model=realnvpp"],
+            "unknown model 'realnvpp'; valid choices: glow, maf, nice, realnvp",
+        ),
         (["train", "dataset=mnsit"], "unknown dataset 'mnsit'; valid choices:"),
         (
             ["train", "-m", "optimizer=adam,sgd"],
@@ -224,7 +270,7 @@ def test_help_lists_commands_and_groups(workdir):
     assert all(c in proc.stdout for c in ("train", "eval", "sample"))
     proc = run_genflow(["train", "--help"], workdir)
     assert (
-        "model: realnvp" in proc.stdout
+        "model: glow, maf, nice, realnvp" in proc.stdout
         and "dataset:" in proc.stdout
         and "optimizer/scheduler:" in proc.stdout
     )

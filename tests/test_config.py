@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from genflow.cli import _groups
 from genflow.config import config_dir
+from genflow.errors import GenflowError
 from genflow.tasks.common import build_model
 
 GROUPS = _groups(config_dir())
@@ -62,15 +63,29 @@ def test_every_group_option_composes(group, option):
     assert resolved["model"]["event_shape"] == resolved["dataset"]["shape"]
 
 
+SMALL = {
+    "realnvp": ["model.hidden_channels=4", "model.hidden_features=8"],
+    "nice": ["model.hidden_features=8", "model.hidden_layers=1"],
+    "maf": ["model.hidden_features=8", "model.num_layers=2"],
+    "glow": ["model.hidden_channels=4", "model.steps_per_level=1"],
+}
+IMAGE_ONLY = {"glow"}
+
+
+@pytest.mark.parametrize("model", sorted(GROUPS["model"]))
 @pytest.mark.parametrize("dataset", sorted(GROUPS["dataset"]))
-def test_default_model_builds_for_every_dataset(dataset):
-    overrides = [f"dataset={dataset}", "model.hidden_channels=4", "model.hidden_features=8"]
+def test_every_model_builds_for_every_dataset_it_can_model(model, dataset):
+    overrides = [f"model={model}", f"dataset={dataset}", *SMALL[model]]
     if dataset == "image_folder":
         overrides.append("dataset.path=somewhere")
     cfg = _compose("train", overrides)
-    model = build_model(cfg.model)
-    assert model.event_shape == tuple(cfg.dataset.shape)
-    assert model.levels == cfg.dataset.levels
+    if model in IMAGE_ONLY and len(cfg.dataset.shape) != 3:
+        with pytest.raises(GenflowError, match="images"):
+            build_model(cfg.model)
+        return
+    built = build_model(cfg.model)
+    assert built.event_shape == tuple(cfg.dataset.shape)
+    assert built.levels == cfg.dataset.levels
 
 
 def test_default_experiment_is_realnvp_on_digits():

@@ -5,12 +5,15 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 import torch
 from torch import nn
 
 from genflow.bijections import Compose, Logit
 from genflow.engine.evaluate import evaluate
 from genflow.models.flow import FlowModel
+from genflow.models.maf import MAF
+from genflow.models.nice import NICE
 from genflow.models.realnvp import RealNVP
 
 
@@ -74,9 +77,19 @@ def test_discrete_probabilities_of_a_trained_flow_sum_to_at_most_one():
     assert 0.8 < total <= 1.0 + 0.01
 
 
-def test_two_dimensional_flow_density_integrates_to_one():
+VECTOR_FLOWS = {
+    "realnvp": lambda: RealNVP(
+        (2,), levels=None, num_layers=4, hidden_features=16, hidden_layers=1
+    ),
+    "nice": lambda: NICE((2,), levels=None, num_layers=4, hidden_features=16, hidden_layers=1),
+    "maf": lambda: MAF((2,), levels=None, num_layers=3, hidden_features=16, batch_norm=True),
+}
+
+
+@pytest.mark.parametrize("name", VECTOR_FLOWS)
+def test_two_dimensional_flow_density_integrates_to_one(name):
     torch.manual_seed(0)
-    model = RealNVP((2,), levels=None, num_layers=4, hidden_features=16, hidden_layers=1).double()
+    model = VECTOR_FLOWS[name]().double().eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genflow.bijections.base import Bijection, sum_except_batch
@@ -24,16 +25,22 @@ class AffineCoupling(Bijection):
         self.register_buffer("mask", mask.float())
         self.conditioner = conditioner
         self.append_mask = append_mask
-        channels = mask.shape[0]
-        scale_shape = (channels,) + (1,) * (mask.dim() - 1)
-        self.scale = nn.Parameter(torch.ones(scale_shape))
+        if self.has_scale:
+            channels = mask.shape[0]
+            scale_shape = (channels,) + (1,) * (mask.dim() - 1)
+            self.scale = nn.Parameter(torch.ones(scale_shape))
 
-    def _shift_and_log_scale(self, x_fixed: Tensor) -> tuple[Tensor, Tensor]:
+    has_scale = True
+
+    def _condition(self, x_fixed: Tensor) -> Tensor:
         h = x_fixed
         if self.append_mask:
             board = self.mask[:1].to(h.dtype).expand(h.shape[0], 1, *h.shape[2:])
             h = torch.cat([h, board], dim=1)
-        raw_log_scale, shift = self.conditioner(h).chunk(2, dim=1)
+        return self.conditioner(h)
+
+    def _shift_and_log_scale(self, x_fixed: Tensor) -> tuple[Tensor, Tensor]:
+        raw_log_scale, shift = self._condition(x_fixed).chunk(2, dim=1)
         free = 1.0 - self.mask
         return shift * free, self.scale * torch.tanh(raw_log_scale) * free
 
@@ -46,6 +53,85 @@ class AffineCoupling(Bijection):
         shift, log_scale = self._shift_and_log_scale(y * self.mask)
         x = (y - shift) * torch.exp(-log_scale)
         return x, -sum_except_batch(log_scale)
+
+
+class AdditiveCoupling(AffineCoupling):
+    """Data -> noise: y = m * x + (1 - m) * (x + t(m * x)); volume preserving (log-det 0).
+
+    The conditioner outputs only the shift (as many values as the input).
+    References: Dinh et al., 2014, "NICE", arXiv:1410.8516 (section 3.2).
+    """
+
+    has_scale = False
+
+    def _shift_and_log_scale(self, x_fixed: Tensor) -> tuple[Tensor, Tensor]:
+        shift = self._condition(x_fixed) * (1.0 - self.mask)
+        return shift, torch.zeros_like(shift)
+
+
+COUPLING_SCALES = ("sigmoid", "exp", "additive")
+
+
+class ChannelCoupling(Bijection):
+    """Data -> noise on (B, C, ...): one channel half conditions an affine map of the other.
+
+    ``b' = (b + t(a)) * scale(a)`` with ``scale = sigmoid(raw + 2)`` (Glow's choice: bounded,
+    starting near the identity), ``exp(soft_clamp(raw))``, or no scale (``additive``). With
+    ``condition_on_second`` the second half conditions the first, which is how Glow's
+    learned prior on factored-out channels is written as a bijection: with a zero-initialised
+    conditioner it starts as the standard normal prior.
+    References: Kingma & Dhariwal, 2018, "Glow", arXiv:1807.03039 (section 3.3).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        conditioner: nn.Module,
+        scale: str = "sigmoid",
+        condition_on_second: bool = False,
+    ):
+        super().__init__()
+        if scale not in COUPLING_SCALES:
+            raise ValueError(
+                f"unknown coupling scale '{scale}'; valid: {', '.join(COUPLING_SCALES)}"
+            )
+        self.first = channels // 2
+        self.conditioner = conditioner
+        self.scale = scale
+        self.condition_on_second = condition_on_second
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = x[:, : self.first], x[:, self.first :]
+        return (b, a) if self.condition_on_second else (a, b)
+
+    def _join(self, fixed: Tensor, moved: Tensor) -> Tensor:
+        parts = (moved, fixed) if self.condition_on_second else (fixed, moved)
+        return torch.cat(parts, dim=1)
+
+    def _shift_and_log_scale(self, fixed: Tensor) -> tuple[Tensor, Tensor | None]:
+        h = self.conditioner(fixed)
+        if self.scale == "additive":
+            return h, None
+        shift, raw = h.chunk(2, dim=1)
+        if self.scale == "sigmoid":
+            return shift, F.logsigmoid(raw + 2.0)
+        return shift, 3.0 * torch.tanh(raw / 3.0)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        fixed, moved = self._split(x)
+        shift, log_scale = self._shift_and_log_scale(fixed)
+        moved = moved + shift
+        if log_scale is None:
+            return self._join(fixed, moved), x.new_zeros(x.shape[0])
+        return self._join(fixed, moved * torch.exp(log_scale)), sum_except_batch(log_scale)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        fixed, moved = self._split(y)
+        shift, log_scale = self._shift_and_log_scale(fixed)
+        if log_scale is None:
+            return self._join(fixed, moved - shift), y.new_zeros(y.shape[0])
+        moved = moved * torch.exp(-log_scale) - shift
+        return self._join(fixed, moved), -sum_except_batch(log_scale)
 
 
 def checkerboard_mask(channels: int, height: int, width: int, parity: int = 0) -> Tensor:

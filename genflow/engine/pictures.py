@@ -46,3 +46,49 @@ def save_samples(
         plt.close(fig)
         return path
     raise ValueError(f"cannot draw samples of shape {tuple(samples.shape)}")
+
+
+@torch.no_grad()
+def save_density(model, reference: Tensor, path: Path, grid_size: int = 200) -> Path:
+    """Heat map of a 2-D model's density on a grid, beside a scatter of the data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    points = reference.detach().cpu()
+    lim = points.abs().quantile(0.995).item() * 1.15
+    axis = torch.linspace(-lim, lim, grid_size)
+    xx, yy = torch.meshgrid(axis, axis, indexing="xy")
+    grid = torch.stack([xx.flatten(), yy.flatten()], dim=1)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    log_density = torch.cat([model.log_prob(chunk.to(device)).cpu() for chunk in grid.split(8192)])
+    model.train(was_training)
+    density = log_density.exp().view(grid_size, grid_size)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+    axes[0].scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=1, alpha=0.4)
+    axes[0].set_title("data")
+    axes[1].imshow(density.numpy(), extent=(-lim, lim, -lim, lim), origin="lower", cmap="magma")
+    axes[1].set_title("model density")
+    for ax in axes:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_strip(rows: Tensor, path: Path, levels: int | None) -> Path:
+    """(R, S, C, H, W) images -> a grid with one row per interpolation."""
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = rows.detach().cpu().float().flatten(0, 1)
+    images = images / (levels - 1) if levels else images
+    save_image(images.clamp(0, 1), path, nrow=rows.shape[1], padding=1, pad_value=0.35)
+    return path

@@ -18,7 +18,7 @@ from genflow.data.batches import EpochBatches
 from genflow.data.datasets import DataSplits
 from genflow.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from genflow.engine.evaluate import evaluate
-from genflow.engine.pictures import save_samples
+from genflow.engine.pictures import save_density, save_samples
 from genflow.engine.run_logger import RunLogger
 from genflow.errors import GenflowError
 from genflow.models.base import GenerativeModel
@@ -216,12 +216,17 @@ class Trainer:
             torch.manual_seed(int(self.cfg.seed))
             samples = self.model.sample(int(self.tcfg.sample_n))
         self.model.train(was_training)
-        reference = self.splits.val if self.splits.val.dim() == 2 else None
+        two_d = self.splits.val.dim() == 2
         path = save_samples(
             samples,
             self.run_dir / "samples" / f"step_{step:07d}.png",
             getattr(self.model, "levels", None),
-            reference,
+            self.splits.val if two_d else None,
         )
         self.logger.log_image(step, "samples", path)
+        if two_d:
+            density = save_density(
+                self.model, self.splits.val, self.run_dir / "samples" / f"density_{step:07d}.png"
+            )
+            self.logger.log_image(step, "density", density)
         return path

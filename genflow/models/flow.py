@@ -37,12 +37,15 @@ class FlowModel(GenerativeModel):
         self.logit = Logit(logit_alpha) if (logit_alpha is not None and self.levels) else None
         self.base = base if base is not None else StandardNormal(self.event_shape)
 
-    def preprocess(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Discrete x -> continuous y on which the flow runs, and the log-det of the map."""
+    def preprocess(self, x: Tensor, noise: bool = True) -> tuple[Tensor, Tensor]:
+        """Discrete x -> continuous y on which the flow runs, and the log-det of the map.
+
+        ``noise=False`` puts each value at the centre of its bin (for encoding, not for bpd).
+        """
         y = x.to(self._float_dtype())
         logdet = y.new_zeros(y.shape[0])
         if self.levels:
-            y = (y + torch.rand_like(y)) / self.levels
+            y = (y + (torch.rand_like(y) if noise else 0.5)) / self.levels
             logdet = logdet - self.num_dims * math.log(self.levels)
         if self.logit is not None:
             y, ld = self.logit(y)
@@ -70,6 +73,24 @@ class FlowModel(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        z = self.base.sample(n, temperature)
+        return self.decode(self.base.sample(n, temperature))
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Data -> latent z (bin centres, no dequantization noise)."""
+        y, _ = self.preprocess(x, noise=False)
+        return self.flow(y)[0]
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """Latent z -> data."""
         y, _ = self.flow.inverse(z)
         return self.postprocess(y)
+
+    @torch.no_grad()
+    def initialize(self, batch: Tensor) -> None:
+        """One forward pass in training mode runs every data-dependent init (ActNorm)."""
+        was_training = self.training
+        self.train()
+        self.log_prob(batch)
+        self.train(was_training)

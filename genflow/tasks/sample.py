@@ -10,13 +10,53 @@ from omegaconf import OmegaConf
 
 from genflow.data.datasets import load_dataset
 from genflow.engine.device import resolve_device
-from genflow.engine.pictures import save_samples
+from genflow.engine.pictures import save_density, save_samples, save_strip
 from genflow.errors import GenflowError
 from genflow.tasks.common import find_run_checkpoint, load_model_from_checkpoint, run_dir_of
+
+MODES = ("grid", "interpolate")
+
+
+def interpolate(model, cfg, ckpt, checkpoint, device) -> dict[str, Any]:
+    """Rows of decoded latents on the straight line between pairs of test images."""
+    s = cfg.sample
+    if not hasattr(model, "encode"):
+        raise GenflowError(
+            f"sample.mode=interpolate needs a flow model; {type(model).__name__} has no encoder"
+        )
+    test = load_dataset(OmegaConf.create(ckpt["config"]["dataset"])).test
+    if test.dim() != 4:
+        raise GenflowError("sample.mode=interpolate is for image datasets")
+    pairs, steps = int(s.pairs), int(s.steps)
+    if pairs < 1 or steps < 2 or 2 * pairs > len(test):
+        raise GenflowError(f"sample.pairs must be in [1, {len(test) // 2}] and sample.steps >= 2")
+    index = torch.randperm(len(test), generator=torch.Generator().manual_seed(int(s.seed)))[
+        : 2 * pairs
+    ]
+    z = model.encode(test[index].to(device))
+    start, end = z[:pairs], z[pairs:]
+    t = torch.linspace(0, 1, steps, device=device).view(1, steps, *([1] * (z.dim() - 1)))
+    path_z = (1 - t) * start.unsqueeze(1) + t * end.unsqueeze(1)
+    rows = model.decode(path_z.flatten(0, 1)).view(pairs, steps, *z.shape[1:])
+    out_dir = run_dir_of(checkpoint) / "samples"
+    stem = f"interpolate_{checkpoint.stem}_pairs{pairs}_steps{steps}_seed{s.seed}"
+    image = save_strip(rows, out_dir / f"{stem}.png", getattr(model, "levels", None))
+    torch.save(rows.cpu(), out_dir / f"{stem}.pt")
+    return {
+        "run": str(run_dir_of(checkpoint)),
+        "checkpoint": checkpoint.name,
+        "mode": "interpolate",
+        "image": str(image),
+        "tensor": str(out_dir / f"{stem}.pt"),
+        "pairs": pairs,
+        "steps": steps,
+    }
 
 
 def run(cfg) -> dict[str, Any]:
     s = cfg.sample
+    if s.mode not in MODES:
+        raise GenflowError(f"sample.mode={s.mode} is not a mode; valid modes: {', '.join(MODES)}")
     if int(s.n) < 1:
         raise GenflowError(f"sample.n must be a positive integer, got {s.n}")
     if not float(s.temperature) > 0:
@@ -25,6 +65,10 @@ def run(cfg) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     model, ckpt = load_model_from_checkpoint(checkpoint, device)
     torch.manual_seed(int(s.seed))
+    if s.mode == "interpolate":
+        summary = interpolate(model, cfg, ckpt, checkpoint, device)
+        print(json.dumps(summary), flush=True)
+        return summary
     with torch.no_grad():
         chunks = [
             model.sample(min(int(s.batch_size), int(s.n) - start), float(s.temperature))
@@ -36,12 +80,16 @@ def run(cfg) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(samples, out_dir / f"{stem}.pt")
     reference = None
-    if samples.dim() == 2:  # 2-D data: draw the data beside the samples
+    extra = {}
+    if samples.dim() == 2:  # 2-D data: draw the data beside the samples, and the density
         reference = load_dataset(OmegaConf.create(ckpt["config"]["dataset"])).val
+        density = save_density(model, reference, out_dir / f"density_{checkpoint.stem}.png")
+        extra["density"] = str(density)
     image = save_samples(
         samples, out_dir / f"{stem}.png", getattr(model, "levels", None), reference
     )
     summary = {
+        **extra,
         "run": str(run_dir_of(checkpoint)),
         "checkpoint": checkpoint.name,
         "image": str(image),

@@ -1,0 +1,49 @@
+"""Activation normalisation with data-dependent initialisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from genflow.bijections.base import Bijection
+
+
+class ActNorm(Bijection):
+    """Data -> noise: y = (x + bias) * exp(log_scale), one (bias, scale) per channel.
+
+    The first training batch sets bias and scale so that each channel has zero mean and
+    unit variance. The ``initialized`` buffer is saved in checkpoints, so resuming never
+    initialises again. Works on (B, C, H, W) and (B, D).
+    References: Kingma & Dhariwal, 2018, "Glow", arXiv:1807.03039 (section 3.1).
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.log_scale = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def _view(self, p: Tensor, x: Tensor) -> Tensor:
+        return p.view(1, -1, *([1] * (x.dim() - 2)))
+
+    @torch.no_grad()
+    def _initialize(self, x: Tensor) -> None:
+        dims = [d for d in range(x.dim()) if d != 1]
+        self.bias.copy_(-x.mean(dims))
+        self.log_scale.copy_(-torch.log(x.std(dims) + 1e-6))
+        self.initialized.fill_(True)
+
+    def _spatial(self, x: Tensor) -> int:
+        return x[0, 0].numel()
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if not self.initialized and self.training:
+            self._initialize(x)
+        y = (x + self._view(self.bias, x)) * torch.exp(self._view(self.log_scale, x))
+        logdet = self.log_scale.sum() * self._spatial(x)
+        return y, logdet.expand(x.shape[0])
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = y * torch.exp(-self._view(self.log_scale, y)) - self._view(self.bias, y)
+        logdet = -self.log_scale.sum() * self._spatial(y)
+        return x, logdet.expand(y.shape[0])

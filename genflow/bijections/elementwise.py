@@ -1,0 +1,65 @@
+"""Element-wise affine layers: NICE's diagonal scaling, and MAF's batch normalisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from genflow.bijections.base import Bijection
+
+
+class DiagonalScaling(Bijection):
+    """Data -> noise: y = x * exp(s), one learned log-scale per dimension.
+
+    The last layer of NICE; without it additive couplings are volume preserving.
+    References: Dinh et al., 2014, arXiv:1410.8516 (section 3.3).
+    """
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(shape))
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return x * torch.exp(self.log_scale), self.log_scale.sum().expand(x.shape[0])
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return y * torch.exp(-self.log_scale), (-self.log_scale.sum()).expand(y.shape[0])
+
+
+class BatchNormFlow(Bijection):
+    """Data -> noise: y = (x - m) / sqrt(v + eps) * exp(gamma) + beta on (B, D) vectors.
+
+    In training, (m, v) are the batch statistics and running averages are updated; in
+    evaluation and in ``inverse`` the running averages are used, so the map is a fixed
+    bijection there. References: Papamakarios et al., 2017, arXiv:1705.07057 (section 3.4);
+    Dinh et al., 2017, arXiv:1605.08803.
+    """
+
+    def __init__(self, features: int, momentum: float = 0.05, eps: float = 1e-5):
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.log_gamma = nn.Parameter(torch.zeros(features))
+        self.beta = nn.Parameter(torch.zeros(features))
+        self.register_buffer("running_mean", torch.zeros(features))
+        self.register_buffer("running_var", torch.ones(features))
+
+    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.training and x.shape[0] > 1:
+            mean, var = x.mean(0), x.var(0, unbiased=False)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_var.lerp_(var.detach(), self.momentum)
+            return mean, var
+        return self.running_mean, self.running_var
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        mean, var = self._stats(x)
+        y = (x - mean) * torch.rsqrt(var + self.eps) * torch.exp(self.log_gamma) + self.beta
+        logdet = (self.log_gamma - 0.5 * torch.log(var + self.eps)).sum()
+        return y, logdet.expand(x.shape[0])
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        mean, var = self.running_mean, self.running_var
+        x = (y - self.beta) * torch.exp(-self.log_gamma) * torch.sqrt(var + self.eps) + mean
+        logdet = (0.5 * torch.log(var + self.eps) - self.log_gamma).sum()
+        return x, logdet.expand(y.shape[0])

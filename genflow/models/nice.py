@@ -1,0 +1,49 @@
+"""NICE: additive coupling layers and a final diagonal scaling.
+
+References: Dinh et al., 2014, "NICE: Non-linear Independent Components Estimation",
+arXiv:1410.8516.
+"""
+
+from __future__ import annotations
+
+import math
+
+from genflow.bijections.base import Compose, Inverted
+from genflow.bijections.coupling import AdditiveCoupling, alternating_mask
+from genflow.bijections.elementwise import DiagonalScaling
+from genflow.bijections.reshape import Flatten
+from genflow.models.flow import FlowModel
+from genflow.nn.mlp import MLP
+
+
+class NICE(FlowModel):
+    """Additive couplings with alternating partitions on the flattened data, then scaling."""
+
+    def __init__(
+        self,
+        event_shape: tuple[int, ...],
+        levels: int | None = None,
+        logit_alpha: float | None = 0.05,
+        num_layers: int = 4,
+        hidden_features: int = 512,
+        hidden_layers: int = 4,
+        dropout: float = 0.0,
+    ):
+        event_shape = tuple(event_shape)
+        features = math.prod(event_shape)
+        couplings = [
+            AdditiveCoupling(
+                alternating_mask(features, parity=i % 2),
+                MLP(features, features, hidden_features, hidden_layers, dropout),
+            )
+            for i in range(num_layers)
+        ]
+        flow = Compose(
+            [
+                Flatten(event_shape),
+                *couplings,
+                DiagonalScaling((features,)),
+                Inverted(Flatten(event_shape)),
+            ]
+        )
+        super().__init__(flow, event_shape, levels, logit_alpha)
