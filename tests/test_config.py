@@ -7,9 +7,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from genflow.cli import _groups
 from genflow.config import config_dir
 from genflow.errors import GenflowError
+from genflow.preflight import config_groups as _groups
 from genflow.tasks.common import build_model
 
 GROUPS = _groups(config_dir())
@@ -106,7 +106,7 @@ def test_eval_and_sample_configs_compose(name):
 
 
 def test_split_flags_keeps_hydra_flag_values_out_of_overrides():
-    from genflow.cli import split_flags
+    from genflow.preflight import split_flags
 
     overrides, flags = split_flags(
         ["-m", "a=1", "--cfg", "job", "b=2", "--info", "defaults", "--help"]

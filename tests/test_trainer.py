@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
 from genflow.data import DataSplits, load_dataset
+from genflow.engine.checkpoint import load_checkpoint
 from genflow.engine.optim import build_optimizer, build_scheduler
 from genflow.engine.run_logger import RunLogger
 from genflow.engine.trainer import Trainer
 from genflow.errors import GenflowError
 from genflow.models.base import GenerativeModel, Output
-
-
-class NaNAfter(GenerativeModel):
-    """A one-parameter model whose loss turns NaN at a chosen step."""
-
-    def __init__(self, bad_step: int):
-        super().__init__((2,))
-        self.weight = torch.nn.Parameter(torch.ones(()))
-        self.bad_step, self.calls = bad_step, 0
-
-    def forward(self, x):
-        self.calls += 1
-        loss = (self.weight * x).pow(2).mean()
-        if self.calls == self.bad_step:
-            loss = loss * float("nan")
-        return Output(loss, {"bpd": loss.detach(), "nll": loss.detach()})
-
-    def evaluate(self, x):
-        value = (self.weight * x).pow(2).mean(1).detach()
-        return {"bpd": value, "nll": value}
 
 
 def _cfg(**trainer):
@@ -48,6 +31,11 @@ def _cfg(**trainer):
         grad_clip=1.0,
         patience=None,
         progress_bar=False,
+        max_bad_steps=3,
+        on_bad_steps="rollback",
+        rollback_lr_factor=0.5,
+        max_rollbacks=2,
+        fault_injection={"nan_loss_at_steps": []},
     )
     return OmegaConf.create({"seed": 0, "trainer": {**base, **trainer}})
 
@@ -64,22 +52,106 @@ def _trainer(model, tmp_path, **trainer):
     )
 
 
-def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
-    trainer = _trainer(NaNAfter(bad_step=7), tmp_path)
-    with pytest.raises(GenflowError, match="at step 7"):
+class Quadratic(GenerativeModel):
+    """A tiny well-behaved model for the fault-injection tests."""
+
+    def __init__(self):
+        super().__init__((2,))
+        self.layer = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        loss = self.layer(x).pow(2).mean()
+        return Output(loss, {"bpd": loss.detach(), "nll": loss.detach()})
+
+    def evaluate(self, x):
+        value = self.layer(x).pow(2).mean(1).detach()
+        return {"bpd": value, "nll": value}
+
+
+class Exploding(torch.nn.Linear):
+    """A linear layer whose output turns infinite from a chosen call on, for good."""
+
+    def __init__(self, from_call: int):
+        super().__init__(2, 2)
+        self.from_call, self.calls = from_call, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = super().forward(x)
+        return out * torch.inf if self.calls >= self.from_call else out
+
+
+class BlowsUp(Quadratic):
+    def __init__(self, from_call: int):
+        super().__init__()
+        self.hidden = Exploding(from_call)
+
+    def forward(self, x):
+        loss = self.layer(self.hidden(x)).pow(2).mean()
+        return Output(loss, {"bpd": loss.detach(), "nll": loss.detach()})
+
+
+def test_non_finite_steps_stop_the_run_naming_step_terms_and_layer(tmp_path):
+    trainer = _trainer(BlowsUp(from_call=7), tmp_path, on_bad_steps="stop", max_bad_steps=2)
+    with pytest.raises(GenflowError) as err:
         trainer.fit(RunLogger(tmp_path, None, {}))
+    message = str(err.value)
+    assert "training stopped at step 8" in message and "2 non-finite steps in a row" in message
+    assert "loss terms: loss=" in message and "layer 'hidden'" in message
     assert (
         torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["trainer"]["step"] == 5
     )
 
 
+def test_a_single_nan_step_is_skipped_and_the_run_completes(tmp_path):
+    trainer = _trainer(Quadratic(), tmp_path, fault_injection={"nan_loss_at_steps": [4]})
+    state = trainer.fit(RunLogger(tmp_path, None, {}))
+    assert state.step == 10 and state.skipped_steps == 1 and state.rollbacks == 0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("skipped_step")] == [4]
+
+
+def test_repeated_bad_steps_roll_back_with_a_lower_learning_rate(tmp_path):
+    trainer = _trainer(
+        Quadratic(), tmp_path, max_bad_steps=2, fault_injection={"nan_loss_at_steps": [7, 8]}
+    )
+    state = trainer.fit(RunLogger(tmp_path, None, {}))
+    assert state.step == 10 and state.rollbacks == 1 and state.lr_scale == 0.5
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-2)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("rollback") == 1 and r["from_step"] == 8 and r["step"] == 5 for r in records)
+    resumed = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert resumed["trainer"]["lr_scale"] == 0.5  # a resumed run keeps the cut
+
+
+def test_rollbacks_run_out_and_then_the_run_stops(tmp_path):
+    trainer = _trainer(BlowsUp(from_call=7), tmp_path, max_bad_steps=2, max_rollbacks=1)
+    with pytest.raises(GenflowError, match="after 1 rollbacks"):
+        trainer.fit(RunLogger(tmp_path, None, {}))
+
+
+def test_corrupted_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    trainer = _trainer(Quadratic(), tmp_path)
+    trainer.fit(RunLogger(tmp_path, None, {}))
+    last, previous = tmp_path / "checkpoints" / "last.pt", tmp_path / "checkpoints" / "last.prev.pt"
+    assert torch.load(previous, weights_only=True)["trainer"]["step"] == 5
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk
+    with pytest.raises(GenflowError, match=r"last.pt is truncated or corrupted"):
+        load_checkpoint(last)
+    fresh = _trainer(Quadratic(), tmp_path)
+    assert fresh.restore([last, previous]) == previous and fresh.state.step == 5
+
+
 def test_patience_stops_early_and_keeps_the_best(tmp_path):
-    class Worsening(NaNAfter):
+    class Worsening(Quadratic):
+        evaluations = 0
+
         def evaluate(self, x):  # validation gets worse at every evaluation
-            value = torch.full((len(x),), float(self.calls))
+            Worsening.evaluations += 1
+            value = torch.full((len(x),), float(Worsening.evaluations))
             return {"bpd": value, "nll": value}
 
-    trainer = _trainer(Worsening(bad_step=-1), tmp_path, max_steps=100, eval_every=2, patience=2)
+    trainer = _trainer(Worsening(), tmp_path, max_steps=100, eval_every=2, patience=2)
     state = trainer.fit(RunLogger(tmp_path, None, {}))
     assert state.stopped_early and state.step == 6 and state.best_step == 2
 

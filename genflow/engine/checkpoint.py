@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,23 @@ import torch
 
 from genflow.errors import GenflowError
 
+log = logging.getLogger(__name__)
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+REQUIRED_KEYS = ("model", "trainer", "config")
+
+
+def previous_path(path: Path) -> Path:
+    """Where the checkpoint that ``path`` replaced is kept: last.pt -> last.prev.pt."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> None:
     """Write to a temporary file in the same folder, fsync, then ``os.replace``.
 
-    A crash at any moment leaves either the previous checkpoint or the new one, never a
-    partial file under ``path``.
+    A crash at any moment leaves the previous checkpoint or the new one complete, never a
+    partial file under ``path``. With ``keep_previous`` the replaced file is kept as
+    ``previous_path(path)``, so a checkpoint damaged later (a full disk, a bad copy) still
+    has a good predecessor to fall back to.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,19 +36,49 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
+    if keep_previous and path.exists():
+        os.replace(path, previous_path(path))
     os.replace(tmp, path)
 
 
+def remove_stale_temporaries(folder: Path) -> None:
+    """Partial files left by a process killed while writing a checkpoint."""
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint; a missing, truncated or corrupted file is named."""
     path = Path(path)
     if not path.is_file():
         raise GenflowError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated or corrupted file: name it
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise GenflowError(
-            f"checkpoint {path} could not be read ({type(err).__name__}: {err})"
+            f"checkpoint {path} is truncated or corrupted and cannot be read ({reason})"
         ) from err
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise GenflowError(
+            f"checkpoint {path} is not a genflow checkpoint (missing {', '.join(missing)})"
+        )
+    return state
+
+
+def load_first_good(
+    candidates: list[Path], map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], Path]:
+    """The first of ``candidates`` that loads; each bad one is logged by name."""
+    errors = []
+    for path in candidates:
+        try:
+            return load_checkpoint(path, map_location), path
+        except GenflowError as err:
+            errors.append(str(err))
+            log.warning("%s; trying the checkpoint before it", err)
+    raise GenflowError("no readable checkpoint to resume from: " + "; ".join(errors))
 
 
 def rng_state() -> dict[str, Any]:

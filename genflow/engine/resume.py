@@ -21,33 +21,27 @@ def _comparable(cfg) -> dict:
     return data
 
 
-def find_matching_run(overrides: list[str], config_root: Path) -> Path | None:
-    """Newest run directory under ``output_root`` whose stored config equals this one.
+def find_matching_run(cfg) -> Path | None:
+    """Newest run directory under ``cfg.output_root`` whose stored config equals ``cfg``.
 
-    Only runs with ``checkpoints/last.pt`` count. The config is composed here with the
-    same overrides (minus ``resume``) and compared unresolved, so ``${now:...}`` and
-    environment lookups do not make equal configs differ.
+    Only runs with a checkpoint count. ``cfg`` is the composed (unresolved) train config of
+    the new command line; the stored ``.hydra/config.yaml`` is compared unresolved too, so
+    ``${now:...}`` and environment lookups do not make equal configs differ.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    plain = [o for o in overrides if not o.startswith(("resume=", "-"))]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(config_root), version_base="1.3"):
-        cfg = compose("train", overrides=plain)
     target = _comparable(cfg)
     root = Path(str(cfg.output_root))
+
+    def newest_checkpoint(run_dir: Path) -> float:
+        times = [p.stat().st_mtime for p in (run_dir / "checkpoints").glob("last*.pt")]
+        return max(times, default=0.0)
+
     candidates = sorted(
         (p.parent.parent for p in root.glob("**/.hydra/config.yaml")),
-        key=lambda d: (
-            (d / "checkpoints" / "last.pt").stat().st_mtime
-            if (d / "checkpoints" / "last.pt").exists()
-            else 0.0
-        ),
+        key=newest_checkpoint,
         reverse=True,
     )
     for run_dir in candidates:
-        if not (run_dir / "checkpoints" / "last.pt").is_file():
+        if newest_checkpoint(run_dir) == 0.0:
             continue
         if _comparable(OmegaConf.load(run_dir / ".hydra" / "config.yaml")) == target:
             return run_dir

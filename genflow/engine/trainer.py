@@ -16,9 +16,17 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from genflow.data.batches import EpochBatches
 from genflow.data.datasets import DataSplits
-from genflow.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from genflow.engine.checkpoint import (
+    load_first_good,
+    remove_stale_temporaries,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from genflow.engine.evaluate import evaluate
+from genflow.engine.faults import first_nonfinite_output, nonfinite_gradients
 from genflow.engine.pictures import save_density, save_samples
+from genflow.engine.preemption import Preempted, PreemptionGuard
 from genflow.engine.run_logger import RunLogger
 from genflow.errors import GenflowError
 from genflow.models.base import GenerativeModel
@@ -38,6 +46,10 @@ class TrainState:
     evals_since_best: int = 0
     stopped_early: bool = False
     wandb_id: str | None = None
+    skipped_steps: int = 0  # non-finite steps skipped in total
+    bad_in_a_row: int = 0
+    rollbacks: int = 0
+    lr_scale: float = 1.0  # product of the learning-rate cuts made by rollbacks
 
 
 class Trainer:
@@ -70,6 +82,9 @@ class Trainer:
         self.state = TrainState()
         self.batches = EpochBatches(splits.train, int(self.tcfg.batch_size), int(cfg.seed))
         self.logger: RunLogger | None = None
+        faults = self.tcfg.get("fault_injection") or {}
+        self._nan_steps = {int(s) for s in (faults.get("nan_loss_at_steps") or [])}
+        self._injected: set[int] = set()
 
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -84,11 +99,13 @@ class Trainer:
 
     def save(self, name: str) -> Path:
         path = self.ckpt_dir / name
-        save_checkpoint(self.state_dict(), path)
+        save_checkpoint(self.state_dict(), path, keep_previous=name == "last.pt")
         return path
 
-    def restore(self, path: Path) -> None:
-        ckpt = load_checkpoint(path)
+    def restore(self, candidates: Path | list[Path]) -> Path:
+        """Load the first readable checkpoint of ``candidates``; return its path."""
+        candidates = [candidates] if isinstance(candidates, Path) else list(candidates)
+        ckpt, path = load_first_good(candidates)
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as err:
@@ -102,6 +119,7 @@ class Trainer:
         set_rng_state(ckpt["rng"])
         self._drop_records_after(self.state.step)
         log.info("resumed from %s at step %d", path, self.state.step)
+        return path
 
     def _drop_records_after(self, step: int) -> None:
         """Steps after the checkpoint will be run again: drop their stale records."""
@@ -128,46 +146,53 @@ class Trainer:
             dynamic_ncols=True,
         )
         self.model.train()
-        with logging_redirect_tqdm():
-            self._loop(bar, max_steps, grad_clip, params)
-        bar.close()
+        remove_stale_temporaries(self.ckpt_dir)
+        try:
+            with logging_redirect_tqdm(), PreemptionGuard() as guard:
+                self._loop(bar, max_steps, grad_clip, params, guard)
+        finally:
+            bar.close()
         return self.state
 
-    def _loop(self, bar, max_steps: int, grad_clip: float, params) -> None:
+    def _loop(self, bar, max_steps: int, grad_clip: float, params, guard: PreemptionGuard) -> None:
         tc, logger = self.tcfg, self.logger
         window_start, window_steps = time.perf_counter(), 0
         while self.state.step < max_steps and not self.state.stopped_early:
             x = self.batches(self.state.step)
             out = self.model(x)
-            if not torch.isfinite(out.loss):
-                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in out.metrics.items())
-                raise GenflowError(
-                    f"training loss became {out.loss.item()} at step {self.state.step + 1} ({terms}); "
-                    "try a lower optimizer.lr or a tighter trainer.grad_clip"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            self.optimizer.step()
+            loss = self._inject_faults(out.loss, self.state.step + 1)
+            grad_norm = torch.full((), math.nan)
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                finite = bool(torch.isfinite(grad_norm))
+            if finite:
+                self.optimizer.step()
+                self.state.bad_in_a_row = 0
             self.scheduler.step()
             self.state.step += 1
             step = self.state.step
             window_steps += 1
             bar.update(1)
+            if not finite and self._on_bad_step(x, out, loss, step):
+                bar.n = self.state.step  # rolled back to an earlier step
+                bar.refresh()
+                window_start, window_steps = time.perf_counter(), 0
+                continue
 
             if step % int(tc.log_every) == 0 or step == max_steps:
                 elapsed = time.perf_counter() - window_start
                 metrics = {
-                    "loss": out.loss.detach(),
+                    "loss": loss.detach(),
                     **out.metrics,
                     "grad_norm": grad_norm,
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "steps_per_sec": window_steps / max(elapsed, 1e-9),
                 }
                 logger.log(step, "train", metrics)
-                bar.set_postfix(
-                    loss=f"{out.loss.item():.4f}", bpd=f"{out.metrics['bpd'].item():.3f}"
-                )
+                bar.set_postfix(loss=f"{loss.item():.4f}", bpd=f"{out.metrics['bpd'].item():.3f}")
                 window_start, window_steps = time.perf_counter(), 0
             if step % int(tc.eval_every) == 0 or step == max_steps:
                 self._validate(step)
@@ -175,6 +200,94 @@ class Trainer:
                 self.write_samples(step)
             if step % int(tc.ckpt_every) == 0 or step == max_steps or self.state.stopped_early:
                 self.save("last.pt")
+            if guard.requested:
+                path = self.save("last.pt")
+                raise Preempted(guard.signum, step, str(path))
+
+    # -- faults --------------------------------------------------------------------------
+    def _inject_faults(self, loss: torch.Tensor, step: int) -> torch.Tensor:
+        """trainer.fault_injection.nan_loss_at_steps: a NaN loss, once per listed step."""
+        if step in self._nan_steps and step not in self._injected:
+            self._injected.add(step)
+            log.warning("fault injection: NaN loss at step %d", step)
+            return loss * math.nan
+        return loss
+
+    def _on_bad_step(self, x: torch.Tensor, out, loss: torch.Tensor, step: int) -> bool:
+        """Skip a non-finite step; after ``max_bad_steps`` in a row roll back or stop.
+
+        Returns True when the run was rolled back to the last checkpoint.
+        """
+        tc, state = self.tcfg, self.state
+        state.skipped_steps += 1
+        state.bad_in_a_row += 1
+        terms = {k: v.item() for k, v in out.metrics.items()}
+        self.logger.log(
+            step,
+            "train",
+            {
+                "skipped_step": 1,
+                "loss": loss.item(),
+                **terms,
+                "bad_in_a_row": state.bad_in_a_row,
+                "skipped_steps": state.skipped_steps,
+            },
+        )
+        described = ", ".join(f"{k}={v:.4g}" for k, v in {"loss": loss.item(), **terms}.items())
+        log.warning(
+            "step %d: non-finite loss or gradient (%s); step skipped (%d in a row)",
+            step,
+            described,
+            state.bad_in_a_row,
+        )
+        if state.bad_in_a_row < int(tc.max_bad_steps):
+            return False
+        cause = self._diagnose(x)
+        last = self.ckpt_dir / "last.pt"
+        can_roll_back = tc.on_bad_steps == "rollback" and state.rollbacks < int(tc.max_rollbacks)
+        if can_roll_back and (last.exists() or (self.ckpt_dir / "last.prev.pt").exists()):
+            self._roll_back(step, cause)
+            return True
+        why = (
+            f"after {state.rollbacks} rollbacks"
+            if tc.on_bad_steps == "rollback"
+            else "trainer.on_bad_steps=stop"
+        )
+        raise GenflowError(
+            f"training stopped at step {step}: {state.bad_in_a_row} non-finite steps in a row "
+            f"({why}); loss terms: {described}; {cause}. Try a lower optimizer.lr or a tighter "
+            "trainer.grad_clip, then resume=auto"
+        )
+
+    def _diagnose(self, x: torch.Tensor) -> str:
+        bad_gradients = nonfinite_gradients(self.model)
+        layer = first_nonfinite_output(self.model, x)
+        if layer is not None:
+            return f"the first non-finite output came from layer '{layer}'"
+        if bad_gradients:
+            return f"every layer output was finite; the first non-finite gradient is of '{bad_gradients[0]}'"
+        return "every layer output was finite, so the loss itself went non-finite (or a fault was injected)"
+
+    def _roll_back(self, step: int, cause: str) -> None:
+        factor = float(self.tcfg.rollback_lr_factor)
+        carried = (self.state.skipped_steps, self.state.rollbacks + 1, self.state.lr_scale * factor)
+        self.restore([self.ckpt_dir / "last.pt", self.ckpt_dir / "last.prev.pt"])
+        self.state.skipped_steps, self.state.rollbacks, self.state.lr_scale = carried
+        self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+        log.warning(
+            "rolled back from step %d to step %d (%s); learning rate now x%g of the configured one",
+            step,
+            self.state.step,
+            cause,
+            self.state.lr_scale,
+        )
+        self.logger.log(
+            self.state.step,
+            "train",
+            {"rollback": self.state.rollbacks, "from_step": step, "lr_scale": self.state.lr_scale},
+        )
 
     def _validate(self, step: int) -> None:
         metrics = evaluate(self.model, self.splits.val, int(self.tcfg.eval_batch_size))

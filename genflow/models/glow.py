@@ -66,6 +66,8 @@ def glow_flow(
 class Glow(FlowModel):
     """Glow preset: ``num_levels`` levels of ``steps_per_level`` steps; additive coupling option."""
 
+    image_only = True
+
     def __init__(
         self,
         event_shape: tuple[int, ...],

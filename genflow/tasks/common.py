@@ -33,7 +33,9 @@ def build_model(model_cfg) -> GenerativeModel:
     try:
         return instantiate(model_cfg, _convert_="all")
     except InstantiationException as err:
-        raise GenflowError(f"could not build the model from its config: {err}") from err
+        cause = err.__cause__ if err.__cause__ is not None else err
+        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        raise GenflowError(f"could not build model {model_cfg.get('_target_')}: {reason}") from err
 
 
 def find_run_checkpoint(run: str | Path, which: str = "best") -> Path:

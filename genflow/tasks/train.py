@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from genflow.data.datasets import load_dataset
@@ -17,43 +19,54 @@ from genflow.engine.run_logger import RunLogger
 from genflow.engine.trainer import Trainer
 from genflow.errors import GenflowError
 from genflow.tasks.common import build_model, evaluation_summary, output_dir, write_json
+from genflow.validation import validate_train_config
 
 log = logging.getLogger(__name__)
 
 
-def resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
-    """The checkpoint to continue from: ``resume`` is null, auto, a run directory or a file."""
+def resume_candidates(resume: str | None, run_dir: Path) -> list[Path]:
+    """Checkpoints to continue from, best first: ``resume`` is null, auto, a run dir or a file.
+
+    For a run directory (and auto) ``last.pt`` comes first and ``last.prev.pt`` second, so a
+    truncated or corrupted ``last.pt`` falls back to the one before it. A file named
+    explicitly is used alone.
+    """
     if resume in (None, "", False):
-        return None
-    last = run_dir / "checkpoints" / "last.pt"
-    if resume == "auto":
-        return last if last.is_file() else None
-    path = Path(str(resume)).expanduser()
+        return []
+    path = run_dir if resume == "auto" else Path(str(resume)).expanduser()
     if path.is_file():
-        return path
-    if (path / "checkpoints" / "last.pt").is_file():
-        return path / "checkpoints" / "last.pt"
-    raise GenflowError(
-        f"resume={resume}: not a checkpoint file nor a run directory with checkpoints/last.pt"
-    )
+        return [path]
+    candidates = [
+        p
+        for p in (path / "checkpoints" / "last.pt", path / "checkpoints" / "last.prev.pt")
+        if p.exists()
+    ]
+    if not candidates and resume != "auto":
+        raise GenflowError(
+            f"resume={resume}: not a checkpoint file nor a run directory with checkpoints/last.pt"
+        )
+    return candidates
 
 
 def run(cfg) -> dict[str, Any]:
+    validate_train_config(cfg)
     run_dir = output_dir()
+    _group_sweep_runs(cfg)
     if cfg.dataset.get("root"):  # stored absolute, so eval and sample work from any directory
         cfg.dataset.root = str(Path(str(cfg.dataset.root)).expanduser().resolve())
     torch.manual_seed(int(cfg.seed))
     device = resolve_device(cfg.device)
+    model = build_model(cfg.model)  # before loading data: a bad model config fails fast
     splits = load_dataset(cfg.dataset).to(device)
-    model = build_model(cfg.model).to(device)
+    model = model.to(device)
     optimizer = build_optimizer(model, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.optimizer.scheduler, int(cfg.trainer.max_steps))
     config = OmegaConf.to_container(cfg, resolve=True)
     trainer = Trainer(cfg, model, optimizer, scheduler, splits, run_dir, config)
 
-    checkpoint = resume_checkpoint(cfg.resume, run_dir)
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
+    candidates = resume_candidates(cfg.resume, run_dir)
+    if candidates:
+        trainer.restore(candidates)
     else:
         if cfg.resume == "auto":
             log.info("resume=auto: no earlier run with this config; starting fresh")
@@ -99,3 +112,10 @@ def run(cfg) -> dict[str, Any]:
     finally:
         logger.close()
     return {"val_bpd": state.best_metric, "test": summary, "run_dir": str(run_dir)}
+
+
+def _group_sweep_runs(cfg) -> None:
+    """Every run of a multirun sweep joins one W&B group named after the sweep directory."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN and "group" in cfg.logger and not cfg.logger.group:
+        cfg.logger.group = Path(hydra_cfg.sweep.dir).name

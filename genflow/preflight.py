@@ -1,0 +1,185 @@
+"""Checks on the command line before Hydra runs anything (and creates a run directory).
+
+Group choices, unknown keys and bad values each get one sentence naming the key and what
+is valid; ``resume=`` becomes the run directory to continue in. Nothing is written here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from genflow.errors import GenflowError
+
+# Hydra's flags that take a value (``--cfg job``), and ``--info``'s optional one.
+_VALUE_FLAGS = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+}
+_INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """Separate Hydra's command-line flags (with their values) from the overrides."""
+    overrides: list[str] = []
+    flags: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        takes_value = arg in _VALUE_FLAGS or (
+            arg == "--info" and i + 1 < len(args) and args[i + 1] in _INFO_VALUES
+        )
+        if takes_value:
+            flags += args[i : i + 2]
+            i += 2
+            continue
+        (flags if arg.startswith("-") else overrides).append(arg)
+        i += 1
+    return overrides, flags
+
+
+def config_groups(root: Path) -> dict[str, list[str]]:
+    """Config group path (e.g. 'model', 'optimizer/scheduler') -> its options."""
+    groups: dict[str, list[str]] = {}
+    for folder in sorted(p for p in root.rglob("*") if p.is_dir()):
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if options:
+            groups[folder.relative_to(root).as_posix()] = options
+    return groups
+
+
+def check_group_choices(overrides: list[str], root: Path) -> None:
+    """Raise GenflowError for ``group=option`` naming an option that does not exist."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups = config_groups(root)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as err:  # Hydra's parser message is already one sentence
+        raise GenflowError(str(err).splitlines()[0]) from err
+    for override in parsed:
+        group = override.key_or_group
+        if group not in groups or override.is_delete():
+            continue
+        values = (
+            list(override.sweep_string_iterator())
+            if override.is_sweep_override()
+            else [override.get_value_element_as_str()]
+        )
+        for value in values:
+            if value not in groups[group] and value != "null":
+                raise GenflowError(
+                    f"unknown {group} '{value}'; valid choices: {', '.join(groups[group])}"
+                )
+
+
+def value_of(overrides: list[str], key: str) -> str | None:
+    for o in overrides:
+        if o.startswith(f"{key}="):
+            return o.split("=", 1)[1]
+    return None
+
+
+def compose_train(overrides: list[str], root: Path) -> DictConfig:
+    """The train config these overrides give, or one sentence saying which override is wrong."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    plain = [o for o in overrides if not o.startswith(("hydra.", "-"))]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(root), version_base="1.3"):
+            return compose("train", overrides=plain)
+    except HydraException as err:
+        raise GenflowError(_explain(err, plain, root)) from err
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _explain(err: Exception, overrides: list[str], root: Path) -> str:
+    message = str(err)
+    unknown = re.search(r"Could not override '([^']+)'", message)
+    if unknown and "To append to your config" in message:
+        key = unknown.group(1)
+        parent, _, _ = key.rpartition(".")
+        rest = [o for o in overrides if not o.lstrip("+~").startswith(key)]
+        try:
+            node = compose_train(rest, root)
+            node = OmegaConf.select(node, parent) if parent else node
+            keys = (
+                ", ".join(sorted(str(k) for k in node.keys()))
+                if isinstance(node, DictConfig)
+                else ""
+            )
+        except GenflowError:
+            keys = ""
+        where = f"keys under {parent}" if parent else "top-level keys"
+        return (
+            f"unknown config key '{key}'"
+            + (f"; {where}: {keys}" if keys else "")
+            + f" (to add a new key write +{key}=...)"
+        )
+    return message.strip().splitlines()[0]
+
+
+def prepare_resume(overrides: list[str], root: Path, cfg: DictConfig | None) -> list[str]:
+    """Resume in the original run directory, with the original overrides first."""
+    from genflow.engine.resume import find_matching_run, stored_overrides
+
+    resume = value_of(overrides, "resume")
+    if not resume or resume == "null" or any(o.startswith("hydra.run.dir=") for o in overrides):
+        return overrides
+    if resume == "auto":
+        if cfg is None:
+            return overrides  # a multirun sweep: each job resolves resume=auto itself
+        run_dir = find_matching_run(cfg)
+        if run_dir is None:
+            return overrides
+    else:
+        path = Path(resume).expanduser()
+        if not path.exists():
+            raise GenflowError(f"resume={resume}: no such run directory or checkpoint file")
+        run_dir = path.parent.parent if path.is_file() else path
+    earlier = [o for o in stored_overrides(run_dir) if not o.startswith(("resume=", "hydra."))]
+    return [*earlier, *overrides, f"hydra.run.dir={run_dir}"]
+
+
+def preflight(command: str, overrides: list[str], root: Path) -> list[str]:
+    """Check a command line; return the overrides to hand to Hydra."""
+    plain, flags = split_flags(overrides)
+    if any(f in ("--help", "-h", "--hydra-help") for f in flags):
+        return overrides
+    check_group_choices(plain, root)
+    if command in ("eval", "sample"):
+        run = value_of(plain, "run")
+        if run is None:
+            raise GenflowError(
+                f"genflow {command} needs run=<run_dir> (a directory under outputs/)"
+            )
+        if not Path(run).expanduser().exists():  # Hydra would create it as its output dir
+            raise GenflowError(f"run={run}: no such run directory or checkpoint file")
+        return overrides
+    if any(f in ("--cfg", "-c", "--info") for f in flags):
+        return overrides
+    multirun = any(f in ("-m", "--multirun") for f in flags) or value_of(
+        plain, "hparams_search"
+    ) not in (None, "null")
+    cfg = None
+    if not multirun:  # a sweep's jobs are checked one by one, so one bad job cannot stop it
+        from genflow.validation import validate_train_config
+
+        cfg = compose_train([o for o in plain if not o.startswith("resume=")], root)
+        validate_train_config(cfg)
+    return [*flags, *prepare_resume(plain, root, cfg)]

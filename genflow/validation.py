@@ -1,0 +1,115 @@
+"""Checks of a composed config before any work: one sentence per bad value, naming the key."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from genflow.errors import GenflowError
+
+LOGGER_MODES = ("offline", "online", "disabled")
+BAD_STEP_ACTIONS = ("rollback", "stop")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check(cfg: DictConfig, key: str, ok: Callable[[object], bool], allowed: str) -> None:
+    value = OmegaConf.select(cfg, key, default=None)
+    if not ok(value):
+        raise GenflowError(f"{key}={value!r} is not valid; {key} must be {allowed}")
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Reject bad values with a message naming the key and what is allowed."""
+    positive_int = (lambda v: _integer(v) and v >= 1, "a positive integer")
+    checks: list[tuple[str, Callable, str]] = [
+        ("seed", _integer, "an integer"),
+        ("optimizer.lr", lambda v: _number(v) and v > 0, "a positive number"),
+        ("optimizer.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
+        (
+            "optimizer.betas",
+            lambda v: v is not None and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
+            "two numbers in [0, 1), e.g. [0.9, 0.999]",
+        ),
+        ("optimizer.scheduler.warmup_steps", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+        ("trainer.max_steps", *positive_int),
+        ("trainer.batch_size", *positive_int),
+        ("trainer.eval_batch_size", *positive_int),
+        ("trainer.log_every", *positive_int),
+        ("trainer.eval_every", *positive_int),
+        ("trainer.ckpt_every", *positive_int),
+        (
+            "trainer.sample_every",
+            lambda v: _integer(v) and v >= 0,
+            "an integer >= 0 (0: no sample grids)",
+        ),
+        ("trainer.sample_n", *positive_int),
+        (
+            "trainer.grad_clip",
+            lambda v: v is None or (_number(v) and v > 0),
+            "a positive number or null",
+        ),
+        (
+            "trainer.patience",
+            lambda v: v is None or (_integer(v) and v >= 1),
+            "a positive integer or null",
+        ),
+        ("trainer.max_bad_steps", *positive_int),
+        (
+            "trainer.on_bad_steps",
+            lambda v: v in BAD_STEP_ACTIONS,
+            f"one of {', '.join(BAD_STEP_ACTIONS)}",
+        ),
+        ("trainer.rollback_lr_factor", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+        ("trainer.max_rollbacks", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ]
+    for key, ok, allowed in checks:
+        _check(cfg, key, ok, allowed)
+    if cfg.logger.name == "wandb":
+        _check(cfg, "logger.mode", lambda v: v in LOGGER_MODES, f"one of {', '.join(LOGGER_MODES)}")
+    if "n_bits" in cfg.dataset and cfg.dataset.n_bits is not None:
+        _check(
+            cfg, "dataset.n_bits", lambda v: _integer(v) and 1 <= v <= 8, "an integer from 1 to 8"
+        )
+    _check_model_fits_data(cfg)
+
+
+def _check_model_fits_data(cfg: DictConfig) -> None:
+    data_shape = list(cfg.dataset.shape)
+    model_shape = OmegaConf.select(cfg, "model.event_shape", default=None)
+    if model_shape is not None and list(model_shape) != data_shape:
+        raise GenflowError(
+            f"model.event_shape={list(model_shape)} does not match dataset.shape={data_shape} "
+            f"of dataset '{cfg.dataset.name}'; leave model.event_shape at ${{dataset.shape}}"
+        )
+    model_levels = OmegaConf.select(cfg, "model.levels", default=None)
+    if "levels" in cfg.model and model_levels != cfg.dataset.levels:
+        raise GenflowError(
+            f"model.levels={model_levels} does not match dataset.levels={cfg.dataset.levels}; "
+            "leave model.levels at ${dataset.levels}"
+        )
+    target = str(cfg.model.get("_target_", ""))
+    image_only = getattr(_model_class(target), "image_only", False)
+    if image_only and len(data_shape) != 3:
+        name = target.rsplit(".", 1)[-1]
+        raise GenflowError(
+            f"model {name} needs image data (C, H, W) but dataset '{cfg.dataset.name}' has "
+            f"shape {data_shape}; for vectors use model=realnvp, maf or nice"
+        )
+
+
+def _model_class(target: str):
+    from hydra.utils import get_class
+
+    try:
+        return get_class(target)
+    except Exception as err:
+        raise GenflowError(f"model._target_={target} cannot be imported ({err})") from err

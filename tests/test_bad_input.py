@@ -1,0 +1,144 @@
+"""A table of bad inputs: each gets one sentence naming the key and what is valid, exit code 2,
+and nothing written (no run directory for what the command line alone shows is wrong)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, run_genflow
+
+from genflow.cli import main
+
+# Found before Hydra runs: checked in-process, so the table stays fast.
+COMMAND_LINE = [
+    (["trian"], "unknown command 'trian'; valid commands: train, eval, sample"),
+    (
+        ["train", "model=realnvpp"],
+        "unknown model 'realnvpp'; valid choices: glow, maf, nice, realnvp",
+    ),
+    (["train", "dataset=mnsit"], "unknown dataset 'mnsit'; valid choices: checkerboard, cifar10"),
+    (["train", "optimizer=sgd"], "unknown optimizer 'sgd'; valid choices: adam, adamax, adamw"),
+    (["train", "-m", "optimizer=adam,sgd"], "unknown optimizer 'sgd'; valid choices:"),
+    (
+        ["train", "optimizer/scheduler=linear"],
+        "unknown optimizer/scheduler 'linear'; valid choices: constant, cosine",
+    ),
+    (["train", "device=tpu"], "unknown device 'tpu'; valid choices: auto, cpu, cuda"),
+    (
+        ["train", "trainer.max_step=5"],
+        "unknown config key 'trainer.max_step'; keys under trainer: batch_size",
+    ),
+    (
+        ["train", "optimizer.lr=-1e-3"],
+        "optimizer.lr=-0.001 is not valid; optimizer.lr must be a positive number",
+    ),
+    (
+        ["train", "trainer.batch_size=0"],
+        "trainer.batch_size=0 is not valid; trainer.batch_size must be a positive integer",
+    ),
+    (
+        ["train", "trainer.max_steps=ten"],
+        "trainer.max_steps='ten' is not valid; trainer.max_steps must be a positive integer",
+    ),
+    (
+        ["train", "dataset=mnist", "dataset.n_bits=9"],
+        "dataset.n_bits=9 is not valid; dataset.n_bits must be an integer from 1 to 8",
+    ),
+    (
+        ["train", "model.event_shape=[3,8,8]"],
+        "model.event_shape=[3, 8, 8] does not match dataset.shape=[1, 8, 8]",
+    ),
+    (
+        ["train", "model=glow", "dataset=moons"],
+        "model Glow needs image data (C, H, W) but dataset 'moons' has shape [2]",
+    ),
+    (["train", "seed=abc"], "seed='abc' is not valid; seed must be an integer"),
+    (
+        ["train", "logger.mode=onlin"],
+        "logger.mode='onlin' is not valid; logger.mode must be one of offline, online, disabled",
+    ),
+    (
+        ["train", "trainer.grad_clip=-1"],
+        "trainer.grad_clip=-1 is not valid; trainer.grad_clip must be a positive number or null",
+    ),
+    (
+        ["train", "optimizer.betas=[0.9,1.5]"],
+        "optimizer.betas=[0.9, 1.5] is not valid; optimizer.betas must be two numbers in [0, 1)",
+    ),
+    (
+        ["train", "trainer.on_bad_steps=ignore"],
+        "trainer.on_bad_steps='ignore' is not valid; trainer.on_bad_steps must be one of rollback, stop",
+    ),
+    (["train", "trainer.max_steps=[1"], "no viable alternative at input '[1'"),
+    (
+        ["train", "resume=does/not/exist"],
+        "resume=does/not/exist: no such run directory or checkpoint file",
+    ),
+    (["eval"], "genflow eval needs run=<run_dir>"),
+    (
+        ["sample", "run=does/not/exist"],
+        "run=does/not/exist: no such run directory or checkpoint file",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), COMMAND_LINE, ids=[" ".join(a) for a, _ in COMMAND_LINE]
+)
+def test_command_line_errors(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genflow: error: ") and message in err
+    assert len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing written, not even a run directory
+
+
+@pytest.fixture(scope="module")
+def broken_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("broken") / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    return run
+
+
+# Found by the task itself, once the config is known to be well formed.
+def _runtime_cases(tmp_path: Path, broken_run: Path):
+    yield (
+        ["train", *TINY, "dataset=mnist", f"dataset.root={tmp_path / 'nowhere'}"],
+        "dataset 'mnist' not found under",
+    )
+    yield ["eval", f"run={broken_run}"], "best.pt is truncated or corrupted and cannot be read"
+    yield (
+        ["eval", f"run={broken_run}", "split=dev"],
+        "split=dev is not a split; valid splits: train, val, test",
+    )
+    yield (
+        ["sample", f"run={broken_run}", "sample.n=0"],
+        "sample.n must be a positive integer, got 0",
+    )
+    yield (
+        ["sample", f"run={broken_run}", "sample.mode=movie"],
+        "sample.mode=movie is not a mode; valid modes: grid, interpolate",
+    )
+    if not torch.cuda.is_available():
+        yield (
+            ["train", *TINY, "device=cuda"],
+            "device=cuda was asked for but no CUDA GPU is available",
+        )
+
+
+def test_runtime_errors(tmp_path, broken_run):
+    cases = list(_runtime_cases(tmp_path, broken_run))
+    before = sorted(p.name for p in broken_run.rglob("*"))
+    for args, message in cases:
+        proc = run_genflow(args, tmp_path, check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in broken_run.rglob("*") if p.suffix != ".log") == [
+        p for p in before if not p.endswith(".log")
+    ]
+    assert len(COMMAND_LINE) + len(cases) >= 20
