@@ -97,7 +97,14 @@ def _check_model_fits_data(cfg: DictConfig) -> None:
             "leave model.levels at ${dataset.levels}"
         )
     target = str(cfg.model.get("_target_", ""))
-    image_only = getattr(_model_class(target), "image_only", False)
+    model_class = _model_class(target)
+    if getattr(model_class, "discrete_only", False) and cfg.dataset.levels is None:
+        name = target.rsplit(".", 1)[-1]
+        raise GenflowError(
+            f"model {name} models discrete values but dataset '{cfg.dataset.name}' is continuous "
+            "(dataset.levels is null); use a flow (model=realnvp, maf, nice) for 2-D toys"
+        )
+    image_only = getattr(model_class, "image_only", False)
     if image_only and len(data_shape) != 3:
         name = target.rsplit(".", 1)[-1]
         raise GenflowError(

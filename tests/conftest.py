@@ -32,6 +32,8 @@ MODEL_TINY = {
     "nice": ["model.hidden_features=32", "model.hidden_layers=1"],
     "maf": ["model.hidden_features=32", "model.num_layers=2"],
     "glow": ["model.hidden_channels=8", "model.steps_per_level=2"],
+    "pixelcnn": ["model.hidden_channels=8", "model.num_layers=2"],
+    "wavenet": ["model.residual_channels=8", "model.skip_channels=8", "model.layers_per_block=3"],
 }
 TINY = [*MODEL_TINY["realnvp"], *RUN_TINY]
 

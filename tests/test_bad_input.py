@@ -16,7 +16,7 @@ COMMAND_LINE = [
     (["trian"], "unknown command 'trian'; valid commands: train, eval, sample"),
     (
         ["train", "model=realnvpp"],
-        "unknown model 'realnvpp'; valid choices: glow, maf, nice, realnvp",
+        "unknown model 'realnvpp'; valid choices: glow, maf, nice, pixelcnn, realnvp, wavenet",
     ),
     (["train", "dataset=mnsit"], "unknown dataset 'mnsit'; valid choices: checkerboard, cifar10"),
     (["train", "optimizer=sgd"], "unknown optimizer 'sgd'; valid choices: adam, adamax, adamw"),
@@ -53,6 +53,10 @@ COMMAND_LINE = [
     (
         ["train", "model=glow", "dataset=moons"],
         "model Glow needs image data (C, H, W) but dataset 'moons' has shape [2]",
+    ),
+    (
+        ["train", "model=wavenet", "dataset=pinwheel"],
+        "model WaveNet models discrete values but dataset 'pinwheel' is continuous",
     ),
     (["train", "seed=abc"], "seed='abc' is not valid; seed must be an integer"),
     (

@@ -297,6 +297,23 @@ def test_vector_flows_train_on_flattened_digits(workdir, model):
     assert (run_dir / "samples" / "step_0000020.png").is_file()
 
 
+@pytest.mark.parametrize("model", ["pixelcnn", "wavenet"])
+def test_autoregressive_models_train_evaluate_and_sample(workdir, model):
+    run_genflow(["train", f"model={model}", *RUN_TINY, *MODEL_TINY[model]], workdir)
+    [run_dir] = run_dirs(workdir)
+    summary = last_json_line(run_genflow(["eval", f"run={run_dir}"], workdir).stdout)
+    assert 0 < summary["bpd"] < 8 and summary["nll"] == pytest.approx(
+        summary["bpd"] * 64 * math.log(2)
+    )
+    result = last_json_line(
+        run_genflow(
+            ["sample", f"run={run_dir}", "sample.n=4", "sample.temperature=0.8"], workdir
+        ).stdout
+    )
+    samples = torch.load(result["tensor"], weights_only=True)
+    assert samples.shape == (4, 1, 8, 8) and samples.min() >= 0 and samples.max() <= 16
+
+
 def test_glow_trains_and_interpolates_between_test_images(workdir):
     from omegaconf import OmegaConf
 
@@ -347,7 +364,7 @@ def test_help_lists_commands_and_groups(workdir):
     assert all(c in proc.stdout for c in ("train", "eval", "sample"))
     proc = run_genflow(["train", "--help"], workdir)
     assert (
-        "model: glow, maf, nice, realnvp" in proc.stdout
+        "model: glow, maf, nice, pixelcnn, realnvp, wavenet" in proc.stdout
         and "dataset:" in proc.stdout
         and "optimizer/scheduler:" in proc.stdout
     )

@@ -11,6 +11,7 @@ from genflow.config import config_dir
 from genflow.errors import GenflowError
 from genflow.preflight import config_groups as _groups
 from genflow.tasks.common import build_model
+from genflow.validation import validate_train_config
 
 GROUPS = _groups(config_dir())
 OPTIONS = [(group, option) for group, options in GROUPS.items() for option in options]
@@ -68,8 +69,11 @@ SMALL = {
     "nice": ["model.hidden_features=8", "model.hidden_layers=1"],
     "maf": ["model.hidden_features=8", "model.num_layers=2"],
     "glow": ["model.hidden_channels=4", "model.steps_per_level=1"],
+    "pixelcnn": ["model.hidden_channels=4", "model.num_layers=1"],
+    "wavenet": ["model.residual_channels=4", "model.skip_channels=4", "model.layers_per_block=1"],
 }
-IMAGE_ONLY = {"glow"}
+IMAGE_ONLY = {"glow", "pixelcnn"}
+DISCRETE_ONLY = {"pixelcnn", "wavenet"}
 
 
 @pytest.mark.parametrize("model", sorted(GROUPS["model"]))
@@ -79,10 +83,17 @@ def test_every_model_builds_for_every_dataset_it_can_model(model, dataset):
     if dataset == "image_folder":
         overrides.append("dataset.path=somewhere")
     cfg = _compose("train", overrides)
+    if model in DISCRETE_ONLY and cfg.dataset.levels is None:
+        with pytest.raises(GenflowError, match="discrete"):
+            validate_train_config(cfg)
+        return
     if model in IMAGE_ONLY and len(cfg.dataset.shape) != 3:
+        with pytest.raises(GenflowError, match="image"):
+            validate_train_config(cfg)
         with pytest.raises(GenflowError, match="images"):
             build_model(cfg.model)
         return
+    validate_train_config(cfg)
     built = build_model(cfg.model)
     assert built.event_shape == tuple(cfg.dataset.shape)
     assert built.levels == cfg.dataset.levels

@@ -273,6 +273,7 @@ class Trainer:
         carried = (self.state.skipped_steps, self.state.rollbacks + 1, self.state.lr_scale * factor)
         self.restore([self.ckpt_dir / "last.pt", self.ckpt_dir / "last.prev.pt"])
         self.state.skipped_steps, self.state.rollbacks, self.state.lr_scale = carried
+        self.state.bad_in_a_row = 0  # the checkpoint may have been written mid-streak
         self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]
         for group in self.optimizer.param_groups:
             group["lr"] *= factor
