@@ -34,6 +34,7 @@ MODEL_TINY = {
     "glow": ["model.hidden_channels=8", "model.steps_per_level=2"],
     "pixelcnn": ["model.hidden_channels=8", "model.num_layers=2"],
     "wavenet": ["model.residual_channels=8", "model.skip_channels=8", "model.layers_per_block=3"],
+    "pixelcnnpp": ["model.hidden_channels=8", "model.num_resnet=1", "model.num_mixtures=2"],
 }
 TINY = [*MODEL_TINY["realnvp"], *RUN_TINY]
 

@@ -16,9 +16,12 @@ COMMAND_LINE = [
     (["trian"], "unknown command 'trian'; valid commands: train, eval, sample"),
     (
         ["train", "model=realnvpp"],
-        "unknown model 'realnvpp'; valid choices: glow, maf, nice, pixelcnn, realnvp, wavenet",
+        "unknown model 'realnvpp'; valid choices: glow, maf, nice, pixelcnn, pixelcnnpp, realnvp, wavenet",
     ),
-    (["train", "dataset=mnsit"], "unknown dataset 'mnsit'; valid choices: checkerboard, cifar10"),
+    (
+        ["train", "dataset=mnsit"],
+        "unknown dataset 'mnsit'; valid choices: binarized_mnist, checkerboard, cifar10",
+    ),
     (["train", "optimizer=sgd"], "unknown optimizer 'sgd'; valid choices: adam, adamax, adamw"),
     (["train", "-m", "optimizer=adam,sgd"], "unknown optimizer 'sgd'; valid choices:"),
     (

@@ -297,7 +297,7 @@ def test_vector_flows_train_on_flattened_digits(workdir, model):
     assert (run_dir / "samples" / "step_0000020.png").is_file()
 
 
-@pytest.mark.parametrize("model", ["pixelcnn", "wavenet"])
+@pytest.mark.parametrize("model", ["pixelcnn", "wavenet", "pixelcnnpp"])
 def test_autoregressive_models_train_evaluate_and_sample(workdir, model):
     run_genflow(["train", f"model={model}", *RUN_TINY, *MODEL_TINY[model]], workdir)
     [run_dir] = run_dirs(workdir)
@@ -364,7 +364,7 @@ def test_help_lists_commands_and_groups(workdir):
     assert all(c in proc.stdout for c in ("train", "eval", "sample"))
     proc = run_genflow(["train", "--help"], workdir)
     assert (
-        "model: glow, maf, nice, pixelcnn, realnvp, wavenet" in proc.stdout
+        "model: glow, maf, nice, pixelcnn, pixelcnnpp, realnvp, wavenet" in proc.stdout
         and "dataset:" in proc.stdout
         and "optimizer/scheduler:" in proc.stdout
     )

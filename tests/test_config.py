@@ -71,9 +71,10 @@ SMALL = {
     "glow": ["model.hidden_channels=4", "model.steps_per_level=1"],
     "pixelcnn": ["model.hidden_channels=4", "model.num_layers=1"],
     "wavenet": ["model.residual_channels=4", "model.skip_channels=4", "model.layers_per_block=1"],
+    "pixelcnnpp": ["model.hidden_channels=4", "model.num_resnet=1"],
 }
-IMAGE_ONLY = {"glow", "pixelcnn"}
-DISCRETE_ONLY = {"pixelcnn", "wavenet"}
+IMAGE_ONLY = {"glow", "pixelcnn", "pixelcnnpp"}
+DISCRETE_ONLY = {"pixelcnn", "pixelcnnpp", "wavenet"}
 
 
 @pytest.mark.parametrize("model", sorted(GROUPS["model"]))

@@ -97,3 +97,41 @@ def test_epoch_batches_reject_bad_sizes():
         EpochBatches(torch.zeros(4, 1), batch_size=0, seed=0)
     with pytest.raises(GenflowError, match="larger than the training split"):
         EpochBatches(torch.zeros(4, 1), batch_size=5, seed=0)
+
+
+@pytest.mark.skipif(not (MNIST_ROOT / "MNIST" / "raw").is_dir(), reason="real MNIST not present")
+def test_binarized_mnist_static_and_dynamic():
+    base = dict(
+        name="binarized_mnist",
+        root=str(MNIST_ROOT),
+        download=False,
+        val_size=10000,
+        shape=[1, 28, 28],
+        n_bits=None,
+        binarize_seed=0,
+    )
+    static = load_dataset(_cfg(**base, binarize="static"))
+    again = load_dataset(_cfg(**base, binarize="static"))
+    assert set(static.train.unique().tolist()) == {0, 1} and torch.equal(static.train, again.train)
+    assert static.train_transform is None
+    intensities = load_dataset(
+        _cfg(
+            name="mnist",
+            root=str(MNIST_ROOT),
+            download=False,
+            val_size=10000,
+            shape=[1, 28, 28],
+            n_bits=8,
+        )
+    )
+    expected = intensities.train.float().mean() / 255
+    assert abs(static.train.float().mean() - expected) < 1e-3  # a Bernoulli draw of the intensities
+
+    dynamic = load_dataset(_cfg(**base, binarize="dynamic"))
+    assert torch.equal(dynamic.train, intensities.train)  # stored as intensities ...
+    batches = EpochBatches(dynamic.train, batch_size=64, seed=0, transform=dynamic.train_transform)
+    first, second = batches(0), batches(0)  # ... and drawn afresh each time a batch is drawn
+    assert set(first.unique().tolist()) <= {0, 1} and not torch.equal(first, second)
+    assert torch.equal(dynamic.val, static.val) and torch.equal(dynamic.test, static.test)
+    with pytest.raises(GenflowError, match="binarize"):
+        load_dataset(_cfg(**base, binarize="sometimes"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -15,10 +15,18 @@ class EpochBatches:
 
     The permutation of epoch e comes from a generator seeded with (seed, e), so resuming
     at any step draws exactly the batches an uninterrupted run would: no loader state to
-    save. The last incomplete batch of each epoch is dropped.
+    save. The last incomplete batch of each epoch is dropped. ``transform`` (e.g. dynamic
+    binarization) is applied to each batch as it is drawn, with the global RNG, whose state
+    checkpoints carry.
     """
 
-    def __init__(self, data: Tensor, batch_size: int, seed: int):
+    def __init__(
+        self,
+        data: Tensor,
+        batch_size: int,
+        seed: int,
+        transform: Callable[[Tensor], Tensor] | None = None,
+    ):
         if batch_size < 1:
             raise GenflowError(f"trainer.batch_size must be a positive integer, got {batch_size}")
         if batch_size > len(data):
@@ -26,6 +34,7 @@ class EpochBatches:
                 f"trainer.batch_size={batch_size} is larger than the training split ({len(data)} examples)"
             )
         self.data = data
+        self.transform = transform
         self.batch_size = batch_size
         self.seed = seed
         self.steps_per_epoch = len(data) // batch_size
@@ -42,7 +51,8 @@ class EpochBatches:
     def __call__(self, step: int) -> Tensor:
         epoch, i = divmod(step, self.steps_per_epoch)
         index = self._permutation(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
-        return self.data[index]
+        batch = self.data[index]
+        return batch if self.transform is None else self.transform(batch)
 
 
 def in_order(data: Tensor, batch_size: int) -> Iterator[Tensor]:

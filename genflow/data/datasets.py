@@ -23,9 +23,13 @@ class DataSplits:
     train: Tensor
     val: Tensor
     test: Tensor
+    # applied to every training batch as it is drawn (dynamic binarization); None: as stored
+    train_transform: Callable[[Tensor], Tensor] | None = None
 
     def to(self, device: torch.device | str) -> DataSplits:
-        return DataSplits(self.train.to(device), self.val.to(device), self.test.to(device))
+        return DataSplits(
+            self.train.to(device), self.val.to(device), self.test.to(device), self.train_transform
+        )
 
 
 def _digits(cfg) -> DataSplits:
@@ -79,6 +83,30 @@ def _hold_out(train: Tensor, test: Tensor, val_size: int) -> DataSplits:
     return DataSplits(train[:-val_size], train[-val_size:], test)
 
 
+BINARIZATIONS = ("static", "dynamic")
+
+
+def bernoulli_draw(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Each pixel 1 with probability intensity / 255."""
+    probs = x.float() / 255.0
+    return (torch.rand(probs.shape, generator=generator, device=x.device) < probs).to(torch.uint8)
+
+
+def _binarized(cfg, intensities: DataSplits) -> DataSplits:
+    """MNIST as binary images. ``static``: one fixed-seed Bernoulli draw of every split.
+    ``dynamic``: training images are drawn afresh every time a batch is drawn (so each epoch
+    sees new draws), validation and test stay one fixed draw so evaluations compare."""
+    if cfg.binarize not in BINARIZATIONS:
+        raise GenflowError(
+            f"dataset.binarize={cfg.binarize} is not valid; valid: {', '.join(BINARIZATIONS)}"
+        )
+    generator = torch.Generator().manual_seed(int(cfg.binarize_seed))
+    val, test = (bernoulli_draw(s, generator) for s in (intensities.val, intensities.test))
+    if cfg.binarize == "dynamic":
+        return DataSplits(intensities.train, val, test, train_transform=bernoulli_draw)
+    return DataSplits(bernoulli_draw(intensities.train, generator), val, test)
+
+
 def _image_folder(cfg) -> DataSplits:
     """Every image under ``root/path`` (torchvision ImageFolder layout), resized and held as uint8."""
     import torchvision
@@ -122,6 +150,7 @@ LOADERS: dict[str, Callable] = {
         "FashionMNIST", "FashionMNIST/raw", "train-images-idx3-ubyte and t10k-images-idx3-ubyte"
     ),
     "cifar10": _torchvision("CIFAR10", "cifar-10-batches-py", "data_batch_1..5 and test_batch"),
+    "binarized_mnist": lambda cfg: _binarized(cfg, LOADERS["mnist"](cfg)),
     "image_folder": _image_folder,
     **{name: _toy for name in TOYS},
 }
@@ -144,7 +173,8 @@ def load_dataset(cfg) -> DataSplits:
     n_bits = cfg.get("n_bits")
     if n_bits is not None:
         splits = DataSplits(
-            *(reduce_bits(s, int(n_bits)) for s in (splits.train, splits.val, splits.test))
+            *(reduce_bits(s, int(n_bits)) for s in (splits.train, splits.val, splits.test)),
+            train_transform=splits.train_transform,
         )
     expected = tuple(cfg.shape)
     if tuple(splits.train.shape[1:]) != expected:

@@ -80,7 +80,9 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.config = config
         self.state = TrainState()
-        self.batches = EpochBatches(splits.train, int(self.tcfg.batch_size), int(cfg.seed))
+        self.batches = EpochBatches(
+            splits.train, int(self.tcfg.batch_size), int(cfg.seed), transform=splits.train_transform
+        )
         self.logger: RunLogger | None = None
         faults = self.tcfg.get("fault_injection") or {}
         self._nan_steps = {int(s) for s in (faults.get("nan_loss_at_steps") or [])}

@@ -1,0 +1,93 @@
+"""PixelCNN++'s shifted convolutions: outputs see only rows above (down-shifted) or rows
+above and pixels to the left (down-right-shifted), with no blind spot.
+
+References: Salimans et al., 2017, "PixelCNN++", arXiv:1701.05517; van den Oord et al.,
+2016, "Conditional Image Generation with PixelCNN Decoders", arXiv:1606.05328.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def down_shift(x: Tensor) -> Tensor:
+    """Move every row down by one (a zero row on top)."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1, :]
+
+
+def right_shift(x: Tensor) -> Tensor:
+    """Move every column right by one (a zero column on the left)."""
+    return F.pad(x, (1, 0, 0, 0))[:, :, :, :-1]
+
+
+class DownShiftedConv2d(nn.Conv2d):
+    """Kernel (kh, kw) over rows i - kh + 1 .. i, centred in width; stride 2 halves the size."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=(2, 3), stride: int = 1):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride)
+        kh, kw = self.kernel_size
+        self.pad = ((kw - 1) // 2, (kw - 1) // 2, kh - 1, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, self.pad))
+
+
+class DownRightShiftedConv2d(nn.Conv2d):
+    """Kernel (kh, kw) over rows i - kh + 1 .. i and columns j - kw + 1 .. j."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=(2, 2), stride: int = 1):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride)
+        kh, kw = self.kernel_size
+        self.pad = (kw - 1, 0, kh - 1, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, self.pad))
+
+
+class DownShiftedDeconv2d(nn.ConvTranspose2d):
+    """Doubles the size; cropped so outputs still see only rows at or above their own."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=(2, 3)):
+        super().__init__(in_channels, out_channels, kernel_size, stride=2, output_padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        kh, kw = self.kernel_size
+        out = super().forward(x)
+        return out[:, :, : out.shape[2] - kh + 1, (kw - 1) // 2 : out.shape[3] - (kw - 1) // 2]
+
+
+class DownRightShiftedDeconv2d(nn.ConvTranspose2d):
+    """Doubles the size; cropped so outputs see only rows above and columns to the left."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=(2, 2)):
+        super().__init__(in_channels, out_channels, kernel_size, stride=2, output_padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        kh, kw = self.kernel_size
+        out = super().forward(x)
+        return out[:, :, : out.shape[2] - kh + 1, : out.shape[3] - kw + 1]
+
+
+def concat_elu(x: Tensor) -> Tensor:
+    """ELU of [x, -x]: both signs of every feature pass (Salimans et al., 2017)."""
+    return F.elu(torch.cat([x, -x], dim=1))
+
+
+class GatedResnet(nn.Module):
+    """x + a * sigmoid(b), (a, b) = conv(concat_elu(conv(concat_elu(x)) + nin(concat_elu(aux))))."""
+
+    def __init__(self, channels: int, conv: type, aux_channels: int = 0, dropout: float = 0.0):
+        super().__init__()
+        self.conv_in = conv(2 * channels, channels)
+        self.aux = nn.Conv2d(2 * aux_channels, channels, 1) if aux_channels else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv_out = conv(2 * channels, 2 * channels)
+
+    def forward(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
+        h = self.conv_in(concat_elu(x))
+        if self.aux is not None:
+            h = h + self.aux(concat_elu(aux))
+        a, b = self.conv_out(self.dropout(concat_elu(h))).chunk(2, dim=1)
+        return x + a * torch.sigmoid(b)
