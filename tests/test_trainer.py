@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from PIL import Image
 from genflow.data import DataSplits, load_dataset
 from genflow.engine.checkpoint import load_checkpoint
 from genflow.engine.optim import build_optimizer, build_scheduler
+from genflow.engine.preemption import Preempted
 from genflow.engine.run_logger import RunLogger
 from genflow.engine.trainer import Trainer
 from genflow.errors import GenflowError
@@ -140,6 +143,25 @@ def test_corrupted_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
         load_checkpoint(last)
     fresh = _trainer(Quadratic(), tmp_path)
     assert fresh.restore([last, previous]) == previous and fresh.state.step == 5
+
+
+def test_stop_signal_on_a_checkpoint_step_keeps_the_earlier_checkpoint_as_fallback(tmp_path):
+    class SignalsAt(Quadratic):
+        calls = 0
+
+        def forward(self, x):
+            SignalsAt.calls += 1
+            if SignalsAt.calls == 10:  # during step 10, a checkpoint step (ckpt_every=5)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().forward(x)
+
+    trainer = _trainer(SignalsAt(), tmp_path, max_steps=20)
+    with pytest.raises(Preempted) as stop:
+        trainer.fit(RunLogger(tmp_path, None, {}))
+    assert stop.value.step == 10 and stop.value.exit_code == 128 + signal.SIGTERM
+    ckpts = tmp_path / "checkpoints"
+    assert torch.load(ckpts / "last.pt", weights_only=True)["trainer"]["step"] == 10
+    assert torch.load(ckpts / "last.prev.pt", weights_only=True)["trainer"]["step"] == 5
 
 
 def test_patience_stops_early_and_keeps_the_best(tmp_path):

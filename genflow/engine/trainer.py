@@ -200,10 +200,12 @@ class Trainer:
                 self._validate(step)
             if tc.sample_every and (step % int(tc.sample_every) == 0 or step == max_steps):
                 self.write_samples(step)
-            if step % int(tc.ckpt_every) == 0 or step == max_steps or self.state.stopped_early:
-                self.save("last.pt")
-            if guard.requested:
+            checkpoint_due = step % int(tc.ckpt_every) == 0 or step == max_steps
+            if checkpoint_due or self.state.stopped_early or guard.requested:
+                # one write per step: a second would rotate this step's last.pt into
+                # last.prev.pt and lose the earlier checkpoint kept as the fallback
                 path = self.save("last.pt")
+            if guard.requested:
                 raise Preempted(guard.signum, step, str(path))
 
     # -- faults --------------------------------------------------------------------------
