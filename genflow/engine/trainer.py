@@ -17,6 +17,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from genflow.data.batches import EpochBatches
 from genflow.data.datasets import DataSplits
 from genflow.engine.checkpoint import (
+    last_checkpoints,
     load_first_good,
     remove_stale_temporaries,
     rng_state,
@@ -247,10 +248,10 @@ class Trainer:
         if state.bad_in_a_row < int(tc.max_bad_steps):
             return False
         cause = self._diagnose(x)
-        last = self.ckpt_dir / "last.pt"
+        checkpoints = last_checkpoints(self.ckpt_dir)
         can_roll_back = tc.on_bad_steps == "rollback" and state.rollbacks < int(tc.max_rollbacks)
-        if can_roll_back and (last.exists() or (self.ckpt_dir / "last.prev.pt").exists()):
-            self._roll_back(step, cause)
+        if can_roll_back and checkpoints:
+            self._roll_back(step, cause, checkpoints)
             return True
         why = (
             f"after {state.rollbacks} rollbacks"
@@ -272,10 +273,10 @@ class Trainer:
             return f"every layer output was finite; the first non-finite gradient is of '{bad_gradients[0]}'"
         return "every layer output was finite, so the loss itself went non-finite (or a fault was injected)"
 
-    def _roll_back(self, step: int, cause: str) -> None:
+    def _roll_back(self, step: int, cause: str, checkpoints: list[Path]) -> None:
         factor = float(self.tcfg.rollback_lr_factor)
         carried = (self.state.skipped_steps, self.state.rollbacks + 1, self.state.lr_scale * factor)
-        self.restore([self.ckpt_dir / "last.pt", self.ckpt_dir / "last.prev.pt"])
+        self.restore(checkpoints)
         self.state.skipped_steps, self.state.rollbacks, self.state.lr_scale = carried
         self.state.bad_in_a_row = 0  # the checkpoint may have been written mid-streak
         self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]

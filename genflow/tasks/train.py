@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from genflow.data.datasets import load_dataset
-from genflow.engine.checkpoint import load_checkpoint
+from genflow.engine.checkpoint import last_checkpoints, load_checkpoint
 from genflow.engine.device import resolve_device
 from genflow.engine.optim import build_optimizer, build_scheduler
 from genflow.engine.run_logger import RunLogger
@@ -36,11 +36,7 @@ def resume_candidates(resume: str | None, run_dir: Path) -> list[Path]:
     path = run_dir if resume == "auto" else Path(str(resume)).expanduser()
     if path.is_file():
         return [path]
-    candidates = [
-        p
-        for p in (path / "checkpoints" / "last.pt", path / "checkpoints" / "last.prev.pt")
-        if p.exists()
-    ]
+    candidates = last_checkpoints(path / "checkpoints")
     if not candidates and resume != "auto":
         raise GenflowError(
             f"resume={resume}: not a checkpoint file nor a run directory with checkpoints/last.pt"
