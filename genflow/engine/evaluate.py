@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
 from genflow.data.batches import in_order
 from genflow.models.base import GenerativeModel
+
+
+@contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block on its own RNG stream seeded with ``seed``; the caller's stream (on the CPU,
+    and on ``device`` if it is a GPU) is restored after, so training draws are untouched."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 @torch.no_grad()
@@ -20,10 +33,8 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    devices = [data.device] if data.device.type == "cuda" else []
     totals: dict[str, Tensor] = {}
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded_rng(seed, data.device):
         for batch in in_order(data, batch_size):
             for name, values in model.evaluate(batch).items():
                 totals[name] = totals.get(name, 0.0) + values.double().sum()

@@ -24,7 +24,7 @@ from genflow.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from genflow.engine.evaluate import evaluate
+from genflow.engine.evaluate import evaluate, seeded_rng
 from genflow.engine.faults import first_nonfinite_output, nonfinite_gradients
 from genflow.engine.pictures import save_density, save_samples
 from genflow.engine.preemption import Preempted, PreemptionGuard
@@ -330,9 +330,7 @@ class Trainer:
     def write_samples(self, step: int) -> Path:
         was_training = self.model.training
         self.model.eval()
-        devices = [self.splits.train.device] if self.splits.train.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(self.cfg.seed))
+        with seeded_rng(int(self.cfg.seed), self.splits.train.device):
             samples = self.model.sample(int(self.tcfg.sample_n))
         self.model.train(was_training)
         two_d = self.splits.val.dim() == 2
