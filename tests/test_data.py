@@ -18,6 +18,14 @@ def _cfg(**kw):
     return OmegaConf.create(kw)
 
 
+def _mnist_cfg(root=MNIST_ROOT, **overrides):
+    """The mnist dataset config as conf/dataset/mnist.yaml composes it, at ``root``."""
+    base = dict(
+        name="mnist", root=str(root), download=False, val_size=10000, shape=[1, 28, 28], n_bits=8
+    )
+    return _cfg(**{**base, **overrides})
+
+
 def test_digits_split_follows_file_order():
     from sklearn.datasets import load_digits
 
@@ -47,14 +55,7 @@ def test_reduce_bits_keeps_top_bits():
 
 
 def test_missing_mnist_says_where_it_looked(tmp_path):
-    cfg = _cfg(
-        name="mnist",
-        root=str(tmp_path),
-        download=False,
-        val_size=10000,
-        shape=[1, 28, 28],
-        n_bits=8,
-    )
+    cfg = _mnist_cfg(tmp_path)
     with pytest.raises(GenflowError) as err:
         load_dataset(cfg)
     message = str(err.value)
@@ -68,14 +69,7 @@ def test_unknown_dataset_lists_valid_ones():
 
 @pytest.mark.skipif(not (MNIST_ROOT / "MNIST" / "raw").is_dir(), reason="real MNIST not present")
 def test_real_mnist_holds_out_last_10k_of_train():
-    cfg = _cfg(
-        name="mnist",
-        root=str(MNIST_ROOT),
-        download=False,
-        val_size=10000,
-        shape=[1, 28, 28],
-        n_bits=8,
-    )
+    cfg = _mnist_cfg()
     splits = load_dataset(cfg)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (50000, 10000, 10000)
     assert splits.train.dtype == torch.uint8 and splits.train.shape[1:] == (1, 28, 28)
@@ -101,37 +95,20 @@ def test_epoch_batches_reject_bad_sizes():
 
 @pytest.mark.skipif(not (MNIST_ROOT / "MNIST" / "raw").is_dir(), reason="real MNIST not present")
 def test_binarized_mnist_static_and_dynamic():
-    base = dict(
-        name="binarized_mnist",
-        root=str(MNIST_ROOT),
-        download=False,
-        val_size=10000,
-        shape=[1, 28, 28],
-        n_bits=None,
-        binarize_seed=0,
-    )
-    static = load_dataset(_cfg(**base, binarize="static"))
-    again = load_dataset(_cfg(**base, binarize="static"))
+    binarized = dict(name="binarized_mnist", n_bits=None, binarize_seed=0)
+    static = load_dataset(_mnist_cfg(**binarized, binarize="static"))
+    again = load_dataset(_mnist_cfg(**binarized, binarize="static"))
     assert set(static.train.unique().tolist()) == {0, 1} and torch.equal(static.train, again.train)
     assert static.train_transform is None
-    intensities = load_dataset(
-        _cfg(
-            name="mnist",
-            root=str(MNIST_ROOT),
-            download=False,
-            val_size=10000,
-            shape=[1, 28, 28],
-            n_bits=8,
-        )
-    )
+    intensities = load_dataset(_mnist_cfg())
     expected = intensities.train.float().mean() / 255
     assert abs(static.train.float().mean() - expected) < 1e-3  # a Bernoulli draw of the intensities
 
-    dynamic = load_dataset(_cfg(**base, binarize="dynamic"))
+    dynamic = load_dataset(_mnist_cfg(**binarized, binarize="dynamic"))
     assert torch.equal(dynamic.train, intensities.train)  # stored as intensities ...
     batches = EpochBatches(dynamic.train, batch_size=64, seed=0, transform=dynamic.train_transform)
     first, second = batches(0), batches(0)  # ... and drawn afresh each time a batch is drawn
     assert set(first.unique().tolist()) <= {0, 1} and not torch.equal(first, second)
     assert torch.equal(dynamic.val, static.val) and torch.equal(dynamic.test, static.test)
     with pytest.raises(GenflowError, match="binarize"):
-        load_dataset(_cfg(**base, binarize="sometimes"))
+        load_dataset(_mnist_cfg(**binarized, binarize="sometimes"))
