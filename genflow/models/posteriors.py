@@ -1,0 +1,94 @@
+"""Flow posteriors for VAEs: q(z_K|x) from a diagonal Gaussian q(z_0|x) and K amortised steps.
+
+Each builder returns a ``Compose`` whose ``forward`` maps z_0 -> z_K (noise -> latent) given
+the encoder's context, with log|det dz_K/dz_0|, so log q(z_K|x) = log q(z_0|x) - logdet.
+The Hydra group ``model/posterior`` names one builder by ``_target_``.
+"""
+
+from __future__ import annotations
+
+from genflow.bijections.autoregressive import MaskedAffineAutoregressive
+from genflow.bijections.base import Compose
+from genflow.bijections.householder import HouseholderReflection
+from genflow.bijections.planar import Planar
+from genflow.bijections.radial import Radial
+from genflow.bijections.sylvester import Sylvester
+from genflow.nn.made import MADE
+
+
+def _check_num_flows(num_flows: int) -> int:
+    if int(num_flows) < 1:
+        raise ValueError(f"model.posterior.num_flows must be a positive integer, got {num_flows}")
+    return int(num_flows)
+
+
+def gaussian(features: int, context_features: int) -> Compose:
+    """The baseline: the diagonal Gaussian itself, no flow steps (KL in closed form)."""
+    return Compose([])
+
+
+def planar(features: int, context_features: int, num_flows: int = 4) -> Compose:
+    """Rezende & Mohamed, 2015."""
+    n = _check_num_flows(num_flows)
+    return Compose(Planar(features, context_features) for _ in range(n))
+
+
+def radial(features: int, context_features: int, num_flows: int = 4) -> Compose:
+    """Rezende & Mohamed, 2015."""
+    n = _check_num_flows(num_flows)
+    return Compose(Radial(features, context_features) for _ in range(n))
+
+
+def householder(features: int, context_features: int, num_flows: int = 4) -> Compose:
+    """Tomczak & Welling, 2016: volume-preserving reflections of a diagonal Gaussian."""
+    n = _check_num_flows(num_flows)
+    return Compose(HouseholderReflection(features, context_features) for _ in range(n))
+
+
+def iaf(
+    features: int,
+    context_features: int,
+    num_flows: int = 4,
+    hidden_features: int = 256,
+    num_layers: int = 1,
+) -> Compose:
+    """Kingma et al., 2016: MADE-driven affine steps, the context entering each MADE, the
+    order reversed between steps. The one-pass direction of the MAF layer is the noise ->
+    latent map here, so sampling z_K (and scoring it) is one pass per step."""
+    n = _check_num_flows(num_flows)
+    steps = []
+    for i in range(n):
+        made = MADE(
+            features,
+            hidden_features,
+            num_layers,
+            2,
+            "natural" if i % 2 == 0 else "reversed",
+            context_features=context_features,
+            seed=i,
+        )
+        steps.append(MaskedAffineAutoregressive(made))
+    return Compose(steps)
+
+
+def sylvester(
+    features: int,
+    context_features: int,
+    num_flows: int = 4,
+    variant: str = "orthogonal",
+    num_ortho_vectors: int | None = None,
+    num_householder: int = 8,
+) -> Compose:
+    """van den Berg et al., 2018. Triangular steps alternate Q = I and Q = reversal."""
+    n = _check_num_flows(num_flows)
+    return Compose(
+        Sylvester(
+            features,
+            context_features,
+            variant,
+            num_ortho_vectors,
+            num_householder,
+            reverse=i % 2 == 1,
+        )
+        for i in range(n)
+    )
