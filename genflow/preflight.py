@@ -131,6 +131,10 @@ def _explain(err: Exception, overrides: list[str], root: Path) -> str:
             + (f"; {where}: {keys}" if keys else "")
             + f" (to add a new key write +{key}=...)"
         )
+    nested = re.search(r"Could not override '([^']+)'\. No match in the defaults list", message)
+    if nested and nested.group(1) == "model/posterior":
+        model = value_of(overrides, "model") or "the default model"
+        return f"model/posterior is a part of model=vae; {model} has no posterior (add model=vae)"
     return message.strip().splitlines()[0]
 
 

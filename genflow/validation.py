@@ -63,6 +63,7 @@ def validate_train_config(cfg: DictConfig) -> None:
             "a positive integer or null",
         ),
         ("trainer.max_bad_steps", *positive_int),
+        ("eval.iw_samples", *positive_int),
         (
             "trainer.on_bad_steps",
             lambda v: v in BAD_STEP_ACTIONS,
@@ -104,6 +105,29 @@ def _check_model_fits_data(cfg: DictConfig) -> None:
             f"model {name} models discrete values but dataset '{cfg.dataset.name}' is continuous "
             "(dataset.levels is null); use a flow (model=realnvp, maf, nice) for 2-D toys"
         )
+    posterior = OmegaConf.select(cfg, "model.posterior", default=None)
+    if posterior is not None and not getattr(model_class, "takes_posterior", False):
+        name = target.rsplit(".", 1)[-1]
+        raise GenflowError(
+            f"model/posterior is a part of model=vae; model {name} has no posterior "
+            "(drop the model/posterior override or add model=vae)"
+        )
+    if posterior is not None:  # small: build it now, so a bad setting fails before any run
+        from hydra.utils import instantiate
+
+        try:
+            instantiate(posterior)
+        except Exception as err:
+            cause = err.__cause__ if err.__cause__ is not None else err
+            raise GenflowError(
+                f"model/posterior: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}"
+            ) from err
+    check = getattr(model_class, "check_config", None)
+    if check is not None:
+        try:
+            check(cfg.model)
+        except ValueError as err:
+            raise GenflowError(str(err)) from err
     image_only = getattr(model_class, "image_only", False)
     if image_only and len(data_shape) != 3:
         name = target.rsplit(".", 1)[-1]

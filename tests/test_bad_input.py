@@ -16,7 +16,7 @@ COMMAND_LINE = [
     (["trian"], "unknown command 'trian'; valid commands: train, eval, sample"),
     (
         ["train", "model=realnvpp"],
-        "unknown model 'realnvpp'; valid choices: glow, maf, nice, pixelcnn, pixelcnnpp, realnvp, wavenet",
+        "unknown model 'realnvpp'; valid choices: glow, maf, nice, pixelcnn, pixelcnnpp, realnvp, vae, wavenet",
     ),
     (
         ["train", "dataset=mnsit"],
@@ -62,6 +62,42 @@ COMMAND_LINE = [
         "model WaveNet models discrete values but dataset 'pinwheel' is continuous",
     ),
     (["train", "seed=abc"], "seed='abc' is not valid; seed must be an integer"),
+    (
+        ["train", "model=vae", "model/posterior=sylvestre"],
+        "unknown model/posterior 'sylvestre'; valid choices: gaussian, householder, iaf, planar, radial, sylvester",
+    ),
+    (
+        ["train", "model/posterior=planar"],
+        "model/posterior is a part of model=vae; the default model has no posterior (add model=vae)",
+    ),
+    (
+        ["train", "model=maf", "model/posterior=iaf"],
+        "model/posterior is a part of model=vae; maf has no posterior (add model=vae)",
+    ),
+    (
+        ["train", "model=vae", "model.likelihood=bernoulli"],
+        "model.likelihood=bernoulli needs binary data (dataset.levels=2), but the dataset has 17 levels",
+    ),
+    (
+        ["train", "model=vae", "model/posterior=sylvester", "model.posterior.variant=square"],
+        "model/posterior: unknown Sylvester variant 'square'; valid: orthogonal, householder, triangular",
+    ),
+    (
+        ["train", "model=vae", "model/posterior=sylvester", "model.posterior.num_ortho_vectors=40"],
+        "model.posterior.num_ortho_vectors must be in [1, 32] (model.latent_features), got 40",
+    ),
+    (
+        ["train", "model=vae", "model.network=conv", "dataset=moons"],
+        "model.network=conv needs image height and width divisible by 4",
+    ),
+    (
+        ["train", "model=vae", "model.kl_warmup_steps=-5"],
+        "model.kl_warmup_steps must be an integer >= 0, got -5",
+    ),
+    (
+        ["train", "model=vae", "eval.iw_samples=0"],
+        "eval.iw_samples=0 is not valid; eval.iw_samples must be a positive integer",
+    ),
     (
         ["train", "logger.mode=onlin"],
         "logger.mode='onlin' is not valid; logger.mode must be one of offline, online, disabled",

@@ -364,7 +364,8 @@ def test_help_lists_commands_and_groups(workdir):
     assert all(c in proc.stdout for c in ("train", "eval", "sample"))
     proc = run_genflow(["train", "--help"], workdir)
     assert (
-        "model: glow, maf, nice, pixelcnn, pixelcnnpp, realnvp, wavenet" in proc.stdout
+        "model: glow, maf, nice, pixelcnn, pixelcnnpp, realnvp, vae, wavenet" in proc.stdout
+        and "model/posterior: gaussian, householder, iaf, planar, radial, sylvester" in proc.stdout
         and "dataset:" in proc.stdout
         and "optimizer/scheduler:" in proc.stdout
     )

@@ -32,8 +32,12 @@ def test_expected_groups_exist():
         "device",
         "logger",
         "trainer",
+        "model/posterior",
     ):
         assert group in GROUPS, group
+    assert {"gaussian", "planar", "radial", "iaf", "sylvester", "householder"} == set(
+        GROUPS["model/posterior"]
+    )
     assert {"adam", "adamw", "adamax"} <= set(GROUPS["optimizer"])
     assert {"constant", "cosine"} <= set(GROUPS["optimizer/scheduler"])
     assert {"auto", "cpu", "cuda"} <= set(GROUPS["device"])
@@ -57,6 +61,8 @@ def test_expected_groups_exist():
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_every_group_option_composes(group, option):
     overrides = [f"{group}={option}"]
+    if group == "model/posterior":  # a part of the VAE
+        overrides.insert(0, "model=vae")
     if option == "image_folder":
         overrides.append("dataset.path=somewhere")
     cfg = _compose("train", overrides)
@@ -72,6 +78,7 @@ SMALL = {
     "pixelcnn": ["model.hidden_channels=4", "model.num_layers=1"],
     "wavenet": ["model.residual_channels=4", "model.skip_channels=4", "model.layers_per_block=1"],
     "pixelcnnpp": ["model.hidden_channels=4", "model.num_resnet=1"],
+    "vae": ["model.hidden_features=8", "model.latent_features=2"],
 }
 IMAGE_ONLY = {"glow", "pixelcnn", "pixelcnnpp"}
 DISCRETE_ONLY = {"pixelcnn", "pixelcnnpp", "wavenet"}

@@ -10,16 +10,21 @@ from torch import Tensor
 
 
 def save_samples(
-    samples: Tensor, path: Path, levels: int | None, reference: Tensor | None = None
+    samples: Tensor,
+    path: Path,
+    levels: int | None,
+    reference: Tensor | None = None,
+    nrow: int | None = None,
 ) -> Path:
-    """Images (N, C, H, W) in [0, levels) -> PNG grid; 2-D points (N, 2) -> scatter plot."""
+    """Images (N, C, H, W) in [0, levels) -> PNG grid (``nrow`` per row, default square);
+    2-D points (N, 2) -> scatter plot."""
     path.parent.mkdir(parents=True, exist_ok=True)
     samples = samples.detach().cpu()
     if samples.dim() == 4:
         from torchvision.utils import save_image
 
         images = samples.float() / (levels - 1) if levels else samples.float()
-        nrow = max(1, int(math.sqrt(len(images))))
+        nrow = nrow or max(1, int(math.sqrt(len(images))))
         save_image(images.clamp(0, 1), path, nrow=nrow, padding=1, pad_value=0.35)
         return path
     if samples.dim() == 2 and samples.shape[1] == 2:

@@ -162,6 +162,7 @@ class Trainer:
         window_start, window_steps = time.perf_counter(), 0
         while self.state.step < max_steps and not self.state.stopped_early:
             x = self.batches(self.state.step)
+            self.model.set_training_step(self.state.step)
             out = self.model(x)
             loss = self._inject_faults(out.loss, self.state.step + 1)
             grad_norm = torch.full((), math.nan)
@@ -332,6 +333,7 @@ class Trainer:
         self.model.eval()
         with seeded_rng(int(self.cfg.seed), self.splits.train.device):
             samples = self.model.sample(int(self.tcfg.sample_n))
+            pictures = self.model.pictures(self.splits.val[: int(self.tcfg.sample_n)])
         self.model.train(was_training)
         two_d = self.splits.val.dim() == 2
         path = save_samples(
@@ -341,6 +343,14 @@ class Trainer:
             self.splits.val if two_d else None,
         )
         self.logger.log_image(step, "samples", path)
+        for name, (images, nrow) in pictures.items():
+            picture = save_samples(
+                images,
+                self.run_dir / "samples" / f"{name}_{step:07d}.png",
+                getattr(self.model, "levels", None),
+                nrow=nrow,
+            )
+            self.logger.log_image(step, name, picture)
         if two_d:
             density = save_density(
                 self.model, self.splits.val, self.run_dir / "samples" / f"density_{step:07d}.png"

@@ -49,6 +49,15 @@ class GenerativeModel(nn.Module):
         nll = -self.log_prob(x)
         return {"nll": nll, "bpd": nll / (self.num_dims * math.log(2))}
 
+    def set_training_step(self, step: int) -> None:
+        """The trainer calls this before every training step; schedules (KL warm-up) read it."""
+
+    @torch.no_grad()
+    def pictures(self, x: Tensor) -> dict[str, tuple[Tensor, int]]:
+        """Extra image grids beside the samples, from a batch of validation data ``x``:
+        name -> (images (N, C, H, W) in data units, images per row). None by default."""
+        return {}
+
     @torch.no_grad()
     def initialize(self, batch: Tensor) -> None:
         """Data-dependent initialisation (ActNorm); done once, before any wrapper."""

@@ -80,14 +80,17 @@ def evaluation_summary(
     checkpoint: Path,
     step: int,
     split: str,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    metrics = evaluate(model, data, batch_size)
+    metrics = evaluate(model, data, batch_size, progress=progress)
+    extra = {"iw_samples": int(model.iw_samples)} if hasattr(model, "iw_samples") else {}
     return {
         "run": str(run_dir_of(checkpoint)),
         "checkpoint": checkpoint.name,
         "step": int(step),
         "split": split,
         "num_examples": len(data),
+        **extra,
         **metrics,
     }
 

@@ -27,12 +27,23 @@ def run(cfg) -> dict[str, Any]:
     checkpoint = find_run_checkpoint(cfg.run, cfg.checkpoint)
     device = resolve_device(cfg.device)
     model, ckpt = load_model_from_checkpoint(checkpoint, device)
+    iw_samples = cfg.eval.iw_samples
+    if not (isinstance(iw_samples, int) and iw_samples >= 1):
+        raise GenflowError(f"eval.iw_samples={iw_samples!r} must be a positive integer")
+    if hasattr(model, "iw_samples"):  # VAEs: nll and bpd from the importance-weighted bound
+        model.iw_samples = iw_samples
     dataset_cfg = OmegaConf.create(ckpt["config"]["dataset"])
     if cfg.get("dataset_root"):
         dataset_cfg.root = cfg.dataset_root
     data = getattr(load_dataset(dataset_cfg), cfg.split).to(device)
     summary = evaluation_summary(
-        model, data, int(cfg.batch_size), checkpoint, ckpt["trainer"]["step"], cfg.split
+        model,
+        data,
+        int(cfg.batch_size),
+        checkpoint,
+        ckpt["trainer"]["step"],
+        cfg.split,
+        progress=True,
     )
     name = "eval.json" if cfg.split == "test" else f"eval_{cfg.split}.json"
     write_json(run_dir_of(checkpoint) / name, summary)

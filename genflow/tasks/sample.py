@@ -22,7 +22,8 @@ def interpolate(model, cfg, ckpt, checkpoint, device) -> dict[str, Any]:
     s = cfg.sample
     if not hasattr(model, "encode"):
         raise GenflowError(
-            f"sample.mode=interpolate needs a flow model; {type(model).__name__} has no encoder"
+            f"sample.mode=interpolate needs a model with an encoder (a flow or a VAE); "
+            f"{type(model).__name__} has none"
         )
     test = load_dataset(OmegaConf.create(ckpt["config"]["dataset"])).test
     if test.dim() != 4:
@@ -33,11 +34,13 @@ def interpolate(model, cfg, ckpt, checkpoint, device) -> dict[str, Any]:
     index = torch.randperm(len(test), generator=torch.Generator().manual_seed(int(s.seed)))[
         : 2 * pairs
     ]
-    z = model.encode(test[index].to(device))
-    start, end = z[:pairs], z[pairs:]
-    t = torch.linspace(0, 1, steps, device=device).view(1, steps, *([1] * (z.dim() - 1)))
-    path_z = (1 - t) * start.unsqueeze(1) + t * end.unsqueeze(1)
-    rows = model.decode(path_z.flatten(0, 1)).view(pairs, steps, *z.shape[1:])
+    with torch.no_grad():
+        z = model.encode(test[index].to(device))
+        start, end = z[:pairs], z[pairs:]
+        t = torch.linspace(0, 1, steps, device=device).view(1, steps, *([1] * (z.dim() - 1)))
+        path_z = (1 - t) * start.unsqueeze(1) + t * end.unsqueeze(1)
+        decoded = model.decode(path_z.flatten(0, 1))
+    rows = decoded.view(pairs, steps, *decoded.shape[1:])
     out_dir = run_dir_of(checkpoint) / "samples"
     stem = f"interpolate_{checkpoint.stem}_pairs{pairs}_steps{steps}_seed{s.seed}"
     image = save_strip(rows, out_dir / f"{stem}.png", getattr(model, "levels", None))

@@ -94,14 +94,21 @@ def run(cfg) -> dict[str, Any]:
         logger.log(
             state.step,
             "test",
-            {k: summary[k] for k in ("bpd", "nll")} | {"best_step": summary["step"]},
+            {k: summary[k] for k in ("bpd", "nll", "elbo", "recon", "kl") if k in summary}
+            | {"best_step": summary["step"]},
         )
         logger.summary({f"test/{k}": v for k, v in summary.items() if isinstance(v, float)})
         write_json(run_dir / "eval.json", summary)
+        bound = (
+            f" from {summary['iw_samples']} importance samples, elbo {summary['elbo']:.2f}"
+            if "elbo" in summary
+            else ""
+        )
         log.info(
-            "test bpd %.4f, nll %.2f nats (best checkpoint, step %d); run directory %s",
+            "test bpd %.4f, nll %.2f nats%s (best checkpoint, step %d); run directory %s",
             summary["bpd"],
             summary["nll"],
+            bound,
             summary["step"],
             run_dir,
         )

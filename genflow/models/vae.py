@@ -1,0 +1,293 @@
+"""The variational autoencoder, with a diagonal-Gaussian or flow posterior.
+
+References: Kingma & Welling, 2013, "Auto-Encoding Variational Bayes", arXiv:1312.6114;
+Burda et al., 2015, "Importance Weighted Autoencoders", arXiv:1509.00519 (the IW bound);
+Kingma et al., 2016, arXiv:1606.04934 (free bits); flow posteriors in posteriors.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genflow.bijections.base import Bijection, Compose
+from genflow.distributions.likelihoods import build_likelihood
+from genflow.distributions.normal import StandardNormal
+from genflow.models.base import GenerativeModel, Output
+from genflow.nn.vae_networks import NETWORKS, build_networks, check_conv_shape
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def image_layout(event_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Images stay (C, H, W); vectors (D,) are laid out as (1, D, 1)."""
+    if len(event_shape) == 3:
+        return tuple(event_shape)
+    return (1, math.prod(event_shape), 1)
+
+
+def gaussian_kl(mean: Tensor, log_scale: Tensor) -> Tensor:
+    """KL(N(mean, exp(log_scale)^2) || N(0, 1)) per dimension, in closed form."""
+    return 0.5 * (mean.pow(2) + torch.exp(2 * log_scale) - 1.0) - log_scale
+
+
+class VAE(GenerativeModel):
+    """p(z) = N(0, I), p(x|z) a decoder likelihood, q(z|x) = a flow of N(mean(x), scale(x)).
+
+    Training minimises -ELBO = recon + beta * KL (bits per dim), one posterior sample per
+    example; KL is in closed form for the Gaussian posterior and a one-sample Monte Carlo
+    estimate log q(z_K|x) - log p(z_K) with log q(z_K|x) = log q(z_0|x) - sum log|det| for
+    flows. beta rises linearly from 0 to 1 over ``kl_warmup_steps``; ``free_bits`` (nats per
+    latent dimension) floors the KL term as in Kingma et al. (2016): per dimension for the
+    Gaussian posterior, on the whole KL for flows. ``evaluate`` reports the ELBO, its recon
+    and kl terms, and nll / bpd from the importance-weighted bound with ``iw_samples``
+    samples, chunked to about ``iw_chunk_elements`` decoder outputs at a time.
+    """
+
+    takes_posterior = True
+
+    def __init__(
+        self,
+        event_shape: tuple[int, ...],
+        levels: int | None = None,
+        latent_features: int = 32,
+        hidden_features: int = 256,
+        num_layers: int = 2,
+        network: str = "mlp",
+        conv_channels: int = 32,
+        dropout: float = 0.0,
+        likelihood: str = "auto",
+        num_mixtures: int = 5,
+        gaussian_scale: float | str | None = "learned",
+        posterior: Bijection | None = None,
+        kl_warmup_steps: int = 0,
+        free_bits: float = 0.0,
+        iw_samples: int = 128,
+        iw_chunk_elements: int = 2**24,
+    ):
+        super().__init__(event_shape)
+        check_settings(kl_warmup_steps, free_bits, iw_samples, latent_features)
+        self.levels = levels
+        self.latent_features = int(latent_features)
+        self.image_shape = image_layout(self.event_shape)
+        self.likelihood = build_likelihood(
+            likelihood, self.image_shape, levels, num_mixtures, gaussian_scale
+        )
+        self.encoder, self.decoder = build_networks(
+            network,
+            self.image_shape,
+            latent_features,
+            self.likelihood.num_channels,
+            hidden_features,
+            num_layers,
+            conv_channels,
+            dropout,
+        )
+        self.q_mean = nn.Linear(hidden_features, latent_features)
+        self.q_scale = nn.Linear(hidden_features, latent_features)
+        self.posterior = posterior if posterior is not None else Compose([])
+        self.has_flow = not (
+            isinstance(self.posterior, Compose) and len(self.posterior.layers) == 0
+        )
+        self.prior = StandardNormal((latent_features,))
+        self.kl_warmup_steps = int(kl_warmup_steps)
+        self.free_bits = float(free_bits)
+        self.iw_samples = int(iw_samples)
+        self.iw_chunk_elements = int(iw_chunk_elements)
+        self.register_buffer("training_step", torch.zeros((), dtype=torch.long), persistent=False)
+
+    @staticmethod
+    def check_config(model_cfg) -> None:
+        """The checks of __init__ that need no network: run before a run directory exists."""
+        check_settings(
+            model_cfg.get("kl_warmup_steps", 0),
+            model_cfg.get("free_bits", 0.0),
+            model_cfg.get("iw_samples", 1),
+            model_cfg.get("latent_features", 1),
+        )
+        shape = image_layout(tuple(model_cfg.event_shape))
+        build_likelihood(
+            model_cfg.get("likelihood", "auto"),
+            shape,
+            model_cfg.get("levels"),
+            model_cfg.get("num_mixtures", 5),
+            model_cfg.get("gaussian_scale", "learned"),
+        )
+        network = model_cfg.get("network", "mlp")
+        if network not in NETWORKS:
+            raise ValueError(
+                f"model.network={network} is not a network; valid: {', '.join(NETWORKS)}"
+            )
+        if network == "conv":
+            check_conv_shape(shape)
+
+    # -- q(z|x) ------------------------------------------------------------------------
+    def set_training_step(self, step: int) -> None:
+        self.training_step.fill_(int(step))
+
+    def _layout(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], *self.image_shape)
+
+    def q_params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean, log_scale, context) of q(z_0|x); context feeds the flow posterior."""
+        dtype = self.q_mean.weight.dtype
+        inputs = self._layout(x).to(dtype)
+        if self.levels is not None:
+            inputs = inputs / (self.levels - 1)
+        context = self.encoder(inputs)
+        scale = F.softplus(self.q_scale(context)) + 1e-4
+        return self.q_mean(context), torch.log(scale), context
+
+    def draw_posterior(
+        self, mean: Tensor, log_scale: Tensor, context: Tensor, k: int
+    ) -> tuple[Tensor, Tensor]:
+        """k samples z_K per example (B, k, Dz) and their log q(z_K|x) (B, k)."""
+        b, d = mean.shape
+        eps = torch.randn(b, k, d, dtype=mean.dtype, device=mean.device)
+        z0 = mean.unsqueeze(1) + torch.exp(log_scale).unsqueeze(1) * eps
+        log_q0 = (-0.5 * eps.pow(2) - log_scale.unsqueeze(1) - HALF_LOG_2PI).sum(2)
+        z, logdet = self.posterior(z0.flatten(0, 1), context.repeat_interleave(k, dim=0))
+        return z.view(b, k, d), log_q0 - logdet.view(b, k)
+
+    def _log_terms(
+        self, x: Tensor, mean: Tensor, log_scale: Tensor, context: Tensor, k: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """log p(x|z), log p(z), log q(z|x), each (B, k), for k posterior samples."""
+        b = x.shape[0]
+        z, log_q = self.draw_posterior(mean, log_scale, context, k)
+        flat = z.flatten(0, 1)
+        params = self.decoder(flat)
+        targets = self._layout(x).repeat_interleave(k, dim=0)
+        log_px_z = self.likelihood.log_prob(params, targets).view(b, k)
+        return log_px_z, self.prior.log_prob(flat).view(b, k), log_q
+
+    # -- the objective -------------------------------------------------------------------
+    def kl_weight(self) -> Tensor:
+        """beta of the KL warm-up: step / kl_warmup_steps, at most 1."""
+        if self.kl_warmup_steps <= 0:
+            return torch.ones((), device=self.training_step.device)
+        return (self.training_step.float() / self.kl_warmup_steps).clamp(max=1.0)
+
+    def forward(self, x: Tensor) -> Output:
+        mean, log_scale, context = self.q_params(x)
+        log_px_z, log_pz, log_q = self._log_terms(x, mean, log_scale, context, 1)
+        recon = -log_px_z.squeeze(1)
+        if self.has_flow:
+            kl = (log_q - log_pz).squeeze(1)
+            kl_term = kl.mean()
+            if self.free_bits > 0:
+                kl_term = kl_term.clamp(min=self.free_bits * self.latent_features)
+        else:
+            kl_dims = gaussian_kl(mean, log_scale)
+            kl = kl_dims.sum(1)
+            kl_term = kl_dims.mean(0).clamp(min=self.free_bits).sum()
+        beta = self.kl_weight()
+        bits = self.num_dims * math.log(2)
+        loss = (recon.mean() + beta * kl_term) / bits
+        elbo = -(recon + kl).mean().detach()
+        metrics = {
+            "bpd": -elbo / bits,  # training: the -ELBO bound, one sample
+            "elbo": elbo,
+            "recon": recon.mean().detach(),
+            "kl": kl.mean().detach(),
+            "beta": beta.detach(),
+        }
+        return Output(loss=loss, metrics=metrics)
+
+    # -- evaluation ----------------------------------------------------------------------
+    def importance_weighted(self, x: Tensor, k: int) -> dict[str, Tensor]:
+        """Per-example nll / bpd from the IW bound with k samples, and elbo, recon, kl.
+
+        log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x), streamed over chunks of samples
+        with a running log-sum-exp, so k = 5000 fits in memory.
+        """
+        mean, log_scale, context = self.q_params(x)
+        b = x.shape[0]
+        per_sample = self.likelihood.num_channels * self.image_shape[1] * self.image_shape[2]
+        chunk = max(1, min(k, self.iw_chunk_elements // max(1, per_sample * b)))
+        log_sum = torch.full((b,), -math.inf, dtype=mean.dtype, device=mean.device)
+        recon = torch.zeros(b, dtype=torch.float64, device=mean.device)
+        kl_mc = torch.zeros_like(recon)
+        for start in range(0, k, chunk):
+            n = min(chunk, k - start)
+            log_px_z, log_pz, log_q = self._log_terms(x, mean, log_scale, context, n)
+            log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_px_z + log_pz - log_q, dim=1))
+            recon -= log_px_z.double().sum(1)
+            kl_mc += (log_q - log_pz).double().sum(1)
+        recon, kl_mc = recon / k, kl_mc / k
+        kl = kl_mc if self.has_flow else gaussian_kl(mean, log_scale).double().sum(1)
+        nll = -(log_sum.double() - math.log(k))
+        return {
+            "nll": nll,
+            "bpd": nll / (self.num_dims * math.log(2)),
+            "elbo": -(recon + kl),
+            "recon": recon,
+            "kl": kl,
+        }
+
+    @torch.no_grad()
+    def evaluate(self, x: Tensor) -> dict[str, Tensor]:
+        return self.importance_weighted(x, self.iw_samples)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """The importance-weighted estimate of log p(x) with ``iw_samples`` samples."""
+        return -self.importance_weighted(x, self.iw_samples)["nll"].to(self.q_mean.weight.dtype)
+
+    # -- sampling and pictures -----------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+        z = self.prior.sample(n, temperature).to(self.q_mean.weight.dtype)
+        return self.likelihood.sample(self.decoder(z)).reshape(n, *self.event_shape)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """z_K of the posterior mean: the flow applied to the mean of q(z_0|x)."""
+        mean, _, context = self.q_params(x)
+        return self.posterior(mean, context)[0]
+
+    def decode(self, z: Tensor) -> Tensor:
+        """The decoder's mean image (data units, floats) for latents z."""
+        return self.likelihood.mean(self.decoder(z)).reshape(z.shape[0], *self.event_shape)
+
+    @torch.no_grad()
+    def pictures(self, x: Tensor) -> dict[str, tuple[Tensor, int]]:
+        """Reconstructions under their inputs, decoder means of prior samples, and a
+        traversal of the most used latent dimensions (rows) from -3 to 3 (columns)."""
+        if len(self.event_shape) != 3:
+            return {}
+        n = min(len(x), 10)
+        inputs = x[:n].to(self.q_mean.weight.dtype)
+        recon = self.decode(self.encode(x[:n]))
+        prior = self.decode(self.prior.sample(64).to(self.q_mean.weight.dtype))
+        mean, log_scale, _ = self.q_params(x)
+        usage = gaussian_kl(mean, log_scale).mean(0)
+        dims = usage.argsort(descending=True)[: min(8, self.latent_features)]
+        values = torch.linspace(-3, 3, 9, dtype=mean.dtype, device=mean.device)
+        base = self.encode(x[:1]).squeeze(0)
+        grid = base.repeat(len(dims), len(values), 1)
+        grid[torch.arange(len(dims)), :, dims] = values
+        traversal = self.decode(grid.flatten(0, 1))
+        return {
+            "reconstructions": (torch.cat([inputs, recon]), n),
+            "prior_means": (prior, 8),
+            "traversal": (traversal, len(values)),
+        }
+
+
+def check_settings(
+    kl_warmup_steps: int, free_bits: float, iw_samples: int, latent_features: int
+) -> None:
+    if not (isinstance(kl_warmup_steps, int) and kl_warmup_steps >= 0):
+        raise ValueError(f"model.kl_warmup_steps must be an integer >= 0, got {kl_warmup_steps}")
+    if not (isinstance(free_bits, (int, float)) and free_bits >= 0):
+        raise ValueError(
+            f"model.free_bits must be a number >= 0 (nats per latent), got {free_bits}"
+        )
+    if not (isinstance(iw_samples, int) and iw_samples >= 1):
+        raise ValueError(
+            f"eval.iw_samples (model.iw_samples) must be a positive integer, got {iw_samples}"
+        )
+    if not (isinstance(latent_features, int) and latent_features >= 1):
+        raise ValueError(f"model.latent_features must be a positive integer, got {latent_features}")
