@@ -134,3 +134,16 @@ def test_sylvester_rejects_bad_sizes():
         Sylvester(4, 3, "orthogonal", num_vectors=5)
     with pytest.raises(ValueError, match="variant"):
         Sylvester(4, 3, "diagonal")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_one_context_per_example_serves_its_k_samples(name):
+    """A VAE passes B contexts for B * k samples (example-major); the parameters are shared."""
+    flow, _, context = _case(name, batch=3)
+    z = torch.randn(3 * 4, FEATURES, dtype=torch.float64)
+    shared, shared_logdet = flow(z, context)
+    repeated, repeated_logdet = flow(z, context.repeat_interleave(4, dim=0))
+    torch.testing.assert_close(shared, repeated)
+    torch.testing.assert_close(shared_logdet, repeated_logdet)
+    with pytest.raises(ValueError, match="cannot share"):
+        flow(z[:11], context)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from genflow.bijections.base import Bijection, zeros_logdet
+from genflow.nn.amortised import per_row
 
 
 def reflect(z: Tensor, v: Tensor) -> Tensor:
@@ -27,13 +28,13 @@ class HouseholderReflection(Bijection):
         super().__init__()
         self.vector = nn.Linear(context_features, features)
 
-    def _v(self, context: Tensor | None) -> Tensor:
+    def _v(self, context: Tensor | None, rows: int) -> Tensor:
         if context is None:
             raise ValueError("HouseholderReflection is amortised: it needs the encoder's context")
-        return self.vector(context)
+        return per_row(self.vector(context), rows)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return reflect(z, self._v(context)), zeros_logdet(z)
+        return reflect(z, self._v(context, z.shape[0])), zeros_logdet(z)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return reflect(z, self._v(context)), zeros_logdet(z)
+        return reflect(z, self._v(context, z.shape[0])), zeros_logdet(z)

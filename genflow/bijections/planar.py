@@ -11,13 +11,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genflow.bijections.base import Bijection
+from genflow.nn.amortised import per_row
 
 
 class Planar(Bijection):
     """Noise -> latent: z' = z + u_hat * tanh(w^T z + b), with (u, w, b) from ``context``.
 
     ``forward`` maps a posterior sample z_0 towards z_K and returns log|det dz'/dz|; there is
-    no closed-form inverse. Invertibility needs w^T u_hat >= -1, which the reparameterisation
+    no closed-form inverse. ``context`` has one row per row of z, or one per example when z
+    holds k samples per example (example-major). Invertibility needs w^T u_hat >= -1, which the reparameterisation
     u_hat = u + (m(w^T u) - w^T u) w / |w|^2 with m(a) = -1 + softplus(a) guarantees for
     every parameter value (then 1 + tanh'(.) w^T u_hat > 0, so the log-det is finite).
     """
@@ -40,7 +42,7 @@ class Planar(Bijection):
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if context is None:
             raise ValueError("Planar is amortised: it needs the encoder's context")
-        u_hat, w, b = self.constrained(context)
+        u_hat, w, b = (per_row(p, z.shape[0]) for p in self.constrained(context))
         h = torch.tanh((w * z).sum(1, keepdim=True) + b)
         out = z + u_hat * h
         # det(I + u psi^T) = 1 + psi^T u with psi = tanh'(.) w; positive by the constraint

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genflow.bijections.base import Bijection
+from genflow.nn.amortised import per_row
 
 
 class Radial(Bijection):
@@ -38,7 +39,7 @@ class Radial(Bijection):
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if context is None:
             raise ValueError("Radial is amortised: it needs the encoder's context")
-        z_ref, alpha, beta = self.constrained(context)
+        z_ref, alpha, beta = (per_row(p, z.shape[0]) for p in self.constrained(context))
         diff = z - z_ref
         r = diff.pow(2).sum(1, keepdim=True).add(1e-30).sqrt()
         h = 1.0 / (alpha + r)

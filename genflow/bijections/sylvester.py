@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from genflow.bijections.base import Bijection
 from genflow.bijections.householder import reflect
+from genflow.nn.amortised import per_row
 
 VARIANTS = ("orthogonal", "householder", "triangular")
 
@@ -107,7 +108,9 @@ class Sylvester(Bijection):
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if context is None:
             raise ValueError("Sylvester is amortised: it needs the encoder's context")
-        r, r_tilde, bias, q = self.parameters_for(context)
+        r, r_tilde, bias, q = (
+            None if p is None else per_row(p, z.shape[0]) for p in self.parameters_for(context)
+        )
         pre = torch.einsum("bij,bj->bi", r_tilde, self._to_basis(z, q)) + bias
         h = torch.tanh(pre)
         out = z + self._from_basis(torch.einsum("bij,bj->bi", r, h), q)

@@ -149,7 +149,7 @@ class VAE(GenerativeModel):
         eps = torch.randn(b, k, d, dtype=mean.dtype, device=mean.device)
         z0 = mean.unsqueeze(1) + torch.exp(log_scale).unsqueeze(1) * eps
         log_q0 = (-0.5 * eps.pow(2) - log_scale.unsqueeze(1) - HALF_LOG_2PI).sum(2)
-        z, logdet = self.posterior(z0.flatten(0, 1), context.repeat_interleave(k, dim=0))
+        z, logdet = self.posterior(z0.flatten(0, 1), context)  # parameters once per example
         return z.view(b, k, d), log_q0 - logdet.view(b, k)
 
     def _log_terms(

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genflow.nn.amortised import per_row
+
 ORDERINGS = ("natural", "reversed", "random")
 HIDDEN_DEGREES = ("sequential", "random")
 
@@ -100,6 +102,6 @@ class MADE(nn.Module):
         for i, layer in enumerate(self.hidden):
             h = layer(h)
             if i == 0 and self.context is not None and context is not None:
-                h = h + self.context(context)
+                h = h + per_row(self.context(context), h.shape[0])
             h = F.gelu(h)
         return self.output(h)
