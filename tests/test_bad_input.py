@@ -95,6 +95,14 @@ COMMAND_LINE = [
         "model.kl_warmup_steps must be an integer >= 0, got -5",
     ),
     (
+        ["train", "model=vae", "model.likelihood=gaussian", "model.gaussian_scale=wide"],
+        "model.gaussian_scale=wide must be 'learned' or a positive number",
+    ),
+    (
+        ["train", "model=vae", "model.dropout=1.5"],
+        "model.dropout must be a number in [0, 1), got 1.5",
+    ),
+    (
         ["train", "model=vae", "eval.iw_samples=0"],
         "eval.iw_samples=0 is not valid; eval.iw_samples must be a positive integer",
     ),

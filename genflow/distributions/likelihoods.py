@@ -205,5 +205,12 @@ def build_likelihood(
         return Categorical(image_shape, levels)
     if name == "logistic_mixture":
         return LogisticMixture(image_shape, levels, num_mixtures)
-    scale = None if gaussian_scale in (None, "learned") else float(gaussian_scale)
+    scale = None
+    if gaussian_scale not in (None, "learned"):
+        try:
+            scale = float(gaussian_scale)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"model.gaussian_scale={gaussian_scale} must be 'learned' or a positive number"
+            ) from None
     return Gaussian(image_shape, levels, scale)

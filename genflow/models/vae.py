@@ -116,6 +116,9 @@ class VAE(GenerativeModel):
             model_cfg.get("num_mixtures", 5),
             model_cfg.get("gaussian_scale", "learned"),
         )
+        dropout = model_cfg.get("dropout", 0.0)
+        if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+            raise ValueError(f"model.dropout must be a number in [0, 1), got {dropout}")
         network = model_cfg.get("network", "mlp")
         if network not in NETWORKS:
             raise ValueError(
