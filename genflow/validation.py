@@ -63,6 +63,11 @@ def validate_train_config(cfg: DictConfig) -> None:
             "a positive integer or null",
         ),
         ("trainer.max_bad_steps", *positive_int),
+        (
+            "trainer.ema",
+            lambda v: v is None or (_number(v) and 0 < v < 1),
+            "null or a decay in (0, 1), e.g. 0.999",
+        ),
         ("eval.iw_samples", *positive_int),
         (
             "trainer.on_bad_steps",

@@ -103,6 +103,10 @@ COMMAND_LINE = [
         "model.dropout must be a number in [0, 1), got 1.5",
     ),
     (
+        ["train", "trainer.ema=1.5"],
+        "trainer.ema=1.5 is not valid; trainer.ema must be null or a decay in (0, 1), e.g. 0.999",
+    ),
+    (
         ["train", "model=vae", "eval.iw_samples=0"],
         "eval.iw_samples=0 is not valid; eval.iw_samples must be a positive integer",
     ),

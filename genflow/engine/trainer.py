@@ -24,6 +24,7 @@ from genflow.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from genflow.engine.ema import build_ema, update_ema
 from genflow.engine.evaluate import evaluate, seeded_rng
 from genflow.engine.faults import first_nonfinite_output, nonfinite_gradients
 from genflow.engine.pictures import save_density, save_samples
@@ -85,14 +86,21 @@ class Trainer:
             splits.train, int(self.tcfg.batch_size), int(cfg.seed), transform=splits.train_transform
         )
         self.logger: RunLogger | None = None
+        self.ema = build_ema(model, self.tcfg.get("ema"))
         faults = self.tcfg.get("fault_injection") or {}
         self._nan_steps = {int(s) for s in (faults.get("nan_loss_at_steps") or [])}
         self._injected: set[int] = set()
+
+    @property
+    def eval_model(self) -> GenerativeModel:
+        """What validation and sampling use: the EMA of the weights when trainer.ema is set."""
+        return self.ema.module if self.ema is not None else self.model
 
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "trainer": asdict(self.state),
@@ -118,6 +126,11 @@ class Trainer:
             ) from err
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None:
+            if ckpt.get("ema") is not None:
+                self.ema.load_state_dict(ckpt["ema"])
+            else:  # trainer.ema added on resume: the average starts from these weights
+                self.ema.n_averaged.zero_()
         self.state = TrainState(**ckpt["trainer"])
         set_rng_state(ckpt["rng"])
         self._drop_records_after(self.state.step)
@@ -174,6 +187,8 @@ class Trainer:
                 finite = bool(torch.isfinite(grad_norm))
             if finite:
                 self.optimizer.step()
+                if self.ema is not None:
+                    update_ema(self.ema, self.model)
                 self.state.bad_in_a_row = 0
             self.scheduler.step()
             self.state.step += 1
@@ -297,7 +312,9 @@ class Trainer:
         )
 
     def _validate(self, step: int) -> None:
-        metrics = evaluate(self.model, self.splits.val, int(self.tcfg.eval_batch_size))
+        if self.ema is not None and int(self.ema.n_averaged) == 0:
+            update_ema(self.ema, self.model)  # no step taken yet: the average is the model
+        metrics = evaluate(self.eval_model, self.splits.val, int(self.tcfg.eval_batch_size))
         self.logger.log(step, "val", metrics)
         value = metrics[SELECTION_METRIC]
         improved = value < self.state.best_metric
@@ -329,12 +346,13 @@ class Trainer:
         )
 
     def write_samples(self, step: int) -> Path:
-        was_training = self.model.training
-        self.model.eval()
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
         with seeded_rng(int(self.cfg.seed), self.splits.train.device):
-            samples = self.model.sample(int(self.tcfg.sample_n))
-            pictures = self.model.pictures(self.splits.val[: int(self.tcfg.sample_n)])
-        self.model.train(was_training)
+            samples = model.sample(int(self.tcfg.sample_n))
+            pictures = model.pictures(self.splits.val[: int(self.tcfg.sample_n)])
+        model.train(was_training)
         two_d = self.splits.val.dim() == 2
         path = save_samples(
             samples,
@@ -353,7 +371,7 @@ class Trainer:
             self.logger.log_image(step, name, picture)
         if two_d:
             density = save_density(
-                self.model, self.splits.val, self.run_dir / "samples" / f"density_{step:07d}.png"
+                model, self.splits.val, self.run_dir / "samples" / f"density_{step:07d}.png"
             )
             self.logger.log_image(step, "density", density)
         return path

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from genflow.engine.checkpoint import load_checkpoint
+from genflow.engine.ema import evaluation_weights
 from genflow.engine.evaluate import evaluate
 from genflow.errors import GenflowError
 from genflow.models.base import GenerativeModel
@@ -69,7 +70,7 @@ def load_model_from_checkpoint(
     """Rebuild the model from the resolved config stored in the checkpoint and load its weights."""
     ckpt = load_checkpoint(checkpoint)
     model = build_model(ckpt["config"]["model"])
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(evaluation_weights(ckpt))  # the EMA's, when the run kept one
     return model.to(device).eval(), ckpt
 
 

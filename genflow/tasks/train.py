@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from genflow.data.datasets import load_dataset
 from genflow.engine.checkpoint import last_checkpoints, load_checkpoint
 from genflow.engine.device import resolve_device
+from genflow.engine.ema import evaluation_weights
 from genflow.engine.optim import build_optimizer, build_scheduler
 from genflow.engine.run_logger import RunLogger
 from genflow.engine.trainer import Trainer
@@ -82,7 +83,7 @@ def run(cfg) -> dict[str, Any]:
         state = trainer.fit(logger)
         best = run_dir / "checkpoints" / ("best.pt" if state.best_step > 0 else "last.pt")
         ckpt = load_checkpoint(best)
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(evaluation_weights(ckpt))  # the EMA's, when the run kept one
         summary = evaluation_summary(
             model,
             splits.test,
