@@ -64,6 +64,11 @@ def validate_train_config(cfg: DictConfig) -> None:
         ),
         ("trainer.max_bad_steps", *positive_int),
         (
+            "trainer.precision",
+            lambda v: v in ("fp32", "bf16", "fp16"),
+            "one of fp32, bf16, fp16",
+        ),
+        (
             "trainer.ema",
             lambda v: v is None or (_number(v) and 0 < v < 1),
             "null or a decay in (0, 1), e.g. 0.999",

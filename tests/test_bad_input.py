@@ -103,6 +103,10 @@ COMMAND_LINE = [
         "model.dropout must be a number in [0, 1), got 1.5",
     ),
     (
+        ["train", "trainer.precision=fp8"],
+        "trainer.precision='fp8' is not valid; trainer.precision must be one of fp32, bf16, fp16",
+    ),
+    (
         ["train", "trainer.ema=1.5"],
         "trainer.ema=1.5 is not valid; trainer.ema must be null or a decay in (0, 1), e.g. 0.999",
     ),

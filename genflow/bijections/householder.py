@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from genflow.bijections.base import Bijection, zeros_logdet
+from genflow.bijections.base import Bijection, full_precision, zeros_logdet
 from genflow.nn.amortised import per_row
 
 
@@ -31,7 +31,7 @@ class HouseholderReflection(Bijection):
     def _v(self, context: Tensor | None, rows: int) -> Tensor:
         if context is None:
             raise ValueError("HouseholderReflection is amortised: it needs the encoder's context")
-        return per_row(self.vector(context), rows)
+        return per_row(full_precision(self.vector(context)), rows)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return reflect(z, self._v(context, z.shape[0])), zeros_logdet(z)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genflow.bijections.base import Bijection
+from genflow.bijections.base import Bijection, full_precision
 from genflow.nn.amortised import per_row
 
 
@@ -32,7 +32,7 @@ class Planar(Bijection):
     def constrained(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(u_hat, w, b) for each example; w^T u_hat > -1 always."""
         d = self.features
-        raw = self.params(context)
+        raw = full_precision(self.params(context))
         u, w, b = raw[:, :d], raw[:, d : 2 * d], raw[:, 2 * d :]
         wu = (w * u).sum(1, keepdim=True)
         w_norm2 = w.pow(2).sum(1, keepdim=True).clamp(min=1e-12)

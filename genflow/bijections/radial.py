@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genflow.bijections.base import Bijection
+from genflow.bijections.base import Bijection, full_precision
 from genflow.nn.amortised import per_row
 
 
@@ -29,7 +29,7 @@ class Radial(Bijection):
 
     def constrained(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(z_ref, alpha, beta) for each example; alpha > 0 and beta > -alpha always."""
-        raw = self.params(context)
+        raw = full_precision(self.params(context))
         d = self.features
         z_ref, alpha_raw, beta_raw = raw[:, :d], raw[:, d : d + 1], raw[:, d + 1 :]
         alpha = F.softplus(alpha_raw)

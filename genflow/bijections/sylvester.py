@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from genflow.bijections.base import Bijection
+from genflow.bijections.base import Bijection, full_precision
 from genflow.bijections.householder import reflect
 from genflow.nn.amortised import per_row
 
@@ -75,16 +75,18 @@ class Sylvester(Bijection):
     def parameters_for(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """(R (B,M,M), R~ (B,M,M), b (B,M), Q (B,D,M) or None for the triangular identity)."""
         m, t = self.num_vectors, self.upper_rows.numel()
-        raw = self.triangles(context)
+        raw = full_precision(self.triangles(context))
         strict, strict_t, diag, diag_t, bias = raw.split([t, t, m, m, m], dim=1)
         r = self._triangular(strict, torch.tanh(diag))
         r_tilde = self._triangular(strict_t, torch.tanh(diag_t))
         q = None
         if self.variant == "orthogonal":
-            raw_q = self.q_params(context).view(-1, self.features, m)
+            raw_q = full_precision(self.q_params(context)).view(-1, self.features, m)
             q = torch.linalg.qr(raw_q, mode="reduced").Q
         elif self.variant == "householder":
-            vectors = self.q_params(context).view(-1, self.num_householder, self.features)
+            vectors = full_precision(self.q_params(context)).view(
+                -1, self.num_householder, self.features
+            )
             # Q = H_1 H_2 ... H_n, built by reflecting the columns of the identity
             q = torch.eye(self.features, dtype=context.dtype, device=context.device)
             q = q.expand(context.shape[0], -1, -1).transpose(1, 2)  # rows = columns of I

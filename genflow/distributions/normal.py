@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from genflow.bijections.base import sum_except_batch
+from genflow.bijections.base import full_precision, sum_except_batch
 
 
 class StandardNormal(nn.Module):
@@ -19,6 +19,7 @@ class StandardNormal(nn.Module):
         self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
 
     def log_prob(self, z: Tensor) -> Tensor:
+        z = full_precision(z)
         return sum_except_batch(-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi))
 
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:

@@ -28,6 +28,7 @@ from genflow.engine.ema import build_ema, update_ema
 from genflow.engine.evaluate import evaluate, seeded_rng
 from genflow.engine.faults import first_nonfinite_output, nonfinite_gradients
 from genflow.engine.pictures import save_density, save_samples
+from genflow.engine.precision import autocast, grad_scaler
 from genflow.engine.preemption import Preempted, PreemptionGuard
 from genflow.engine.run_logger import RunLogger
 from genflow.errors import GenflowError
@@ -87,6 +88,8 @@ class Trainer:
         )
         self.logger: RunLogger | None = None
         self.ema = build_ema(model, self.tcfg.get("ema"))
+        self.precision = str(self.tcfg.get("precision") or "fp32")
+        self.scaler = grad_scaler(self.precision, splits.train.device)
         faults = self.tcfg.get("fault_injection") or {}
         self._nan_steps = {int(s) for s in (faults.get("nan_loss_at_steps") or [])}
         self._injected: set[int] = set()
@@ -101,6 +104,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "trainer": asdict(self.state),
@@ -126,6 +130,8 @@ class Trainer:
             ) from err
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None:
             if ckpt.get("ema") is not None:
                 self.ema.load_state_dict(ckpt["ema"])
@@ -176,18 +182,26 @@ class Trainer:
         while self.state.step < max_steps and not self.state.stopped_early:
             x = self.batches(self.state.step)
             self.model.set_training_step(self.state.step)
-            out = self.model(x)
-            loss = self._inject_faults(out.loss, self.state.step + 1)
+            with autocast(self.precision, x.device):
+                out = self.model(x)
+            loss = self._inject_faults(out.loss.float(), self.state.step + 1)
             grad_norm = torch.full((), math.nan)
             finite = bool(torch.isfinite(loss))
+            overflow = False
             if finite:
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
                 finite = bool(torch.isfinite(grad_norm))
+                if not finite and self.scaler.is_enabled():
+                    # fp16 gradients overflowed at this loss scale: the scaler skips the
+                    # update and lowers the scale; not a bad step of the model
+                    overflow, finite = True, True
             if finite:
-                self.optimizer.step()
-                if self.ema is not None:
+                self.scaler.step(self.optimizer)  # skips the update itself on overflow
+                self.scaler.update()
+                if self.ema is not None and not overflow:
                     update_ema(self.ema, self.model)
                 self.state.bad_in_a_row = 0
             self.scheduler.step()

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genflow.bijections.base import sum_except_batch
+from genflow.bijections.base import full_precision, sum_except_batch
 from genflow.models.base import GenerativeModel
 
 
@@ -51,7 +51,7 @@ class AutoregressiveModel(GenerativeModel):
         raise NotImplementedError
 
     def log_prob(self, x: Tensor) -> Tensor:
-        log_probs = F.log_softmax(self.logits(x), dim=1)
+        log_probs = F.log_softmax(full_precision(self.logits(x)), dim=1)
         return sum_except_batch(log_probs.gather(1, x.long().unsqueeze(1)).squeeze(1))
 
     def positions(self) -> Iterator[tuple[int, ...]]:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genflow.bijections.base import full_precision
 from genflow.distributions import discretized_logistic as dlm
 from genflow.models.arm import AutoregressiveModel
 from genflow.nn.shifted_conv import (
@@ -115,7 +116,9 @@ class PixelCNNpp(AutoregressiveModel):
         return self.out(F.elu(ul))
 
     def log_prob(self, x: Tensor) -> Tensor:
-        return dlm.log_prob(self.parameters_of(x), x, self.levels, self.num_mixtures)
+        return dlm.log_prob(
+            full_precision(self.parameters_of(x)), x, self.levels, self.num_mixtures
+        )
 
     @torch.no_grad()
     def sample_naive(self, n: int, temperature: float = 1.0) -> Tensor:

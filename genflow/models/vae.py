@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genflow.bijections.base import Bijection, Compose
+from genflow.bijections.base import Bijection, Compose, full_precision
 from genflow.distributions.likelihoods import build_likelihood
 from genflow.distributions.normal import StandardNormal
 from genflow.models.base import GenerativeModel, Output
@@ -140,9 +140,9 @@ class VAE(GenerativeModel):
         inputs = self._layout(x).to(dtype)
         if self.levels is not None:
             inputs = inputs / (self.levels - 1)
-        context = self.encoder(inputs)
-        scale = F.softplus(self.q_scale(context)) + 1e-4
-        return self.q_mean(context), torch.log(scale), context
+        context = full_precision(self.encoder(inputs))
+        scale = F.softplus(full_precision(self.q_scale(context))) + 1e-4
+        return full_precision(self.q_mean(context)), torch.log(scale), context
 
     def draw_posterior(
         self, mean: Tensor, log_scale: Tensor, context: Tensor, k: int
@@ -162,7 +162,7 @@ class VAE(GenerativeModel):
         b = x.shape[0]
         z, log_q = self.draw_posterior(mean, log_scale, context, k)
         flat = z.flatten(0, 1)
-        params = self.decoder(flat)
+        params = full_precision(self.decoder(flat))
         targets = self._layout(x).repeat_interleave(k, dim=0)
         log_px_z = self.likelihood.log_prob(params, targets).view(b, k)
         return log_px_z, self.prior.log_prob(flat).view(b, k), log_q
