@@ -63,6 +63,7 @@ def validate_train_config(cfg: DictConfig) -> None:
             "a positive integer or null",
         ),
         ("trainer.max_bad_steps", *positive_int),
+        ("trainer.compile", lambda v: isinstance(v, bool), "true or false"),
         (
             "trainer.precision",
             lambda v: v in ("fp32", "bf16", "fp16"),

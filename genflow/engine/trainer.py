@@ -90,6 +90,9 @@ class Trainer:
         self.ema = build_ema(model, self.tcfg.get("ema"))
         self.precision = str(self.tcfg.get("precision") or "fp32")
         self.scaler = grad_scaler(self.precision, splits.train.device)
+        # trainer.compile: the training forward goes through torch.compile; checkpoints,
+        # validation and sampling use the plain module, so checkpoints load without compile
+        self.train_forward = torch.compile(model) if self.tcfg.get("compile") else model
         faults = self.tcfg.get("fault_injection") or {}
         self._nan_steps = {int(s) for s in (faults.get("nan_loss_at_steps") or [])}
         self._injected: set[int] = set()
@@ -183,7 +186,7 @@ class Trainer:
             x = self.batches(self.state.step)
             self.model.set_training_step(self.state.step)
             with autocast(self.precision, x.device):
-                out = self.model(x)
+                out = self.train_forward(x)
             loss = self._inject_faults(out.loss.float(), self.state.step + 1)
             grad_norm = torch.full((), math.nan)
             finite = bool(torch.isfinite(loss))
