@@ -42,6 +42,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         ("optimizer.scheduler.warmup_steps", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
         ("trainer.max_steps", *positive_int),
         ("trainer.batch_size", *positive_int),
+        ("trainer.accumulate_steps", *positive_int),
         ("trainer.eval_batch_size", *positive_int),
         ("trainer.log_every", *positive_int),
         ("trainer.eval_every", *positive_int),

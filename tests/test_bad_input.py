@@ -31,7 +31,7 @@ COMMAND_LINE = [
     (["train", "device=tpu"], "unknown device 'tpu'; valid choices: auto, cpu, cuda"),
     (
         ["train", "trainer.max_step=5"],
-        "unknown config key 'trainer.max_step'; keys under trainer: batch_size",
+        "unknown config key 'trainer.max_step'; keys under trainer: accumulate_steps, batch_size",
     ),
     (
         ["train", "optimizer.lr=-1e-3"],

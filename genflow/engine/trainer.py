@@ -93,6 +93,7 @@ class Trainer:
         # trainer.compile: the training forward goes through torch.compile; checkpoints,
         # validation and sampling use the plain module, so checkpoints load without compile
         self.train_forward = torch.compile(model) if self.tcfg.get("compile") else model
+        self.accumulate_steps = int(self.tcfg.get("accumulate_steps") or 1)
         faults = self.tcfg.get("fault_injection") or {}
         self._nan_steps = {int(s) for s in (faults.get("nan_loss_at_steps") or [])}
         self._injected: set[int] = set()
@@ -183,17 +184,10 @@ class Trainer:
         tc, logger = self.tcfg, self.logger
         window_start, window_steps = time.perf_counter(), 0
         while self.state.step < max_steps and not self.state.stopped_early:
-            x = self.batches(self.state.step)
-            self.model.set_training_step(self.state.step)
-            with autocast(self.precision, x.device):
-                out = self.train_forward(x)
-            loss = self._inject_faults(out.loss.float(), self.state.step + 1)
+            x, metrics, loss, finite = self._forward_backward()
             grad_norm = torch.full((), math.nan)
-            finite = bool(torch.isfinite(loss))
             overflow = False
             if finite:
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
                 self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
                 finite = bool(torch.isfinite(grad_norm))
@@ -212,7 +206,7 @@ class Trainer:
             step = self.state.step
             window_steps += 1
             bar.update(1)
-            if not finite and self._on_bad_step(x, out, loss, step):
+            if not finite and self._on_bad_step(x, metrics, loss, step):
                 bar.n = self.state.step  # rolled back to an earlier step
                 bar.refresh()
                 window_start, window_steps = time.perf_counter(), 0
@@ -221,14 +215,14 @@ class Trainer:
             if step % int(tc.log_every) == 0 or step == max_steps:
                 elapsed = time.perf_counter() - window_start
                 metrics = {
-                    "loss": loss.detach(),
-                    **out.metrics,
+                    "loss": loss,
+                    **metrics,
                     "grad_norm": grad_norm,
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "steps_per_sec": window_steps / max(elapsed, 1e-9),
                 }
                 logger.log(step, "train", metrics)
-                bar.set_postfix(loss=f"{loss.item():.4f}", bpd=f"{out.metrics['bpd'].item():.3f}")
+                bar.set_postfix(loss=f"{loss.item():.4f}", bpd=f"{metrics['bpd'].item():.3f}")
                 window_start, window_steps = time.perf_counter(), 0
             if step % int(tc.eval_every) == 0 or step == max_steps:
                 self._validate(step)
@@ -242,6 +236,31 @@ class Trainer:
             if guard.requested:
                 raise Preempted(guard.signum, step, str(path))
 
+    def _forward_backward(self) -> tuple[torch.Tensor, dict, torch.Tensor, bool]:
+        """Gradients of one optimizer step, summed over ``trainer.accumulate_steps``
+        micro-batches of ``trainer.batch_size`` (micro-batch i of step s is batch s * n + i,
+        so the data stay a pure function of (seed, step)). Returns the last micro-batch, the
+        micro-batch means of the loss and metrics, and whether every loss was finite."""
+        n, step = self.accumulate_steps, self.state.step
+        self.model.set_training_step(step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = torch.zeros(())
+        metrics: dict[str, torch.Tensor] = {}
+        for i in range(n):
+            x = self.batches(step * n + i)
+            with autocast(self.precision, x.device):
+                out = self.train_forward(x)
+            micro = out.loss.float()
+            if i == 0:
+                micro = self._inject_faults(micro, step + 1)
+            if not bool(torch.isfinite(micro)):
+                return x, out.metrics, micro.detach(), False
+            self.scaler.scale(micro / n if n > 1 else micro).backward()
+            loss = loss.to(micro.device) + micro.detach() / n
+            for name, value in out.metrics.items():
+                metrics[name] = metrics.get(name, 0.0) + value / n
+        return x, metrics, loss, True
+
     # -- faults --------------------------------------------------------------------------
     def _inject_faults(self, loss: torch.Tensor, step: int) -> torch.Tensor:
         """trainer.fault_injection.nan_loss_at_steps: a NaN loss, once per listed step."""
@@ -251,7 +270,7 @@ class Trainer:
             return loss * math.nan
         return loss
 
-    def _on_bad_step(self, x: torch.Tensor, out, loss: torch.Tensor, step: int) -> bool:
+    def _on_bad_step(self, x: torch.Tensor, metrics: dict, loss: torch.Tensor, step: int) -> bool:
         """Skip a non-finite step; after ``max_bad_steps`` in a row roll back or stop.
 
         Returns True when the run was rolled back to the last checkpoint.
@@ -259,7 +278,7 @@ class Trainer:
         tc, state = self.tcfg, self.state
         state.skipped_steps += 1
         state.bad_in_a_row += 1
-        terms = {k: v.item() for k, v in out.metrics.items()}
+        terms = {k: v.item() for k, v in metrics.items()}
         self.logger.log(
             step,
             "train",
