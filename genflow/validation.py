@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from genflow.errors import GenflowError
+from genflow.errors import GenflowError, first_cause
 
 LOGGER_MODES = ("offline", "online", "disabled")
 BAD_STEP_ACTIONS = ("rollback", "stop")
@@ -95,6 +95,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check_model_fits_data(cfg)
 
 
+def validate_eval_config(cfg: DictConfig) -> None:
+    """The values genflow eval reads from its own config (the model's come from the run)."""
+    _check(cfg, "eval.iw_samples", lambda v: _integer(v) and v >= 1, "a positive integer")
+
+
 def _check_model_fits_data(cfg: DictConfig) -> None:
     data_shape = list(cfg.dataset.shape)
     model_shape = OmegaConf.select(cfg, "model.event_shape", default=None)
@@ -118,22 +123,19 @@ def _check_model_fits_data(cfg: DictConfig) -> None:
             "(dataset.levels is null); use a flow (model=realnvp, maf, nice) for 2-D toys"
         )
     posterior = OmegaConf.select(cfg, "model.posterior", default=None)
-    if posterior is not None and not getattr(model_class, "takes_posterior", False):
-        name = target.rsplit(".", 1)[-1]
-        raise GenflowError(
-            f"model/posterior is a part of model=vae; model {name} has no posterior "
-            "(drop the model/posterior override or add model=vae)"
-        )
-    if posterior is not None:  # small: build it now, so a bad setting fails before any run
+    if posterior is not None:
+        if not getattr(model_class, "takes_posterior", False):
+            name = target.rsplit(".", 1)[-1]
+            raise GenflowError(
+                f"model/posterior is a part of model=vae; model {name} has no posterior "
+                "(drop the model/posterior override or add model=vae)"
+            )
         from hydra.utils import instantiate
 
-        try:
+        try:  # small: build it now, so a bad setting fails before any run directory exists
             instantiate(posterior)
         except Exception as err:
-            cause = err.__cause__ if err.__cause__ is not None else err
-            raise GenflowError(
-                f"model/posterior: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}"
-            ) from err
+            raise GenflowError(f"model/posterior: {first_cause(err)}") from err
     check = getattr(model_class, "check_config", None)
     if check is not None:
         try:

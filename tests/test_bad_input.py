@@ -171,6 +171,10 @@ def _runtime_cases(tmp_path: Path, broken_run: Path):
     )
     yield ["eval", f"run={broken_run}"], "best.pt is truncated or corrupted and cannot be read"
     yield (
+        ["eval", f"run={broken_run}", "eval.iw_samples=0"],
+        "eval.iw_samples=0 is not valid; eval.iw_samples must be a positive integer",
+    )
+    yield (
         ["eval", f"run={broken_run}", "split=dev"],
         "split=dev is not a split; valid splits: train, val, test",
     )

@@ -87,9 +87,10 @@ class Sylvester(Bijection):
             vectors = full_precision(self.q_params(context)).view(
                 -1, self.num_householder, self.features
             )
-            # Q = H_1 H_2 ... H_n, built by reflecting the columns of the identity
+            # Q = H_1 H_2 ... H_n, built by reflecting the columns of the identity (held as
+            # rows, then transposed)
             q = torch.eye(self.features, dtype=context.dtype, device=context.device)
-            q = q.expand(context.shape[0], -1, -1).transpose(1, 2)  # rows = columns of I
+            q = q.expand(context.shape[0], -1, -1)
             for i in reversed(range(self.num_householder)):
                 q = reflect(q, vectors[:, i : i + 1, :])
             q = q.transpose(1, 2)

@@ -101,7 +101,11 @@ class Trainer:
     @property
     def eval_model(self) -> GenerativeModel:
         """What validation and sampling use: the EMA of the weights when trainer.ema is set."""
-        return self.ema.module if self.ema is not None else self.model
+        if self.ema is None:
+            return self.model
+        if int(self.ema.n_averaged) == 0:  # no step averaged yet: the average is the model
+            update_ema(self.ema, self.model)
+        return self.ema.module
 
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -244,7 +248,7 @@ class Trainer:
         n, step = self.accumulate_steps, self.state.step
         self.model.set_training_step(step)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = torch.zeros(())
+        loss = torch.zeros((), device=self.splits.train.device)
         metrics: dict[str, torch.Tensor] = {}
         for i in range(n):
             x = self.batches(step * n + i)
@@ -255,8 +259,8 @@ class Trainer:
                 micro = self._inject_faults(micro, step + 1)
             if not bool(torch.isfinite(micro)):
                 return x, out.metrics, micro.detach(), False
-            self.scaler.scale(micro / n if n > 1 else micro).backward()
-            loss = loss.to(micro.device) + micro.detach() / n
+            self.scaler.scale(micro / n).backward()  # x / 1 is exact: n = 1 is plain backward
+            loss = loss + micro.detach() / n
             for name, value in out.metrics.items():
                 metrics[name] = metrics.get(name, 0.0) + value / n
         return x, metrics, loss, True
@@ -348,8 +352,6 @@ class Trainer:
         )
 
     def _validate(self, step: int) -> None:
-        if self.ema is not None and int(self.ema.n_averaged) == 0:
-            update_ema(self.ema, self.model)  # no step taken yet: the average is the model
         metrics = evaluate(self.eval_model, self.splits.val, int(self.tcfg.eval_batch_size))
         self.logger.log(step, "val", metrics)
         value = metrics[SELECTION_METRIC]

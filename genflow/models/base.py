@@ -33,7 +33,7 @@ class GenerativeModel(nn.Module):
 
     def forward(self, x: Tensor) -> Output:
         nll = -self.log_prob(x)
-        bpd = nll / (self.num_dims * math.log(2))
+        bpd = self.bpd(nll)
         loss = bpd.mean()
         return Output(loss=loss, metrics={"nll": nll.mean().detach(), "bpd": bpd.mean().detach()})
 
@@ -47,7 +47,11 @@ class GenerativeModel(nn.Module):
     def evaluate(self, x: Tensor) -> dict[str, Tensor]:
         """Per-example metrics (shape (B,) each); the engine sums them and divides by N."""
         nll = -self.log_prob(x)
-        return {"nll": nll, "bpd": nll / (self.num_dims * math.log(2))}
+        return {"nll": nll, "bpd": self.bpd(nll)}
+
+    def bpd(self, nats: Tensor) -> Tensor:
+        """Nats per example -> bits per dimension of the data."""
+        return nats / (self.num_dims * math.log(2))
 
     def set_training_step(self, step: int) -> None:
         """The trainer calls this before every training step; schedules (KL warm-up) read it."""

@@ -17,7 +17,7 @@ from genflow.bijections.base import Bijection, Compose, full_precision
 from genflow.distributions.likelihoods import build_likelihood
 from genflow.distributions.normal import StandardNormal
 from genflow.models.base import GenerativeModel, Output
-from genflow.nn.vae_networks import NETWORKS, build_networks, check_conv_shape
+from genflow.nn.vae_networks import build_networks, check_network
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -119,13 +119,7 @@ class VAE(GenerativeModel):
         dropout = model_cfg.get("dropout", 0.0)
         if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
             raise ValueError(f"model.dropout must be a number in [0, 1), got {dropout}")
-        network = model_cfg.get("network", "mlp")
-        if network not in NETWORKS:
-            raise ValueError(
-                f"model.network={network} is not a network; valid: {', '.join(NETWORKS)}"
-            )
-        if network == "conv":
-            check_conv_shape(shape)
+        check_network(model_cfg.get("network", "mlp"), shape)
 
     # -- q(z|x) ------------------------------------------------------------------------
     def set_training_step(self, step: int) -> None:
@@ -188,11 +182,10 @@ class VAE(GenerativeModel):
             kl = kl_dims.sum(1)
             kl_term = kl_dims.mean(0).clamp(min=self.free_bits).sum()
         beta = self.kl_weight()
-        bits = self.num_dims * math.log(2)
-        loss = (recon.mean() + beta * kl_term) / bits
+        loss = self.bpd(recon.mean() + beta * kl_term)
         elbo = -(recon + kl).mean().detach()
         metrics = {
-            "bpd": -elbo / bits,  # training: the -ELBO bound, one sample
+            "bpd": self.bpd(-elbo),  # training: the -ELBO bound, one sample
             "elbo": elbo,
             "recon": recon.mean().detach(),
             "kl": kl.mean().detach(),
@@ -225,7 +218,7 @@ class VAE(GenerativeModel):
         nll = -(log_sum.double() - math.log(k))
         return {
             "nll": nll,
-            "bpd": nll / (self.num_dims * math.log(2)),
+            "bpd": self.bpd(nll),
             "elbo": -(recon + kl),
             "recon": recon,
             "kl": kl,
@@ -262,14 +255,14 @@ class VAE(GenerativeModel):
             return {}
         n = min(len(x), 10)
         inputs = x[:n].to(self.q_mean.weight.dtype)
-        recon = self.decode(self.encode(x[:n]))
+        mean, log_scale, context = self.q_params(x)
+        z = self.posterior(mean, context)[0]  # what encode gives, for the whole batch
+        recon = self.decode(z[:n])
         prior = self.decode(self.prior.sample(64).to(self.q_mean.weight.dtype))
-        mean, log_scale, _ = self.q_params(x)
         usage = gaussian_kl(mean, log_scale).mean(0)
         dims = usage.argsort(descending=True)[: min(8, self.latent_features)]
         values = torch.linspace(-3, 3, 9, dtype=mean.dtype, device=mean.device)
-        base = self.encode(x[:1]).squeeze(0)
-        grid = base.repeat(len(dims), len(values), 1)
+        grid = z[0].repeat(len(dims), len(values), 1)
         grid[torch.arange(len(dims)), :, dims] = values
         traversal = self.decode(grid.flatten(0, 1))
         return {

@@ -124,6 +124,14 @@ class ConvDecoder(nn.Module):
         return self.net(z)
 
 
+def check_network(network: str, image_shape: tuple[int, int, int]) -> None:
+    """A known network that fits the data: what build_networks needs, without building."""
+    if network not in NETWORKS:
+        raise ValueError(f"model.network={network} is not a network; valid: {', '.join(NETWORKS)}")
+    if network == "conv":
+        check_conv_shape(image_shape)
+
+
 def build_networks(
     network: str,
     image_shape: tuple[int, int, int],
@@ -136,6 +144,7 @@ def build_networks(
 ) -> tuple[nn.Module, nn.Module]:
     """(encoder, decoder) for ``network`` = mlp or conv; ``dropout`` after each gated layer
     of the MLPs (small datasets such as digits overfit without it)."""
+    check_network(network, image_shape)
     if network == "mlp":
         return (
             MLPEncoder(image_shape, hidden_features, num_layers, dropout),
@@ -143,9 +152,7 @@ def build_networks(
                 latent_features, image_shape, out_channels, hidden_features, num_layers, dropout
             ),
         )
-    if network == "conv":
-        return (
-            ConvEncoder(image_shape, hidden_features, channels),
-            ConvDecoder(latent_features, image_shape, out_channels, channels),
-        )
-    raise ValueError(f"model.network={network} is not a network; valid: {', '.join(NETWORKS)}")
+    return (
+        ConvEncoder(image_shape, hidden_features, channels),
+        ConvDecoder(latent_features, image_shape, out_channels, channels),
+    )

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from genflow.engine.checkpoint import load_checkpoint
 from genflow.engine.ema import evaluation_weights
 from genflow.engine.evaluate import evaluate
-from genflow.errors import GenflowError
+from genflow.errors import GenflowError, first_cause
 from genflow.models.base import GenerativeModel
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,9 @@ def build_model(model_cfg) -> GenerativeModel:
     try:
         return instantiate(model_cfg, _convert_="all")
     except InstantiationException as err:
-        cause = err.__cause__ if err.__cause__ is not None else err
-        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        raise GenflowError(f"could not build model {model_cfg.get('_target_')}: {reason}") from err
+        raise GenflowError(
+            f"could not build model {model_cfg.get('_target_')}: {first_cause(err)}"
+        ) from err
 
 
 def find_run_checkpoint(run: str | Path, which: str = "best") -> Path:

@@ -17,6 +17,7 @@ from genflow.tasks.common import (
     run_dir_of,
     write_json,
 )
+from genflow.validation import validate_eval_config
 
 SPLITS = ("train", "val", "test")
 
@@ -24,14 +25,12 @@ SPLITS = ("train", "val", "test")
 def run(cfg) -> dict[str, Any]:
     if cfg.split not in SPLITS:
         raise GenflowError(f"split={cfg.split} is not a split; valid splits: {', '.join(SPLITS)}")
+    validate_eval_config(cfg)
     checkpoint = find_run_checkpoint(cfg.run, cfg.checkpoint)
     device = resolve_device(cfg.device)
     model, ckpt = load_model_from_checkpoint(checkpoint, device)
-    iw_samples = cfg.eval.iw_samples
-    if not (isinstance(iw_samples, int) and iw_samples >= 1):
-        raise GenflowError(f"eval.iw_samples={iw_samples!r} must be a positive integer")
     if hasattr(model, "iw_samples"):  # VAEs: nll and bpd from the importance-weighted bound
-        model.iw_samples = iw_samples
+        model.iw_samples = int(cfg.eval.iw_samples)
     dataset_cfg = OmegaConf.create(ckpt["config"]["dataset"])
     if cfg.get("dataset_root"):
         dataset_cfg.root = cfg.dataset_root
