@@ -49,6 +49,7 @@ def _hydra_entry(command: str) -> Callable[[], None]:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        from genflow.engine.distributed import WorkerFailed
         from genflow.engine.preemption import Preempted
 
         task = import_module(f"genflow.tasks.{command}")
@@ -58,6 +59,9 @@ def _hydra_entry(command: str) -> Callable[[], None]:
         except Preempted as stop:
             print(f"genflow: {stop}", file=sys.stderr, flush=True)
             sys.exit(stop.exit_code)
+        except WorkerFailed as failed:  # the worker printed its own error
+            print(f"genflow: {failed}", file=sys.stderr, flush=True)
+            sys.exit(failed.exit_code or 1)
         except Exception as err:
             if hydra_cfg.mode != RunMode.MULTIRUN:
                 if isinstance(err, GenflowError):
@@ -84,8 +88,6 @@ def _hydra_entry(command: str) -> Callable[[], None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from genflow.preflight import preflight
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE.format(commands="\n".join(f"  {k:<8}{v}" for k, v in COMMANDS.items())))
@@ -93,6 +95,34 @@ def main(argv: list[str] | None = None) -> int:
     command, overrides = argv[0], argv[1:]
     if command not in COMMANDS:
         return _fail(f"unknown command '{command}'; valid commands: {', '.join(COMMANDS)}")
+    if command == "train":
+        from genflow.engine.distributed import launched_by_torchrun
+
+        if launched_by_torchrun():
+            return _torchrun_rank(overrides)
+    return _run(command, overrides)
+
+
+def _torchrun_rank(overrides: list[str]) -> int:
+    """Under torchrun: rank 0 composes the config and makes the one run directory; the
+    other ranks train the jobs it broadcasts (several in a sweep) until it sends None."""
+    from genflow.engine.distributed import env_context, init_for_torchrun, leave
+    from genflow.tasks.train import follow
+
+    init_for_torchrun()
+    ctx = env_context()
+    if not ctx.is_main:
+        return follow()
+    try:
+        return _run("train", overrides)
+    finally:
+        ctx.broadcast_object(None)
+        leave()
+
+
+def _run(command: str, overrides: list[str]) -> int:
+    from genflow.preflight import preflight
+
     try:
         overrides = preflight(command, overrides, config_dir())
     except GenflowError as err:

@@ -88,6 +88,16 @@ def validate_train_config(cfg: DictConfig) -> None:
         _check(cfg, key, ok, allowed)
     if cfg.logger.name == "wandb":
         _check(cfg, "logger.mode", lambda v: v in LOGGER_MODES, f"one of {', '.join(LOGGER_MODES)}")
+    if cfg.device.type == "ddp":
+        _check(cfg, "device.nproc_per_node", *positive_int)
+        _check(
+            cfg,
+            "device.accelerator",
+            lambda v: v in ("auto", "cpu", "cuda"),
+            "one of auto, cpu, cuda",
+        )
+        _check(cfg, "device.backend", lambda v: v in (None, "gloo", "nccl"), "null, gloo or nccl")
+        _check(cfg, "device.timeout_min", lambda v: _number(v) and v > 0, "a positive number")
     if "n_bits" in cfg.dataset and cfg.dataset.n_bits is not None:
         _check(
             cfg, "dataset.n_bits", lambda v: _integer(v) and 1 <= v <= 8, "an integer from 1 to 8"

@@ -28,7 +28,15 @@ COMMAND_LINE = [
         ["train", "optimizer/scheduler=linear"],
         "unknown optimizer/scheduler 'linear'; valid choices: constant, cosine",
     ),
-    (["train", "device=tpu"], "unknown device 'tpu'; valid choices: auto, cpu, cuda"),
+    (["train", "device=tpu"], "unknown device 'tpu'; valid choices: auto, cpu, cuda, ddp"),
+    (
+        ["train", "device=ddp", "device.nproc_per_node=0"],
+        "device.nproc_per_node=0 is not valid; device.nproc_per_node must be a positive integer",
+    ),
+    (
+        ["train", "device=ddp", "device.accelerator=tpu"],
+        "device.accelerator='tpu' is not valid; device.accelerator must be one of auto, cpu, cuda",
+    ),
     (
         ["train", "trainer.max_step=5"],
         "unknown config key 'trainer.max_step'; keys under trainer: accumulate_steps, batch_size",

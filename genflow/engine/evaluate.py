@@ -10,6 +10,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from genflow.data.batches import in_order
+from genflow.engine.distributed import DistContext
 from genflow.models.base import GenerativeModel
 
 
@@ -25,23 +26,42 @@ def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
 
 @torch.no_grad()
 def evaluate(
-    model: GenerativeModel, data: Tensor, batch_size: int, seed: int = 0, progress: bool = False
+    model: GenerativeModel,
+    data: Tensor,
+    batch_size: int,
+    seed: int = 0,
+    progress: bool = False,
+    ctx: DistContext | None = None,
 ) -> dict[str, float]:
     """Mean of each per-example metric over ``data``.
 
     ``progress`` shows a bar over examples (long importance-weighted evaluations).
     Runs under a forked RNG seeded with ``seed``, so the dequantization noise is the same at
     every evaluation (fair model selection) and the training RNG stream is untouched.
+    Under DDP (``ctx``) each rank takes its shard of ``data``; the per-metric sums and the
+    example count are all-reduced, so every rank returns the same means over all of ``data``.
     """
+    ctx = ctx or DistContext()
     was_training = model.training
     model.eval()
+    shard = data[ctx.shard(len(data))]
     totals: dict[str, Tensor] = {}
-    bar = tqdm(total=len(data), desc="eval", unit="ex", disable=not progress, dynamic_ncols=True)
-    with seeded_rng(seed, data.device):
-        for batch in in_order(data, batch_size):
+    bar = tqdm(
+        total=len(shard),
+        desc="eval",
+        unit="ex",
+        disable=not progress or not ctx.is_main,
+        dynamic_ncols=True,
+    )
+    with seeded_rng(seed + 7919 * ctx.rank, data.device):
+        for batch in in_order(shard, batch_size):
             for name, values in model.evaluate(batch).items():
                 totals[name] = totals.get(name, 0.0) + values.double().sum()
             bar.update(len(batch))
     bar.close()
     model.train(was_training)
-    return {name: (total / len(data)).item() for name, total in totals.items()}
+    names = sorted(totals)
+    sums = torch.stack([torch.as_tensor(totals[k], device=data.device) for k in names])
+    sums = ctx.all_reduce(torch.cat([sums, sums.new_tensor([len(shard)])]))
+    count = sums[-1]
+    return {name: (total / count).item() for name, total in zip(names, sums, strict=False)}

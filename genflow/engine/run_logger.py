@@ -24,14 +24,28 @@ class RunLogger:
 
     ``logger_cfg.name`` is ``wandb`` or ``none``; W&B runs in ``logger_cfg.mode``
     (offline by default: no account and no network needed) and resumes under ``run_id``.
+    With ``write=False`` (DDP ranks other than 0) it records nothing.
     """
 
-    def __init__(self, run_dir: Path, logger_cfg, config: dict, run_id: str | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        logger_cfg,
+        config: dict,
+        run_id: str | None = None,
+        write: bool = True,
+    ):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
         self.wandb = None
         self.run_id = run_id
-        if logger_cfg is not None and logger_cfg.name == "wandb" and logger_cfg.mode != "disabled":
+        self.write = write
+        if (
+            write
+            and logger_cfg is not None
+            and logger_cfg.name == "wandb"
+            and logger_cfg.mode != "disabled"
+        ):
             import wandb
 
             self.wandb = wandb.init(
@@ -50,6 +64,8 @@ class RunLogger:
             self.run_id = self.wandb.id
 
     def log(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+        if not self.write:
+            return
         record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,12 @@ from genflow.engine.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+)
+from genflow.engine.distributed import (
+    DistContext,
+    broadcast_module,
+    max_parameter_difference,
+    micro_batch_seed,
 )
 from genflow.engine.ema import build_ema, update_ema
 from genflow.engine.evaluate import evaluate, seeded_rng
@@ -61,6 +68,12 @@ class Trainer:
     ``checkpoints/last.pt`` holds the newest full state and ``checkpoints/best.pt`` the state
     with the lowest validation bpd; ``samples/`` holds sample grids; ``metrics.jsonl`` one
     JSON object per logged event.
+
+    Under DDP (``ctx``) every rank runs this loop on its own micro-batches: rank r of W takes
+    global micro-batches (s * W + r) * n + i of step s, i < n = trainer.accumulate_steps, so W
+    ranks see exactly what one process accumulating W * n micro-batches would. Rank 0 alone
+    writes (metrics, samples, checkpoints); decisions (skip a step, stop, roll back, keep
+    the best) come from all-reduced values, so every rank takes them together.
     """
 
     def __init__(
@@ -72,8 +85,11 @@ class Trainer:
         splits: DataSplits,
         run_dir: Path,
         config: dict[str, Any],
+        ctx: DistContext | None = None,
     ):
         self.cfg = cfg
+        self.ctx = ctx or DistContext()
+        self.seed = int(cfg.seed)
         self.tcfg = cfg.trainer
         self.model = model
         self.optimizer = optimizer
@@ -90,9 +106,8 @@ class Trainer:
         self.ema = build_ema(model, self.tcfg.get("ema"))
         self.precision = str(self.tcfg.get("precision") or "fp32")
         self.scaler = grad_scaler(self.precision, splits.train.device)
-        # trainer.compile: the training forward goes through torch.compile; checkpoints,
-        # validation and sampling use the plain module, so checkpoints load without compile
-        self.train_forward = torch.compile(model) if self.tcfg.get("compile") else model
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        self.train_forward: torch.nn.Module = model  # set by _wrap: DDP and compile
         self.accumulate_steps = int(self.tcfg.get("accumulate_steps") or 1)
         faults = self.tcfg.get("fault_injection") or {}
         self._nan_steps = {int(s) for s in (faults.get("nan_loss_at_steps") or [])}
@@ -121,8 +136,10 @@ class Trainer:
         }
 
     def save(self, name: str) -> Path:
+        """Rank 0 writes; every rank gets the path."""
         path = self.ckpt_dir / name
-        save_checkpoint(self.state_dict(), path, keep_previous=name == "last.pt")
+        if self.ctx.is_main:
+            save_checkpoint(self.state_dict(), path, keep_previous=name == "last.pt")
         return path
 
     def restore(self, candidates: Path | list[Path]) -> Path:
@@ -147,7 +164,8 @@ class Trainer:
                 self.ema.n_averaged.zero_()
         self.state = TrainState(**ckpt["trainer"])
         set_rng_state(ckpt["rng"])
-        self._drop_records_after(self.state.step)
+        if self.ctx.is_main:
+            self._drop_records_after(self.state.step)
         log.info("resumed from %s at step %d", path, self.state.step)
         return path
 
@@ -172,23 +190,49 @@ class Trainer:
             total=max_steps,
             initial=self.state.step,
             desc="train",
-            disable=not tc.progress_bar,
+            disable=not tc.progress_bar or not self.ctx.is_main,
             dynamic_ncols=True,
         )
+        self._wrap()
         self.model.train()
-        remove_stale_temporaries(self.ckpt_dir)
+        if self.ctx.is_main:
+            remove_stale_temporaries(self.ckpt_dir)
         try:
             with logging_redirect_tqdm(), PreemptionGuard() as guard:
                 self._loop(bar, max_steps, grad_clip, params, guard)
         finally:
             bar.close()
+        self.ctx.barrier()  # rank 0's last checkpoints are on disk for every rank to read
         return self.state
+
+    def _wrap(self) -> None:
+        """The training forward: DDP around the model when distributed (after rank 0's
+        parameters and buffers, data-dependent initialisation included, reached every rank),
+        then torch.compile when trainer.compile. Checkpoints, validation and sampling use the
+        plain module, so checkpoints load without DDP or compile."""
+        module: torch.nn.Module = self.model
+        if self.ctx.enabled and self.ddp is None:
+            broadcast_module(self.model, self.ctx)
+            device = self.splits.train.device
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        if self.ddp is not None:
+            module = self.ddp
+        self.train_forward = torch.compile(module) if self.tcfg.get("compile") else module
 
     def _loop(self, bar, max_steps: int, grad_clip: float, params, guard: PreemptionGuard) -> None:
         tc, logger = self.tcfg, self.logger
         window_start, window_steps = time.perf_counter(), 0
         while self.state.step < max_steps and not self.state.stopped_early:
             x, metrics, loss, finite = self._forward_backward()
+            preempted = guard.requested
+            if self.ctx.enabled:  # one small all-reduce: every rank skips or stops together
+                flags = torch.tensor(
+                    [float(not finite), float(preempted)], device=self.splits.train.device
+                )
+                bad, stops = self.ctx.all_reduce(flags).tolist()
+                finite, preempted = bad == 0, stops > 0
             grad_norm = torch.full((), math.nan)
             overflow = False
             if finite:
@@ -219,8 +263,7 @@ class Trainer:
             if step % int(tc.log_every) == 0 or step == max_steps:
                 elapsed = time.perf_counter() - window_start
                 metrics = {
-                    "loss": loss,
-                    **metrics,
+                    **self._global_means({"loss": loss, **metrics}),
                     "grad_norm": grad_norm,
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "steps_per_sec": window_steps / max(elapsed, 1e-9),
@@ -231,14 +274,17 @@ class Trainer:
             if step % int(tc.eval_every) == 0 or step == max_steps:
                 self._validate(step)
             if tc.sample_every and (step % int(tc.sample_every) == 0 or step == max_steps):
-                self.write_samples(step)
+                if self.ctx.is_main:
+                    self.write_samples(step)
+                self.ctx.barrier()
             checkpoint_due = step % int(tc.ckpt_every) == 0 or step == max_steps
-            if checkpoint_due or self.state.stopped_early or guard.requested:
+            if checkpoint_due or self.state.stopped_early or preempted:
                 # one write per step: a second would rotate this step's last.pt into
                 # last.prev.pt and lose the earlier checkpoint kept as the fallback
                 path = self.save("last.pt")
-            if guard.requested:
-                raise Preempted(guard.signum, step, str(path))
+            if preempted:
+                self.ctx.barrier()
+                raise Preempted(guard.signum or 15, step, str(path))
 
     def _forward_backward(self) -> tuple[torch.Tensor, dict, torch.Tensor, bool]:
         """Gradients of one optimizer step, summed over ``trainer.accumulate_steps``
@@ -246,24 +292,48 @@ class Trainer:
         so the data stay a pure function of (seed, step)). Returns the last micro-batch, the
         micro-batch means of the loss and metrics, and whether every loss was finite."""
         n, step = self.accumulate_steps, self.state.step
+        ctx = self.ctx
         self.model.set_training_step(step)
         self.optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=self.splits.train.device)
         metrics: dict[str, torch.Tensor] = {}
+        finite = True
         for i in range(n):
-            x = self.batches(step * n + i)
-            with autocast(self.precision, x.device):
-                out = self.train_forward(x)
-            micro = out.loss.float()
-            if i == 0:
-                micro = self._inject_faults(micro, step + 1)
-            if not bool(torch.isfinite(micro)):
-                return x, out.metrics, micro.detach(), False
-            self.scaler.scale(micro / n).backward()  # x / 1 is exact: n = 1 is plain backward
+            index = (step * ctx.world_size + ctx.rank) * n + i  # the global micro-batch
+            torch.manual_seed(micro_batch_seed(self.seed, index))
+            x = self.batches(index)
+            # DDP all-reduces the gradients in the last micro-batch's backward only
+            last = i == n - 1
+            with nullcontext() if self.ddp is None or last else self.ddp.no_sync():
+                with autocast(self.precision, x.device):
+                    out = self.train_forward(x)
+                micro = out.loss.float()
+                if i == 0:
+                    micro = self._inject_faults(micro, step + 1)
+                if not bool(torch.isfinite(micro)):
+                    if not ctx.enabled:
+                        return x, out.metrics, micro.detach(), False
+                    # the other ranks are waiting in this step's all-reduce: take part (the
+                    # gradients go non-finite everywhere) and let the flags skip the step
+                    finite = False
+                self.scaler.scale(micro / n).backward()  # x / 1 is exact: n = 1 is plain
             loss = loss + micro.detach() / n
             for name, value in out.metrics.items():
                 metrics[name] = metrics.get(name, 0.0) + value / n
-        return x, metrics, loss, True
+        return x, metrics, loss, finite
+
+    def _global_means(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Means over every rank's examples: sums and counts are all-reduced (each rank's
+        value is the mean over its batch_size * accumulate_steps examples)."""
+        if not self.ctx.enabled:
+            return metrics
+        count = float(self.batches.batch_size * self.accumulate_steps)
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in metrics.values()])
+        totals = self.ctx.all_reduce(
+            torch.cat([values * count, values.new_tensor([count])]).to(self.splits.train.device)
+        )
+        means = (totals[:-1] / totals[-1]).cpu()
+        return dict(zip(metrics, means, strict=True))
 
     # -- faults --------------------------------------------------------------------------
     def _inject_faults(self, loss: torch.Tensor, step: int) -> torch.Tensor:
@@ -330,6 +400,7 @@ class Trainer:
         return "every layer output was finite, so the loss itself went non-finite (or a fault was injected)"
 
     def _roll_back(self, step: int, cause: str, checkpoints: list[Path]) -> None:
+        self.ctx.barrier()
         factor = float(self.tcfg.rollback_lr_factor)
         carried = (self.state.skipped_steps, self.state.rollbacks + 1, self.state.lr_scale * factor)
         self.restore(checkpoints)
@@ -352,7 +423,17 @@ class Trainer:
         )
 
     def _validate(self, step: int) -> None:
-        metrics = evaluate(self.eval_model, self.splits.val, int(self.tcfg.eval_batch_size))
+        metrics = evaluate(
+            self.eval_model, self.splits.val, int(self.tcfg.eval_batch_size), ctx=self.ctx
+        )
+        if self.ctx.enabled:  # 0.0 while the replicas are in step; logged so it can be seen
+            metrics["ddp_max_param_diff"] = max_parameter_difference(self.model, self.ctx)
+            if metrics["ddp_max_param_diff"] != 0.0:
+                log.warning(
+                    "step %d: DDP replicas differ by up to %.3g in a parameter",
+                    step,
+                    metrics["ddp_max_param_diff"],
+                )
         self.logger.log(step, "val", metrics)
         value = metrics[SELECTION_METRIC]
         improved = value < self.state.best_metric

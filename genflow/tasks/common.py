@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from genflow.engine.checkpoint import load_checkpoint
+from genflow.engine.distributed import DistContext
 from genflow.engine.ema import evaluation_weights
 from genflow.engine.evaluate import evaluate
 from genflow.errors import GenflowError, first_cause
@@ -82,8 +83,9 @@ def evaluation_summary(
     step: int,
     split: str,
     progress: bool = False,
+    ctx: DistContext | None = None,
 ) -> dict[str, Any]:
-    metrics = evaluate(model, data, batch_size, progress=progress)
+    metrics = evaluate(model, data, batch_size, progress=progress, ctx=ctx)
     extra = {"iw_samples": int(model.iw_samples)} if hasattr(model, "iw_samples") else {}
     return {
         "run": str(run_dir_of(checkpoint)),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,21 @@ from omegaconf import OmegaConf
 from genflow.data.datasets import load_dataset
 from genflow.engine.checkpoint import last_checkpoints, load_checkpoint
 from genflow.engine.device import resolve_device
+from genflow.engine.distributed import (
+    DistContext,
+    accelerator,
+    env_context,
+    init_for_torchrun,
+    join,
+    launched_by_torchrun,
+    leave,
+    micro_batch_seed,
+    spawn_workers,
+    worker_logging,
+)
 from genflow.engine.ema import evaluation_weights
 from genflow.engine.optim import build_optimizer, build_scheduler
+from genflow.engine.preemption import Preempted
 from genflow.engine.run_logger import RunLogger
 from genflow.engine.trainer import Trainer
 from genflow.errors import GenflowError
@@ -51,15 +66,90 @@ def run(cfg) -> dict[str, Any]:
     _group_sweep_runs(cfg)
     if cfg.dataset.get("root"):  # stored absolute, so eval and sample work from any directory
         cfg.dataset.root = str(Path(str(cfg.dataset.root)).expanduser().resolve())
+    if cfg.device.type != "ddp":
+        return train(cfg, run_dir, DistContext(), resolve_device(cfg.device))
+    nproc = int(cfg.device.get("nproc_per_node") or 1)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if launched_by_torchrun():
+        ctx, device = join(cfg.device)
+        if nproc > 1 and nproc != ctx.world_size:
+            log.warning(
+                "device.nproc_per_node=%d ignored: torchrun started %d processes",
+                nproc,
+                ctx.world_size,
+            )
+        ctx.broadcast_object((config, str(run_dir)))  # the other ranks wait for it in genflow.cli
+        return train(cfg, run_dir, ctx, device)
+    if nproc < 1:
+        raise GenflowError(f"device.nproc_per_node must be a positive integer, got {nproc}")
+    if nproc == 1:
+        return train(cfg, run_dir, DistContext(), resolve_device(cfg.device))
+    log.info(
+        "starting %d DDP workers (%s); run directory %s", nproc, accelerator(cfg.device), run_dir
+    )
+    files = [h.baseFilename for h in logging.getLogger().handlers if hasattr(h, "baseFilename")]
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    return spawn_workers(ddp_worker, (config, str(run_dir), files[0] if files else None), nproc)
+
+
+def ddp_worker(config: dict, run_dir: str, log_file: str | None) -> dict[str, Any]:
+    """One self-launched DDP worker: join the group, train, leave; errors become exit codes."""
+    ctx = env_context()
+    worker_logging(ctx.rank, log_file)
+    cfg = OmegaConf.create(config)
+    if "OMP_NUM_THREADS" not in os.environ:  # as torchrun does: share the cores, not fight
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    try:
+        ctx, device = join(cfg.device)
+        return train(cfg, Path(run_dir), ctx, device)
+    except GenflowError as err:
+        if ctx.is_main:
+            print(f"genflow: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except Preempted as stop:
+        if ctx.is_main:
+            print(f"genflow: {stop}", file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)
+    finally:
+        leave()
+
+
+def follow() -> int:
+    """What ranks other than 0 do under torchrun: join the group, then train each job that
+    rank 0 (which composed the config and made the run directory) broadcasts, until it sends
+    None. Returns the exit code."""
+    ctx = env_context()
+    worker_logging(ctx.rank, None)
+    init_for_torchrun()
+    code = 0
+    try:
+        while (job := ctx.broadcast_object()) is not None:
+            config, run_dir = job
+            cfg = OmegaConf.create(config)
+            ctx, device = join(cfg.device)
+            try:
+                train(cfg, Path(run_dir), ctx, device)
+            except GenflowError:  # rank 0 says why; the same decision stopped every rank
+                code = 2
+            except Preempted as stop:
+                return stop.exit_code
+    finally:
+        leave()
+    return code
+
+
+def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[str, Any]:
+    """Build, fit and test on this process; under DDP, as rank ``ctx.rank``."""
     torch.manual_seed(int(cfg.seed))
-    device = resolve_device(cfg.device)
     model = build_model(cfg.model)  # before loading data: a bad model config fails fast
     splits = load_dataset(cfg.dataset).to(device)
     model = model.to(device)
     optimizer = build_optimizer(model, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.optimizer.scheduler, int(cfg.trainer.max_steps))
     config = OmegaConf.to_container(cfg, resolve=True)
-    trainer = Trainer(cfg, model, optimizer, scheduler, splits, run_dir, config)
+    trainer = Trainer(cfg, model, optimizer, scheduler, splits, run_dir, config, ctx)
 
     candidates = resume_candidates(cfg.resume, run_dir)
     if candidates:
@@ -67,18 +157,23 @@ def run(cfg) -> dict[str, Any]:
     else:
         if cfg.resume == "auto":
             log.info("resume=auto: no earlier run with this config; starting fresh")
-        model.initialize(trainer.batches(0))
+        if ctx.is_main:  # data-dependent init (ActNorm); the trainer broadcasts it
+            torch.manual_seed(micro_batch_seed(int(cfg.seed), 0))
+            model.initialize(trainer.batches(0))
     num_params = sum(p.numel() for p in model.parameters())
     log.info(
-        "run directory %s; %s on %s (%.2fM parameters) on %s",
+        "run directory %s; %s on %s (%.2fM parameters) on %s%s",
         run_dir,
         type(model).__name__,
         cfg.dataset.name,
         num_params / 1e6,
         device,
+        f", DDP with {ctx.world_size} processes" if ctx.enabled else "",
     )
 
-    logger = RunLogger(run_dir, cfg.logger, config, run_id=trainer.state.wandb_id)
+    logger = RunLogger(
+        run_dir, cfg.logger, config, run_id=trainer.state.wandb_id, write=ctx.is_main
+    )
     try:
         state = trainer.fit(logger)
         best = run_dir / "checkpoints" / ("best.pt" if state.best_step > 0 else "last.pt")
@@ -91,6 +186,7 @@ def run(cfg) -> dict[str, Any]:
             best,
             ckpt["trainer"]["step"],
             "test",
+            ctx=ctx,
         )
         logger.log(
             state.step,
@@ -99,7 +195,8 @@ def run(cfg) -> dict[str, Any]:
             | {"best_step": summary["step"]},
         )
         logger.summary({f"test/{k}": v for k, v in summary.items() if isinstance(v, float)})
-        write_json(run_dir / "eval.json", summary)
+        if ctx.is_main:
+            write_json(run_dir / "eval.json", summary)
         bound = (
             f" from {summary['iw_samples']} importance samples, elbo {summary['elbo']:.2f}"
             if "elbo" in summary
