@@ -70,8 +70,10 @@ def check_group_choices(overrides: list[str], root: Path) -> None:
         raise GenflowError(str(err).splitlines()[0]) from err
     for override in parsed:
         group = override.key_or_group
-        if group not in groups or override.is_delete():
-            continue
+        if group == "hydra/launcher":
+            _check_launcher_plugin(override.get_value_element_as_str())
+        if group not in groups or override.is_delete() or group.startswith("hydra/"):
+            continue  # hydra/ groups also hold plugins' options: Hydra checks those
         values = (
             list(override.sweep_string_iterator())
             if override.is_sweep_override()
@@ -82,6 +84,17 @@ def check_group_choices(overrides: list[str], root: Path) -> None:
                 raise GenflowError(
                     f"unknown {group} '{value}'; valid choices: {', '.join(groups[group])}"
                 )
+
+
+def _check_launcher_plugin(launcher: str) -> None:
+    from importlib.util import find_spec
+
+    if "slurm" in launcher or "submitit" in launcher:
+        if find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+            raise GenflowError(
+                f"hydra/launcher={launcher} needs hydra-submitit-launcher, which is not "
+                'installed: pip install -e ".[slurm]"'
+            )
 
 
 def value_of(overrides: list[str], key: str) -> str | None:

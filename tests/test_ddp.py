@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import RUN_TINY, genflow_env, run_dirs, run_genflow
@@ -76,3 +77,35 @@ def test_ddp_two_ranks_match_one_process_and_resume_under_torchrun(tmp_path):
             if r["split"] == "train":
                 assert abs(train[r["step"]]["loss"] - r["loss"]) < 1e-5
     assert (first / "eval.json").exists() and (first / "samples" / "step_0000008.png").exists()
+
+
+def test_slurm_launcher_preset_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class
+
+    from genflow.config import config_dir
+
+    overrides = ["hydra/launcher=slurm_ddp", "device=ddp", "device.nproc_per_node=4"]
+    overrides += ["hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu"]
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert get_class(launcher._target_).__name__ == "SlurmLauncher"
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (1, 1, 4)
+    assert launcher.partition == "gpu" and launcher.signal_delay_s == 120
+    assert cfg.device.type == "ddp" and cfg.device.nproc_per_node == 4
+
+
+def test_a_submitit_job_runs_ddp_workers(tmp_path):
+    # the SLURM path without a cluster: submitit's local executor runs the sweep's job in
+    # its own process, and genflow starts two DDP workers inside it
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    args = ["train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]
+    args += [*COMMON, "trainer.max_steps=4", "trainer.sample_every=0"]
+    args += ["device=ddp", "device.nproc_per_node=2"]
+    run_genflow(args, tmp_path)
+    (run,) = run_dirs(tmp_path)
+    val = [r for r in records(run) if r["split"] == "val"]
+    assert [r["step"] for r in val] == [4] and val[0]["ddp_max_param_diff"] == 0.0
+    assert (run / "eval.json").exists() and (run / "checkpoints" / "last.pt").exists()
