@@ -225,24 +225,24 @@ class Trainer:
         tc, logger = self.tcfg, self.logger
         window_start, window_steps = time.perf_counter(), 0
         while self.state.step < max_steps and not self.state.stopped_early:
-            x, metrics, loss, finite = self._forward_backward()
-            preempted = guard.requested
-            if self.ctx.enabled:  # one small all-reduce: every rank skips or stops together
-                flags = torch.tensor(
-                    [float(not finite), float(preempted)], device=self.splits.train.device
-                )
-                bad, stops = self.ctx.all_reduce(flags).tolist()
-                finite, preempted = bad == 0, stops > 0
-            grad_norm = torch.full((), math.nan)
-            overflow = False
-            if finite:
-                self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-                finite = bool(torch.isfinite(grad_norm))
-                if not finite and self.scaler.is_enabled():
-                    # fp16 gradients overflowed at this loss scale: the scaler skips the
-                    # update and lowers the scale; not a bad step of the model
-                    overflow, finite = True, True
+            x, metrics, loss = self._forward_backward()
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            # what decides the step, read in one host sync per step (one all-reduce on top
+            # under DDP, so every rank skips or stops together)
+            flags = torch.stack(
+                [
+                    (~torch.isfinite(loss)).float(),
+                    (~torch.isfinite(grad_norm)).float(),
+                    torch.tensor(float(guard.requested), device=grad_norm.device),
+                ]
+            )
+            bad_loss, bad_grad, stops = self.ctx.all_reduce(flags).tolist()
+            preempted = stops > 0
+            # with fp16 loss scaling, non-finite gradients from a finite loss are an overflow
+            # at this scale: the scaler skips the update and lowers the scale; not a bad step
+            overflow = bad_loss == 0 and bad_grad > 0 and self.scaler.is_enabled()
+            finite = bad_loss == 0 and (bad_grad == 0 or overflow)
             if finite:
                 self.scaler.step(self.optimizer)  # skips the update itself on overflow
                 self.scaler.update()
@@ -286,18 +286,19 @@ class Trainer:
                 self.ctx.barrier()
                 raise Preempted(guard.signum or 15, step, str(path))
 
-    def _forward_backward(self) -> tuple[torch.Tensor, dict, torch.Tensor, bool]:
+    def _forward_backward(self) -> tuple[torch.Tensor, dict, torch.Tensor]:
         """Gradients of one optimizer step, summed over ``trainer.accumulate_steps``
-        micro-batches of ``trainer.batch_size`` (micro-batch i of step s is batch s * n + i,
-        so the data stay a pure function of (seed, step)). Returns the last micro-batch, the
-        micro-batch means of the loss and metrics, and whether every loss was finite."""
+        micro-batches of ``trainer.batch_size`` (global micro-batch j = (s * W + r) * n + i
+        of step s on rank r of W, so the data stay a pure function of (seed, step)). Returns
+        the last micro-batch and the micro-batch means of the loss and metrics. A non-finite
+        loss still goes through backward (its gradients go non-finite, which the step's
+        flags catch): no host sync here, and DDP ranks never wait on a rank that skipped."""
         n, step = self.accumulate_steps, self.state.step
         ctx = self.ctx
         self.model.set_training_step(step)
         self.optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=self.splits.train.device)
         metrics: dict[str, torch.Tensor] = {}
-        finite = True
         for i in range(n):
             index = (step * ctx.world_size + ctx.rank) * n + i  # the global micro-batch
             torch.manual_seed(micro_batch_seed(self.seed, index))
@@ -310,17 +311,11 @@ class Trainer:
                 micro = out.loss.float()
                 if i == 0:
                     micro = self._inject_faults(micro, step + 1)
-                if not bool(torch.isfinite(micro)):
-                    if not ctx.enabled:
-                        return x, out.metrics, micro.detach(), False
-                    # the other ranks are waiting in this step's all-reduce: take part (the
-                    # gradients go non-finite everywhere) and let the flags skip the step
-                    finite = False
                 self.scaler.scale(micro / n).backward()  # x / 1 is exact: n = 1 is plain
             loss = loss + micro.detach() / n
             for name, value in out.metrics.items():
                 metrics[name] = metrics.get(name, 0.0) + value / n
-        return x, metrics, loss, finite
+        return x, metrics, loss
 
     def _global_means(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Means over every rank's examples: sums and counts are all-reduced (each rank's
@@ -373,7 +368,7 @@ class Trainer:
         )
         if state.bad_in_a_row < int(tc.max_bad_steps):
             return False
-        cause = self._diagnose(x)
+        cause = self._diagnose(x, loss)
         checkpoints = last_checkpoints(self.ckpt_dir)
         can_roll_back = tc.on_bad_steps == "rollback" and state.rollbacks < int(tc.max_rollbacks)
         if can_roll_back and checkpoints:
@@ -390,12 +385,12 @@ class Trainer:
             "trainer.grad_clip, then resume=auto"
         )
 
-    def _diagnose(self, x: torch.Tensor) -> str:
+    def _diagnose(self, x: torch.Tensor, loss: torch.Tensor) -> str:
         bad_gradients = nonfinite_gradients(self.model)
         layer = first_nonfinite_output(self.model, x)
         if layer is not None:
             return f"the first non-finite output came from layer '{layer}'"
-        if bad_gradients:
+        if bad_gradients and bool(torch.isfinite(loss)):
             return f"every layer output was finite; the first non-finite gradient is of '{bad_gradients[0]}'"
         return "every layer output was finite, so the loss itself went non-finite (or a fault was injected)"
 
