@@ -13,7 +13,9 @@ class ActNorm(Bijection):
 
     The first training batch sets bias and scale so that each channel has zero mean and
     unit variance. The ``initialized`` buffer is saved in checkpoints, so resuming never
-    initialises again. Works on (B, C, H, W) and (B, D).
+    initialises again; a Python mirror of it (``_ready``) is what ``forward`` tests once
+    set, so a trained ActNorm costs no host sync and no torch.compile graph break.
+    Works on (B, C, H, W) and (B, D).
     References: Kingma & Dhariwal, 2018, "Glow", arXiv:1807.03039 (section 3.1).
     """
 
@@ -22,6 +24,11 @@ class ActNorm(Bijection):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.log_scale = nn.Parameter(torch.zeros(channels))
         self.register_buffer("initialized", torch.tensor(False))
+        self._ready = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ready = False  # the loaded flag decides at the next forward
 
     def _view(self, p: Tensor, x: Tensor) -> Tensor:
         return p.view(1, -1, *([1] * (x.dim() - 2)))
@@ -37,8 +44,12 @@ class ActNorm(Bijection):
         return x[0, 0].numel()
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if not self.initialized and self.training:
-            self._initialize(x)
+        if not self._ready:  # until set: read the buffer (one sync), initialise if due
+            if bool(self.initialized):
+                self._ready = True
+            elif self.training:
+                self._initialize(x)
+                self._ready = True
         y = (x + self._view(self.bias, x)) * torch.exp(self._view(self.log_scale, x))
         logdet = self.log_scale.sum() * self._spatial(x)
         return y, logdet.expand(x.shape[0])

@@ -109,6 +109,9 @@ class Trainer:
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self.train_forward: torch.nn.Module = model  # set by _wrap: DDP and compile
         self.accumulate_steps = int(self.tcfg.get("accumulate_steps") or 1)
+        # trainer.channels_last: image batches and 4-D weights in NHWC (the checkpoints
+        # still load into a plain model: load_state_dict copies across layouts)
+        self.channels_last = bool(self.tcfg.get("channels_last")) and splits.train.dim() == 4
         faults = self.tcfg.get("fault_injection") or {}
         self._nan_steps = {int(s) for s in (faults.get("nan_loss_at_steps") or [])}
         self._injected: set[int] = set()
@@ -211,6 +214,8 @@ class Trainer:
         then torch.compile when trainer.compile. Checkpoints, validation and sampling use the
         plain module, so checkpoints load without DDP or compile."""
         module: torch.nn.Module = self.model
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         if self.ctx.enabled and self.ddp is None:
             broadcast_module(self.model, self.ctx)
             device = self.splits.train.device
@@ -303,6 +308,8 @@ class Trainer:
             index = (step * ctx.world_size + ctx.rank) * n + i  # the global micro-batch
             torch.manual_seed(micro_batch_seed(self.seed, index))
             x = self.batches(index)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             # DDP all-reduces the gradients in the last micro-batch's backward only
             last = i == n - 1
             with nullcontext() if self.ddp is None or last else self.ddp.no_sync():
