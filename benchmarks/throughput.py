@@ -175,6 +175,7 @@ def compare(args) -> None:
     for dataset in args.datasets:
         splits = None
         for name in [m for m in args.models if m in BASELINES]:
+            torch._dynamo.reset()  # compiled code is per model: no recompile limit across them
             cfg = compose(name, dataset, COMPARABLE.get(name))
             if splits is None:
                 splits = load_dataset(cfg.dataset).to(device)

@@ -67,6 +67,11 @@ def run(cfg) -> dict[str, Any]:
     if cfg.dataset.get("root"):  # stored absolute, so eval and sample work from any directory
         cfg.dataset.root = str(Path(str(cfg.dataset.root)).expanduser().resolve())
     if cfg.device.type != "ddp":
+        if launched_by_torchrun() and env_context().enabled:
+            raise GenflowError(
+                f"torchrun started {env_context().world_size} processes but device="
+                f"{cfg.device.type}; add device=ddp to train with all of them"
+            )
         return train(cfg, run_dir, DistContext(), resolve_device(cfg.device))
     nproc = int(cfg.device.get("nproc_per_node") or 1)
     config = OmegaConf.to_container(cfg, resolve=True)
