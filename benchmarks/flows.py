@@ -97,6 +97,15 @@ def hardware(device_name: str) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, {os.cpu_count()} cores (torch {torch.__version__})"
 
 
+def run_measurement(cmd: list[str], env: dict) -> dict | str:
+    """Run one measurement in its own process (so peak memory is its own): the JSON object
+    it prints last, or the last line of its error output."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -136,11 +145,10 @@ def main() -> None:
                 "--device",
                 args.device,
             ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                print(f"{model:<8} {dataset:<7} failed: {proc.stderr.strip().splitlines()[-1]}")
+            r = run_measurement(cmd, env)
+            if isinstance(r, str):
+                print(f"{model:<8} {dataset:<7} failed: {r}")
                 continue
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
             print(
                 f"{model:<8} {dataset:<7} {steps:>5} {r['params_m']:>9.2f} {r['steps_per_sec']:>8.2f} "
                 f"{r['examples_per_sec']:>8.0f} {r['peak_memory_mb']:>8.0f} {r['val_bpd']:>8.3f}",

@@ -27,7 +27,6 @@ import math
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from flows import hardware  # noqa: E402
+from flows import hardware, run_measurement  # noqa: E402
 
 MODELS = ["realnvp", "nice", "maf", "glow", "pixelcnn", "pixelcnnpp", "wavenet", "vae"]
 STEPS = {"digits": 30, "mnist": 10}
@@ -136,13 +135,12 @@ def grid(args, env: dict) -> None:
                 for compiled in modes:
                     cmd = [sys.executable, __file__, "--one", model, dataset, precision]
                     cmd += ["--compiled" if compiled else "--eager", *_passthrough(args)]
-                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                    r = run_measurement(cmd, env)
                     mode = "compile" if compiled else "eager"
                     row = f"{model:<10} {dataset:<7} {precision:<5} {mode:<7}"
-                    if proc.returncode != 0:
-                        print(f"{row} failed: {proc.stderr.strip().splitlines()[-1]}", flush=True)
+                    if isinstance(r, str):
+                        print(f"{row} failed: {r}", flush=True)
                         continue
-                    r = json.loads(proc.stdout.strip().splitlines()[-1])
                     print(
                         f"{row} {r['params_m']:>9.2f} {r['steps_per_sec']:>8.2f} "
                         f"{r['examples_per_sec']:>8.0f} {r['peak_memory_mb']:>8.0f}",
