@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from genflow.engine.distributed import ACCELERATORS
 from genflow.errors import GenflowError, first_cause
 
 LOGGER_MODES = ("offline", "online", "disabled")
@@ -94,8 +95,8 @@ def validate_train_config(cfg: DictConfig) -> None:
         _check(
             cfg,
             "device.accelerator",
-            lambda v: v in ("auto", "cpu", "cuda"),
-            "one of auto, cpu, cuda",
+            lambda v: v in ACCELERATORS,
+            f"one of {', '.join(ACCELERATORS)}",
         )
         _check(cfg, "device.backend", lambda v: v in (None, "gloo", "nccl"), "null, gloo or nccl")
         _check(cfg, "device.timeout_min", lambda v: _number(v) and v > 0, "a positive number")

@@ -19,9 +19,10 @@ class Planar(Bijection):
 
     ``forward`` maps a posterior sample z_0 towards z_K and returns log|det dz'/dz|; there is
     no closed-form inverse. ``context`` has one row per row of z, or one per example when z
-    holds k samples per example (example-major). Invertibility needs w^T u_hat >= -1, which the reparameterisation
-    u_hat = u + (m(w^T u) - w^T u) w / |w|^2 with m(a) = -1 + softplus(a) guarantees for
-    every parameter value (then 1 + tanh'(.) w^T u_hat > 0, so the log-det is finite).
+    holds k samples per example (example-major). Invertibility needs w^T u_hat >= -1, which
+    the reparameterisation u_hat = u + (m(w^T u) - w^T u) w / |w|^2 with
+    m(a) = -1 + softplus(a) guarantees for every parameter value (then
+    1 + tanh'(.) w^T u_hat > 0, so the log-det is finite).
     """
 
     def __init__(self, features: int, context_features: int):

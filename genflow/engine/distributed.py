@@ -169,7 +169,8 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 def worker_logging(rank: int, log_file: str | None) -> None:
     """Logging of a process genflow started (no Hydra in it): rank 0 logs as Hydra would, to
-    the console and appended to the run's train.log; the other ranks print errors only (rank 0 reports the decisions they share)."""
+    the console and appended to the run's train.log; the other ranks print errors only (rank
+    0 reports the decisions they all share)."""
     import sys
 
     root = logging.getLogger()
@@ -191,7 +192,9 @@ def worker_logging(rank: int, log_file: str | None) -> None:
 
 def init_for_torchrun() -> None:
     """Join torchrun's group before any config exists (the ranks need it to receive rank 0's
-    config): gloo for CPU tensors, and nccl for CUDA tensors when there are GPUs."""
+    config): gloo for CPU tensors, and nccl for CUDA tensors when there are GPUs. So under
+    torchrun ``device.backend`` and ``device.timeout_min`` do not apply; the environment
+    variable GENFLOW_DDP_TIMEOUT_MIN (default 30) sets the timeout."""
     if dist.is_initialized():
         return
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"

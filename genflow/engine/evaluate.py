@@ -61,7 +61,7 @@ def evaluate(
     bar.close()
     model.train(was_training)
     names = sorted(totals)
-    sums = torch.stack([torch.as_tensor(totals[k], device=data.device) for k in names])
+    sums = torch.stack([totals[k] for k in names])
     sums = ctx.all_reduce(torch.cat([sums, sums.new_tensor([len(shard)])]))
     count = sums[-1]
     return {name: (total / count).item() for name, total in zip(names, sums, strict=False)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -100,7 +101,7 @@ class Trainer:
         self.config = config
         self.state = TrainState()
         self.batches = EpochBatches(
-            splits.train, int(self.tcfg.batch_size), int(cfg.seed), transform=splits.train_transform
+            splits.train, int(self.tcfg.batch_size), self.seed, transform=splits.train_transform
         )
         self.logger: RunLogger | None = None
         self.ema = build_ema(model, self.tcfg.get("ema"))
@@ -289,7 +290,8 @@ class Trainer:
                 path = self.save("last.pt")
             if preempted:
                 self.ctx.barrier()
-                raise Preempted(guard.signum or 15, step, str(path))
+                # a rank the signal did not reach stops as if it had had SIGTERM
+                raise Preempted(guard.signum or signal.SIGTERM, step, str(path))
 
     def _forward_backward(self) -> tuple[torch.Tensor, dict, torch.Tensor]:
         """Gradients of one optimizer step, summed over ``trainer.accumulate_steps``
@@ -470,7 +472,7 @@ class Trainer:
         model = self.eval_model
         was_training = model.training
         model.eval()
-        with seeded_rng(int(self.cfg.seed), self.splits.train.device):
+        with seeded_rng(self.seed, self.splits.train.device):
             samples = model.sample(int(self.tcfg.sample_n))
             pictures = model.pictures(self.splits.val[: int(self.tcfg.sample_n)])
         model.train(was_training)

@@ -20,7 +20,6 @@ from genflow.engine.distributed import (
     DistContext,
     accelerator,
     env_context,
-    init_for_torchrun,
     join,
     launched_by_torchrun,
     leave,
@@ -67,9 +66,9 @@ def run(cfg) -> dict[str, Any]:
     if cfg.dataset.get("root"):  # stored absolute, so eval and sample work from any directory
         cfg.dataset.root = str(Path(str(cfg.dataset.root)).expanduser().resolve())
     if cfg.device.type != "ddp":
-        if launched_by_torchrun() and env_context().enabled:
+        if launched_by_torchrun() and (launched := env_context()).enabled:
             raise GenflowError(
-                f"torchrun started {env_context().world_size} processes but device="
+                f"torchrun started {launched.world_size} processes but device="
                 f"{cfg.device.type}; add device=ddp to train with all of them"
             )
         return train(cfg, run_dir, DistContext(), resolve_device(cfg.device))
@@ -85,9 +84,7 @@ def run(cfg) -> dict[str, Any]:
             )
         ctx.broadcast_object((config, str(run_dir)))  # the other ranks wait for it in genflow.cli
         return train(cfg, run_dir, ctx, device)
-    if nproc < 1:
-        raise GenflowError(f"device.nproc_per_node must be a positive integer, got {nproc}")
-    if nproc == 1:
+    if nproc == 1:  # (validate_train_config has checked it is a positive integer)
         return train(cfg, run_dir, DistContext(), resolve_device(cfg.device))
     log.info(
         "starting %d DDP workers (%s); run directory %s", nproc, accelerator(cfg.device), run_dir
@@ -125,9 +122,8 @@ def follow() -> int:
     """What ranks other than 0 do under torchrun: join the group, then train each job that
     rank 0 (which composed the config and made the run directory) broadcasts, until it sends
     None. Returns the exit code."""
-    ctx = env_context()
+    ctx = env_context()  # genflow.cli has joined torchrun's group
     worker_logging(ctx.rank, None)
-    init_for_torchrun()
     code = 0
     try:
         while (job := ctx.broadcast_object()) is not None:
