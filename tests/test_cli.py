@@ -61,6 +61,12 @@ def test_train_eval_sample_end_to_end(workdir):
     assert 0 < summary["bpd"] < 8 and summary["nll"] == pytest.approx(
         summary["bpd"] * 64 * 0.6931471805599453
     )
+    # the tail of the per-example bpd, in eval.json and in the final test record alike
+    assert summary["bpd_median"] <= summary["bpd_p99"] <= summary["bpd_max"]
+    assert 0 <= summary["worst_index"] < 447
+    [test_record] = [r for r in records if r["split"] == "test"]
+    for key in ("bpd_median", "bpd_p99", "bpd_max", "worst_index"):
+        assert test_record[key] == pytest.approx(summary[key], rel=1e-6), key
 
     proc = run_genflow(
         ["sample", f"run={run_dir}", "sample.n=9", "sample.temperature=0.7"], workdir

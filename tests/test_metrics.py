@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from genflow.bijections import Compose, Logit
-from genflow.engine.evaluate import evaluate
+from genflow.engine.distributed import DistContext
+from genflow.engine.evaluate import evaluate, tail_statistics
 from genflow.models.flow import FlowModel
 from genflow.models.maf import MAF
 from genflow.models.nice import NICE
@@ -113,3 +116,53 @@ def test_training_objective_matches_evaluation_metrics():
     torch.testing.assert_close(out.metrics["nll"], per_example["nll"].mean())
     torch.testing.assert_close(out.loss.detach(), per_example["bpd"].mean())
     torch.testing.assert_close(per_example["bpd"], per_example["nll"] / (16 * math.log(2)))
+
+
+def test_tail_statistics_name_the_worst_example():
+    """bpd_median, bpd_p99, bpd_max and worst_index against numpy on per-example bpd
+    computed by hand: an identity flow on continuous data scores x by the standard normal."""
+    torch.manual_seed(0)
+    model = FlowModel(Compose([]), (2,), levels=None).double()
+    data = torch.randn(301, 2, dtype=torch.float64)
+    data[137] = torch.tensor([30.0, -4.0], dtype=torch.float64)  # far out: the worst
+    nll = 0.5 * (data**2).sum(1).numpy() + math.log(2 * math.pi)  # D/2 log 2 pi with D = 2
+    bpd = nll / (2 * math.log(2))
+    metrics = evaluate(model, data, batch_size=64, tails=True)
+    assert metrics["worst_index"] == 137
+    assert math.isclose(metrics["bpd_max"], bpd[137], rel_tol=1e-12)
+    assert math.isclose(metrics["bpd_median"], float(np.median(bpd)), rel_tol=1e-12)
+    assert math.isclose(metrics["bpd_p99"], float(np.percentile(bpd, 99)), rel_tol=1e-12)
+    assert math.isclose(metrics["bpd"], float(bpd.mean()), rel_tol=1e-12)
+    assert "worst_index" not in evaluate(model, data, batch_size=64)  # only when asked
+
+
+def test_tail_statistics_of_shards_equal_those_of_the_whole_split():
+    """Each DDP rank holds its contiguous shard of the per-example bpd: two ranks (threads
+    with a summing all-reduce) agree with one process on every tail statistic."""
+    values = torch.rand(101, dtype=torch.float64)
+    values[77] = 50.0
+    whole = tail_statistics([values[:40], values[40:]], len(values), DistContext())
+    shared: list[torch.Tensor] = []
+    barrier = threading.Barrier(2)
+
+    class ThreadRank(DistContext):
+        def all_reduce(self, tensor, op=None):
+            shared.append(tensor.clone())
+            barrier.wait()
+            tensor.copy_(sum(shared))
+            barrier.wait()
+            return tensor
+
+    results: dict[int, dict] = {}
+
+    def rank(r: int) -> None:
+        ctx = ThreadRank(rank=r, world_size=2)
+        shard = values[ctx.shard(len(values))]
+        results[r] = tail_statistics([shard[:10], shard[10:]], len(values), ctx)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results[0] == whole and results[1] == whole and whole["worst_index"] == 77

@@ -32,8 +32,13 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     ctx: DistContext | None = None,
+    tails: bool = False,
 ) -> dict[str, float]:
     """Mean of each per-example metric over ``data``.
+
+    With ``tails`` the per-example bpd is kept as well, and the result also has its median
+    (``bpd_median``), 99th percentile (``bpd_p99``), maximum (``bpd_max``) and the index of
+    the worst example in ``data`` (``worst_index``): a mean carried by a few examples shows.
 
     ``progress`` shows a bar over examples (long importance-weighted evaluations).
     Runs under a forked RNG seeded with ``seed``, so the dequantization noise is the same at
@@ -46,6 +51,7 @@ def evaluate(
     model.eval()
     shard = data[ctx.shard(len(data))]
     totals: dict[str, Tensor] = {}
+    per_example: list[Tensor] = []
     bar = tqdm(
         total=len(shard),
         desc="eval",
@@ -57,6 +63,8 @@ def evaluate(
         for batch in in_order(shard, batch_size):
             for name, values in model.evaluate(batch).items():
                 totals[name] = totals.get(name, 0.0) + values.double().sum()
+                if tails and name == "bpd":
+                    per_example.append(values.double())
             bar.update(len(batch))
     bar.close()
     model.train(was_training)
@@ -64,4 +72,25 @@ def evaluate(
     sums = torch.stack([totals[k] for k in names])
     sums = ctx.all_reduce(torch.cat([sums, sums.new_tensor([len(shard)])]))
     count = sums[-1]
-    return {name: (total / count).item() for name, total in zip(names, sums, strict=False)}
+    means = {name: (total / count).item() for name, total in zip(names, sums, strict=False)}
+    if tails:
+        means.update(tail_statistics(per_example, len(data), ctx))
+    return means
+
+
+def tail_statistics(per_example: list[Tensor], n: int, ctx: DistContext) -> dict[str, float]:
+    """Median, 99th percentile and maximum of the per-example bpd over all ``n`` examples
+    (each rank holds its contiguous shard: placed in a zero vector and all-reduced), and the
+    index of the worst one."""
+    device = per_example[0].device if per_example else torch.device("cpu")
+    values = torch.zeros(n, dtype=torch.float64, device=device)
+    if per_example:
+        values[ctx.shard(n)] = torch.cat(per_example)
+    values = ctx.all_reduce(values).cpu()
+    worst = int(torch.argmax(values))
+    return {
+        "bpd_median": torch.quantile(values, 0.5).item(),
+        "bpd_p99": torch.quantile(values, 0.99).item(),
+        "bpd_max": values[worst].item(),
+        "worst_index": worst,
+    }

@@ -85,7 +85,7 @@ def evaluation_summary(
     progress: bool = False,
     ctx: DistContext | None = None,
 ) -> dict[str, Any]:
-    metrics = evaluate(model, data, batch_size, progress=progress, ctx=ctx)
+    metrics = evaluate(model, data, batch_size, progress=progress, ctx=ctx, tails=True)
     extra = {"iw_samples": int(model.iw_samples)} if hasattr(model, "iw_samples") else {}
     return {
         "run": str(run_dir_of(checkpoint)),

@@ -38,6 +38,19 @@ from genflow.validation import validate_train_config
 
 log = logging.getLogger(__name__)
 
+# what the final test record in metrics.jsonl carries of eval.json's summary
+TEST_RECORD_KEYS = (
+    "bpd",
+    "nll",
+    "elbo",
+    "recon",
+    "kl",
+    "bpd_median",
+    "bpd_p99",
+    "bpd_max",
+    "worst_index",
+)
+
 
 def resume_candidates(resume: str | None, run_dir: Path) -> list[Path]:
     """Checkpoints to continue from, best first: ``resume`` is null, auto, a run dir or a file.
@@ -192,7 +205,7 @@ def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[st
         logger.log(
             state.step,
             "test",
-            {k: summary[k] for k in ("bpd", "nll", "elbo", "recon", "kl") if k in summary}
+            {k: summary[k] for k in TEST_RECORD_KEYS if k in summary}
             | {"best_step": summary["step"]},
         )
         logger.summary({f"test/{k}": v for k, v in summary.items() if isinstance(v, float)})
