@@ -43,11 +43,11 @@ def _cfg(**trainer):
     return OmegaConf.create({"seed": 0, "trainer": {**base, **trainer}})
 
 
-def _trainer(model, tmp_path, **trainer):
+def _trainer(model, tmp_path, lr=1e-2, **trainer):
     cfg = _cfg(**trainer)
-    data = torch.randn(32, 2)
+    data = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
     optimizer = build_optimizer(
-        model, OmegaConf.create(dict(name="adam", lr=1e-2, betas=[0.9, 0.999], weight_decay=0.0))
+        model, OmegaConf.create(dict(name="adam", lr=lr, betas=[0.9, 0.999], weight_decay=0.0))
     )
     scheduler = build_scheduler(optimizer, OmegaConf.create(dict(name="constant")), 10)
     return Trainer(
@@ -125,6 +125,47 @@ def test_repeated_bad_steps_roll_back_with_a_lower_learning_rate(tmp_path):
     assert any(r.get("rollback") == 1 and r["from_step"] == 8 and r["step"] == 5 for r in records)
     resumed = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert resumed["trainer"]["lr_scale"] == 0.5  # a resumed run keeps the cut
+
+
+def test_bad_steps_before_the_first_checkpoint_roll_back_to_the_start(tmp_path):
+    """No checkpoint on disk yet: the run rolls back to the state it started from, kept in
+    memory, and from there is exactly a run started with the lower learning rate."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    torch.manual_seed(0)
+    model = Quadratic()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = _trainer(
+        model, tmp_path / "a", max_bad_steps=2, fault_injection={"nan_loss_at_steps": [2, 3]}
+    )
+    state = trainer.fit(RunLogger(tmp_path / "a", None, {}))
+    assert state.step == 10 and state.rollbacks == 1 and state.lr_scale == 0.5
+    records = [
+        json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert any(r.get("rollback") == 1 and r["from_step"] == 3 and r["step"] == 0 for r in records)
+    fresh = Quadratic()
+    fresh.load_state_dict(start)
+    plain = _trainer(fresh, tmp_path / "b", lr=0.5e-2)
+    plain.fit(RunLogger(tmp_path / "b", None, {}))
+    for key, value in plain.model.state_dict().items():
+        torch.testing.assert_close(trainer.model.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_a_second_rollback_to_an_older_checkpoint_halves_the_rate_again(tmp_path):
+    """The second rollback lands on last.pt from before the first one: the rate must be
+    lr_scale (0.25) x the configured one, not 0.5 x what that checkpoint's scheduler held."""
+    trainer = _trainer(
+        Quadratic(),
+        tmp_path,
+        max_steps=12,
+        max_bad_steps=2,
+        fault_injection={"nan_loss_at_steps": [7, 8, 9, 10]},
+    )
+    state = trainer.fit(RunLogger(tmp_path, None, {}))
+    assert state.step == 12 and state.rollbacks == 2 and state.lr_scale == 0.25
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.25e-2)
+    assert trainer.scheduler.base_lrs == [pytest.approx(0.25e-2)]
 
 
 def test_rollbacks_run_out_and_then_the_run_stops(tmp_path):

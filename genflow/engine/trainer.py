@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -116,6 +117,10 @@ class Trainer:
         faults = self.tcfg.get("fault_injection") or {}
         self._nan_steps = {int(s) for s in (faults.get("nan_loss_at_steps") or [])}
         self._injected: set[int] = set()
+        # a copy of the state this fit started from, kept in memory until the first last.pt
+        # is written, so a run that goes non-finite before then still has a state to roll
+        # back to (fit sets it, save drops it)
+        self._start_state: dict[str, Any] | None = None
 
     @property
     def eval_model(self) -> GenerativeModel:
@@ -144,12 +149,20 @@ class Trainer:
         path = self.ckpt_dir / name
         if self.ctx.is_main:
             save_checkpoint(self.state_dict(), path, keep_previous=name == "last.pt")
+        if name == "last.pt":
+            self._start_state = None  # rollbacks now go to the checkpoint on disk
         return path
 
     def restore(self, candidates: Path | list[Path]) -> Path:
         """Load the first readable checkpoint of ``candidates``; return its path."""
         candidates = [candidates] if isinstance(candidates, Path) else list(candidates)
         ckpt, path = load_first_good(candidates)
+        self.load_state(ckpt, path)
+        return path
+
+    def load_state(self, ckpt: dict[str, Any], path: Path | str) -> None:
+        """Put the modules, the trainer state and the RNG back as ``ckpt`` holds them;
+        ``path`` names where it came from in messages."""
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as err:
@@ -171,7 +184,6 @@ class Trainer:
         if self.ctx.is_main:
             self._drop_records_after(self.state.step)
         log.info("resumed from %s at step %d", path, self.state.step)
-        return path
 
     def _drop_records_after(self, step: int) -> None:
         """Steps after the checkpoint will be run again: drop their stale records."""
@@ -201,6 +213,9 @@ class Trainer:
         self.model.train()
         if self.ctx.is_main:
             remove_stale_temporaries(self.ckpt_dir)
+        if not last_checkpoints(self.ckpt_dir):
+            # after _wrap: under DDP every rank holds rank 0's initialised weights
+            self._start_state = copy.deepcopy(self.state_dict())
         try:
             with logging_redirect_tqdm(), PreemptionGuard() as guard:
                 self._loop(bar, max_steps, grad_clip, params, guard)
@@ -380,7 +395,7 @@ class Trainer:
         cause = self._diagnose(x, loss)
         checkpoints = last_checkpoints(self.ckpt_dir)
         can_roll_back = tc.on_bad_steps == "rollback" and state.rollbacks < int(tc.max_rollbacks)
-        if can_roll_back and checkpoints:
+        if can_roll_back and (checkpoints or self._start_state is not None):
             self._roll_back(step, cause, checkpoints)
             return True
         why = (
@@ -407,12 +422,19 @@ class Trainer:
         self.ctx.barrier()
         factor = float(self.tcfg.rollback_lr_factor)
         carried = (self.state.skipped_steps, self.state.rollbacks + 1, self.state.lr_scale * factor)
-        self.restore(checkpoints)
+        if checkpoints:
+            self.restore(checkpoints)
+        else:  # before the first checkpoint: the state this fit started from
+            self.load_state(copy.deepcopy(self._start_state), "the state kept in memory")
+        # the restored scheduler carries the cuts made before its state was saved: cut
+        # by what is missing, so the rate is lr_scale x the configured one whichever
+        # state (a checkpoint from before an earlier rollback, or the start) came back
+        missing = carried[2] / self.state.lr_scale
         self.state.skipped_steps, self.state.rollbacks, self.state.lr_scale = carried
         self.state.bad_in_a_row = 0  # the checkpoint may have been written mid-streak
-        self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]
+        self.scheduler.base_lrs = [lr * missing for lr in self.scheduler.base_lrs]
         for group in self.optimizer.param_groups:
-            group["lr"] *= factor
+            group["lr"] *= missing
         log.warning(
             "rolled back from step %d to step %d (%s); learning rate now x%g of the configured one",
             step,
