@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -92,6 +94,11 @@ CASES = {
     "batch_norm_eval": (_batch_norm_in_eval_mode, (4,), "normal"),
     "made_affine": (
         lambda: MaskedAffineAutoregressive(MADE(5, 16, 2, ordering="random")),
+        (5,),
+        "normal",
+    ),
+    "made_affine_sigmoid": (
+        lambda: MaskedAffineAutoregressive(MADE(5, 16, 2, ordering="random"), scale="sigmoid"),
         (5,),
         "normal",
     ),
@@ -262,3 +269,19 @@ def test_conv1x1_weight_is_invertible_and_logdet_is_slogdet():
     sign, logabsdet = torch.linalg.slogdet(layer.weight())
     assert sign != 0
     torch.testing.assert_close(layer.log_s.sum(), logabsdet)
+
+
+def test_sigmoid_affine_layer_never_expands_by_more_than_its_bound():
+    """scale=sigmoid: data -> noise multiplies each coordinate's offset by at most 1.001, so
+    the log-det of the density pass is at most D log 1.001 even far off the data."""
+    layer = _perturbed(MaskedAffineAutoregressive(MADE(6, 16, 2), scale="sigmoid"))
+    with torch.no_grad():
+        layer.made.output.bias.add_(-50.0)  # pushes every raw scale towards expansion
+    x = 1000.0 * torch.randn(64, 6)
+    _, logdet = layer(x)
+    assert (logdet <= 6 * math.log(1.001) + 1e-5).all()
+    softclamp = _perturbed(MaskedAffineAutoregressive(MADE(6, 16, 2)))
+    with torch.no_grad():
+        softclamp.made.output.bias.add_(-50.0)
+    # the soft clamp lets the same push expand each coordinate by up to e^5
+    assert (softclamp(torch.randn(64, 6))[1] > 6 * 4.0).all()

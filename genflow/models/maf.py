@@ -39,6 +39,7 @@ class MAF(FlowModel):
         permutation: str = "reverse",
         batch_norm: bool = False,
         seed: int = 0,
+        scale: str = "softclamp",
     ):
         if permutation not in PERMUTATIONS:
             raise ValueError(
@@ -51,7 +52,7 @@ class MAF(FlowModel):
             made = MADE(
                 features, hidden_features, hidden_layers, 2, ordering, hidden_degrees, seed=seed + i
             )
-            layers.append(MaskedAffineAutoregressive(made))
+            layers.append(MaskedAffineAutoregressive(made, scale=scale))
             if batch_norm:
                 layers.append(BatchNormFlow(features))
             if i < num_layers - 1 and permutation != "none":
