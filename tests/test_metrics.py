@@ -166,3 +166,16 @@ def test_tail_statistics_of_shards_equal_those_of_the_whole_split():
     for thread in threads:
         thread.join()
     assert results[0] == whole and results[1] == whole and whole["worst_index"] == 77
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.05])
+def test_data_box_mass_is_the_normal_mass_of_the_logit_box(alpha):
+    """An identity flow with a logit of ``alpha``: the data box [0, 1)^D is the box
+    [logit(alpha), logit(1 - alpha)]^D in flow space, whose standard normal mass is
+    (Phi(b) - Phi(-b))^D with b = logit(1 - alpha)."""
+    torch.manual_seed(0)
+    model = FlowModel(Compose([]), (2,), levels=4, logit_alpha=alpha)
+    b = math.log((1 - alpha) / alpha)
+    expected = math.erf(b / math.sqrt(2)) ** 2
+    got = model.data_box_mass(200_000, batch_size=50_000)
+    assert abs(got - expected) < 4e-3  # binomial sd at 200k samples is at most 1.2e-3
