@@ -49,12 +49,17 @@ def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
     return overrides, flags
 
 
+# conf/overlay holds the per-(model, data_scale) adjustments that train.yaml picks by
+# interpolation; they are not a choice a user makes
+INTERNAL_GROUPS = ("overlay",)
+
+
 def config_groups(root: Path) -> dict[str, list[str]]:
     """Config group path (e.g. 'model', 'optimizer/scheduler') -> its options."""
     groups: dict[str, list[str]] = {}
     for folder in sorted(p for p in root.rglob("*") if p.is_dir()):
         options = sorted(f.stem for f in folder.glob("*.yaml"))
-        if options:
+        if options and folder.relative_to(root).as_posix() not in INTERNAL_GROUPS:
             groups[folder.relative_to(root).as_posix()] = options
     return groups
 
