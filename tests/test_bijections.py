@@ -285,3 +285,13 @@ def test_sigmoid_affine_layer_never_expands_by_more_than_its_bound():
         softclamp.made.output.bias.add_(-50.0)
     # the soft clamp lets the same push expand each coordinate by up to e^5
     assert (softclamp(torch.randn(64, 6))[1] > 6 * 4.0).all()
+
+
+def test_logit_without_alpha_stays_finite_at_the_box_edges():
+    """Uniform dequantization can give exactly 0, and (levels - 1 + u) / levels can round to
+    1 in float32: with alpha = 0 both must still map to finite values and log-dets."""
+    layer = Logit(0.0)
+    x = torch.tensor([[0.0, 1.0, (255 + (1 - 2**-24)) / 256, 0.5]])
+    y, logdet = layer(x)
+    assert torch.isfinite(y).all() and torch.isfinite(logdet).all()
+    assert y[0, 0] < -80 and y[0, 1] > 15 and y[0, 3] == 0.0
