@@ -1,20 +1,24 @@
-"""The same architectures as genflow's Glow, RealNVP and MAF, built from normflows and zuko.
+"""The same architectures as genflow's Glow, RealNVP and MAF, built from normflows, nflows
+and zuko.
 
-Used by ``throughput.py --compare``; needs the ``bench`` extra (``pip install -e ".[bench]"``).
-Each builder takes genflow's composed config and returns ``loss(x) -> Tensor``, the mean
-negative log-likelihood in nats of a batch of discrete images ``x`` (dequantized with uniform
-noise, through the same logit preprocessing with its Jacobian, as genflow's flows do), and the
-module whose parameters train.
+Used by ``throughput.py --compare`` and ``peers.py``; needs the ``bench`` extra (``pip install
+-e ".[bench]"``). Each builder takes genflow's composed config and returns ``nll(x) -> Tensor``,
+the per-example negative log-likelihood in nats of a batch of discrete images ``x`` as
+continuous data on [0, 1)^D (dequantized with uniform noise, through the same logit
+preprocessing with its Jacobian and the same ``model.logit_alpha`` as genflow's flows), and
+the module whose parameters train. ``to_bpd`` turns that into bits per dimension of the
+discrete data.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-Loss = Callable[[Tensor], Tensor]
+Nll = Callable[[Tensor], Tensor]
 
 
 def _dequantize(x: Tensor, levels: int) -> Tensor:
@@ -22,7 +26,18 @@ def _dequantize(x: Tensor, levels: int) -> Tensor:
     return (x + torch.rand_like(x)) / levels
 
 
-def normflows_glow(cfg) -> tuple[Loss, nn.Module]:
+def to_bpd(nll: Tensor, cfg) -> Tensor:
+    """Nats of [0, 1)^D data -> bits per dimension of the discrete levels: each of the D
+    values' bins has width 1 / levels, so log P(x) >= log p(x_c) - D log(levels)."""
+    num_dims = math.prod(cfg.dataset.shape)
+    return (nll / num_dims + math.log(cfg.dataset.levels)) / math.log(2)
+
+
+def _alpha(cfg) -> float:
+    return float(cfg.model.logit_alpha)
+
+
+def normflows_glow(cfg) -> tuple[Nll, nn.Module]:
     """L levels of K GlowBlocks (affine coupling with Glow's 3-1-3 conv net, invertible 1x1
     conv, ActNorm), squeezes and channel splits, as in normflows' Glow example."""
     import normflows as nf
@@ -47,12 +62,12 @@ def normflows_glow(cfg) -> tuple[Loss, nn.Module]:
             shape = (c * 2 ** (levels + 1), h // 2**levels, w // 2**levels)
         q0.append(nf.distributions.DiagGaussian(shape, trainable=False))
     model = nf.MultiscaleFlow(
-        q0, flows, merges, transform=nf.transforms.Logit(alpha=0.05), class_cond=False
+        q0, flows, merges, transform=nf.transforms.Logit(alpha=_alpha(cfg)), class_cond=False
     )
-    return lambda x: model.forward_kld(_dequantize(x, cfg.dataset.levels)), model
+    return lambda x: -model.log_prob(_dequantize(x, cfg.dataset.levels)), model
 
 
-def normflows_realnvp(cfg) -> tuple[Loss, nn.Module]:
+def normflows_realnvp(cfg) -> tuple[Nll, nn.Module]:
     """Two scales: 3 checkerboard couplings, squeeze, 3 channel couplings, factor out half,
     then 4 checkerboard couplings; ResNet conditioners of ``hidden_channels`` and
     ``num_blocks`` blocks (normflows' ConvResidualNet)."""
@@ -84,25 +99,27 @@ def normflows_realnvp(cfg) -> tuple[Loss, nn.Module]:
         q0,
         [deepest, outer],
         [nf.flows.Merge()],
-        transform=nf.transforms.Logit(alpha=0.05),
+        transform=nf.transforms.Logit(alpha=_alpha(cfg)),
         class_cond=False,
     )
-    return lambda x: model.forward_kld(_dequantize(x, cfg.dataset.levels)), model
+    return lambda x: -model.log_prob(_dequantize(x, cfg.dataset.levels)), model
 
 
-def _logit_loss(log_prob: Callable[[Tensor], Tensor], levels: int) -> Loss:
+def _logit_nll(log_prob: Callable[[Tensor], Tensor], cfg) -> Nll:
+    """The flat vector models: normflows' logit transform (with its Jacobian) in front of
+    ``log_prob``, the same map for every library."""
     import normflows as nf
 
-    logit = nf.transforms.Logit(alpha=0.05)
+    logit = nf.transforms.Logit(alpha=_alpha(cfg))
 
-    def loss(x: Tensor) -> Tensor:
-        y, logdet = logit.inverse(_dequantize(x.flatten(1), levels))
-        return -(log_prob(y) + logdet).mean()
+    def nll(x: Tensor) -> Tensor:
+        y, logdet = logit.inverse(_dequantize(x.flatten(1), cfg.dataset.levels))
+        return -(log_prob(y) + logdet)
 
-    return loss
+    return nll
 
 
-def normflows_maf(cfg) -> tuple[Loss, nn.Module]:
+def normflows_maf(cfg) -> tuple[Nll, nn.Module]:
     """``num_layers`` MADE layers (``hidden_layers`` masked layers of ``hidden_features``, no
     residual blocks, no batch norm) with reversing permutations between them."""
     import normflows as nf
@@ -120,10 +137,10 @@ def normflows_maf(cfg) -> tuple[Loss, nn.Module]:
         )
         flows.append(nf.flows.Permute(d, mode="swap"))
     model = nf.NormalizingFlow(nf.distributions.DiagGaussian(d, trainable=False), flows)
-    return _logit_loss(model.log_prob, cfg.dataset.levels), model
+    return _logit_nll(model.log_prob, cfg), model
 
 
-def zuko_maf(cfg) -> tuple[Loss, nn.Module]:
+def zuko_maf(cfg) -> tuple[Nll, nn.Module]:
     """zuko's MAF: ``num_layers`` affine MADE transforms of ``hidden_layers`` x
     ``hidden_features``, orders reversed between layers."""
     import zuko
@@ -135,11 +152,40 @@ def zuko_maf(cfg) -> tuple[Loss, nn.Module]:
         transforms=cfg.model.num_layers,
         hidden_features=[cfg.model.hidden_features] * cfg.model.hidden_layers,
     )
-    return _logit_loss(lambda y: flow().log_prob(y), cfg.dataset.levels), flow
+    return _logit_nll(lambda y: flow().log_prob(y), cfg), flow
+
+
+def nflows_maf(cfg) -> tuple[Nll, nn.Module]:
+    """nflows' MAF: ``num_layers`` MaskedAffineAutoregressiveTransforms (MADE with
+    ``hidden_layers`` masked hidden layers of ``hidden_features``, no residual blocks, no batch
+    norm), orders reversed between layers, on a standard normal."""
+    from nflows.distributions import StandardNormal
+    from nflows.flows import Flow
+    from nflows.transforms import (
+        CompositeTransform,
+        MaskedAffineAutoregressiveTransform,
+        ReversePermutation,
+    )
+
+    d = math.prod(cfg.dataset.shape)
+    layers = []
+    for i in range(cfg.model.num_layers):
+        layers.append(
+            MaskedAffineAutoregressiveTransform(
+                d,
+                cfg.model.hidden_features,
+                num_blocks=cfg.model.hidden_layers - 1,
+                use_residual_blocks=False,
+            )
+        )
+        if i < cfg.model.num_layers - 1:
+            layers.append(ReversePermutation(d))
+    flow = Flow(CompositeTransform(layers), StandardNormal([d]))
+    return _logit_nll(flow.log_prob, cfg), flow
 
 
 BASELINES: dict[str, list[tuple[str, Callable]]] = {
     "glow": [("normflows", normflows_glow)],
     "realnvp": [("normflows", normflows_realnvp)],
-    "maf": [("normflows", normflows_maf), ("zuko", zuko_maf)],
+    "maf": [("normflows", normflows_maf), ("nflows", nflows_maf), ("zuko", zuko_maf)],
 }

@@ -15,7 +15,7 @@ Compare mode builds genflow's Glow, RealNVP and MAF and the same architectures f
 threads, and times them in alternating rounds (the median round counts), so drift in the
 machine's speed hits both sides alike. Dropout and batch norm are off on genflow's side,
 since the baselines have none. Both sides compute the same loss: the NLL of uniformly
-dequantized data through a logit with alpha = 0.05, Jacobian included; the first-step bpd
+dequantized data through a logit with genflow's model.logit_alpha, Jacobian included; the first-step bpd
 of each side is printed as a check. MNIST is read from GENFLOW_DATA (or ../shared/data).
 """
 
@@ -200,10 +200,11 @@ def compare(args) -> None:
                     )
                     continue
                 torch.manual_seed(0)
-                loss, module = build(cfg)
+                nll, module = build(cfg)
                 module = module.to(device)
                 with torch.no_grad():
-                    loss(batches(0))  # data-dependent init (normflows' ActNorm)
+                    nll(batches(0))  # data-dependent init (normflows' ActNorm)
+                loss = lambda x, nll=nll: nll(x).mean()  # noqa: E731
                 sides.append((library, loss, list(module.parameters()), (num_dims, shift)))
 
             first_bpd = []
