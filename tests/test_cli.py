@@ -197,6 +197,18 @@ def test_injected_nan_is_skipped_and_the_run_completes(workdir):
     assert (run_dir / "eval.json").is_file()
 
 
+def test_a_run_diverging_before_its_first_checkpoint_rolls_back_and_completes(workdir):
+    nan_steps = "trainer.fault_injection.nan_loss_at_steps=[3,4,5,6,7]"  # ckpt_every=10
+    proc = run_genflow(["train", *TINY, nan_steps], workdir)
+    [run_dir] = run_dirs(workdir)
+    [rollback] = [r for r in _records(run_dir) if r.get("rollback")]
+    assert rollback["from_step"] == 7 and rollback["step"] == 0 and rollback["lr_scale"] == 0.5
+    assert "the state kept in memory" in proc.stdout + proc.stderr
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["trainer"]["step"] == 20 and ckpt["trainer"]["rollbacks"] == 1
+    assert (run_dir / "eval.json").is_file()
+
+
 def test_resume_auto_without_a_matching_run_starts_fresh(workdir):
     proc = run_genflow(["train", *TINY, "trainer.max_steps=5", "resume=auto"], workdir)
     assert "starting fresh" in proc.stdout + proc.stderr
