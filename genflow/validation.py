@@ -42,6 +42,11 @@ def validate_train_config(cfg: DictConfig) -> None:
         ),
         ("optimizer.scheduler.warmup_steps", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
         ("trainer.max_steps", *positive_int),
+        (
+            "trainer.max_minutes",
+            lambda v: v is None or (_number(v) and v > 0),
+            "a positive number of minutes or null",
+        ),
         ("trainer.batch_size", *positive_int),
         ("trainer.accumulate_steps", *positive_int),
         ("trainer.eval_batch_size", *positive_int),

@@ -132,3 +132,11 @@ def test_split_flags_keeps_hydra_flag_values_out_of_overrides():
     )
     assert overrides == ["a=1", "b=2"]
     assert flags == ["-m", "--cfg", "job", "--info", "defaults", "--help"]
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "soon"])
+def test_max_minutes_must_be_a_positive_number(value):
+    cfg = _compose("train", [f"trainer.max_minutes={value}"])
+    with pytest.raises(GenflowError, match="trainer.max_minutes must be a positive number"):
+        validate_train_config(cfg)
+    validate_train_config(_compose("train", ["trainer.max_minutes=0.5"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -39,6 +40,7 @@ def _cfg(**trainer):
         rollback_lr_factor=0.5,
         max_rollbacks=2,
         fault_injection={"nan_loss_at_steps": []},
+        max_minutes=None,
     )
     return OmegaConf.create({"seed": 0, "trainer": {**base, **trainer}})
 
@@ -166,6 +168,32 @@ def test_a_second_rollback_to_an_older_checkpoint_halves_the_rate_again(tmp_path
     assert state.step == 12 and state.rollbacks == 2 and state.lr_scale == 0.25
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.25e-2)
     assert trainer.scheduler.base_lrs == [pytest.approx(0.25e-2)]
+
+
+def test_max_minutes_stops_checkpoints_and_a_larger_budget_resumes(tmp_path, monkeypatch):
+    """A fake clock that each training forward advances by one second: a 3.5 s budget ends
+    the run after step 4 with a validation and a checkpoint there; the spent time is in the
+    checkpoint, so a resume with the same budget does nothing and a larger one goes on."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+
+    class Ticking(Quadratic):
+        def forward(self, x):
+            clock["now"] += 1.0
+            return super().forward(x)
+
+    budget = 3.5 / 60
+    trainer = _trainer(Ticking(), tmp_path, max_minutes=budget)
+    state = trainer.fit(RunLogger(tmp_path, None, {}))
+    assert state.step == 4 and state.train_seconds == 4.0 and state.best_step == 4
+    last = tmp_path / "checkpoints" / "last.pt"
+    assert torch.load(last, weights_only=True)["trainer"]["step"] == 4
+    again = _trainer(Ticking(), tmp_path, max_minutes=budget)
+    again.restore(last)
+    assert again.fit(RunLogger(tmp_path, None, {})).step == 4
+    more = _trainer(Ticking(), tmp_path, max_minutes=7.5 / 60)
+    more.restore(last)
+    assert more.fit(RunLogger(tmp_path, None, {})).step == 8
 
 
 def test_rollbacks_run_out_and_then_the_run_stops(tmp_path):

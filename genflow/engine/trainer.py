@@ -62,6 +62,7 @@ class TrainState:
     bad_in_a_row: int = 0
     rollbacks: int = 0
     lr_scale: float = 1.0  # product of the learning-rate cuts made by rollbacks
+    train_seconds: float = 0.0  # wall time in the training loop, over every resumed part
 
 
 class Trainer:
@@ -242,23 +243,37 @@ class Trainer:
             module = self.ddp
         self.train_forward = torch.compile(module) if self.tcfg.get("compile") else module
 
+    def _out_of_time(self) -> bool:
+        """trainer.max_minutes: the wall-clock budget of the training loop (validation and
+        checkpoints included), counted over every resumed part of the run."""
+        budget = self.tcfg.get("max_minutes")
+        return budget is not None and self.state.train_seconds >= 60.0 * float(budget)
+
     def _loop(self, bar, max_steps: int, grad_clip: float, params, guard: PreemptionGuard) -> None:
         tc, logger = self.tcfg, self.logger
         window_start, window_steps = time.perf_counter(), 0
+        loop_start, seconds_before = time.perf_counter(), self.state.train_seconds
+        if self._out_of_time():
+            log.info("the time budget (trainer.max_minutes) was spent before this resume")
+            return
         while self.state.step < max_steps and not self.state.stopped_early:
             x, metrics, loss = self._forward_backward()
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
             # what decides the step, read in one host sync per step (one all-reduce on top
             # under DDP, so every rank skips or stops together)
-            flags = torch.stack(
+            self.state.train_seconds = seconds_before + time.perf_counter() - loop_start
+            flags = torch.cat(
                 [
-                    (~torch.isfinite(loss)).float(),
-                    (~torch.isfinite(grad_norm)).float(),
-                    torch.tensor(float(guard.requested), device=grad_norm.device),
+                    (~torch.isfinite(loss)).float().reshape(1),
+                    (~torch.isfinite(grad_norm)).float().reshape(1),
+                    torch.tensor(
+                        [float(guard.requested), float(self._out_of_time())],
+                        device=grad_norm.device,
+                    ),
                 ]
             )
-            bad_loss, bad_grad, stops = self.ctx.all_reduce(flags).tolist()
+            bad_loss, bad_grad, stops, out_of_time = self.ctx.all_reduce(flags).tolist()
             preempted = stops > 0
             # with fp16 loss scaling, non-finite gradients from a finite loss are an overflow
             # at this scale: the scaler skips the update and lowers the scale; not a bad step
@@ -281,7 +296,9 @@ class Trainer:
                 window_start, window_steps = time.perf_counter(), 0
                 continue
 
-            if step % int(tc.log_every) == 0 or step == max_steps:
+            # the last step: the step budget, or the time budget reached on every rank alike
+            last = step == max_steps or out_of_time > 0
+            if step % int(tc.log_every) == 0 or last:
                 elapsed = time.perf_counter() - window_start
                 metrics = {
                     **self._global_means({"loss": loss, **metrics}),
@@ -292,13 +309,13 @@ class Trainer:
                 logger.log(step, "train", metrics)
                 bar.set_postfix(loss=f"{loss.item():.4f}", bpd=f"{metrics['bpd'].item():.3f}")
                 window_start, window_steps = time.perf_counter(), 0
-            if step % int(tc.eval_every) == 0 or step == max_steps:
+            if step % int(tc.eval_every) == 0 or last:
                 self._validate(step)
-            if tc.sample_every and (step % int(tc.sample_every) == 0 or step == max_steps):
+            if tc.sample_every and (step % int(tc.sample_every) == 0 or last):
                 if self.ctx.is_main:
                     self.write_samples(step)
                 self.ctx.barrier()
-            checkpoint_due = step % int(tc.ckpt_every) == 0 or step == max_steps
+            checkpoint_due = step % int(tc.ckpt_every) == 0 or last
             if checkpoint_due or self.state.stopped_early or preempted:
                 # one write per step: a second would rotate this step's last.pt into
                 # last.prev.pt and lose the earlier checkpoint kept as the fallback
@@ -307,6 +324,14 @@ class Trainer:
                 self.ctx.barrier()
                 # a rank the signal did not reach stops as if it had had SIGTERM
                 raise Preempted(guard.signum or signal.SIGTERM, step, str(path))
+            if out_of_time > 0 and step < max_steps:
+                log.info(
+                    "trainer.max_minutes=%g reached at step %d; resume with a larger budget "
+                    "to go on",
+                    float(tc.max_minutes),
+                    step,
+                )
+                break
 
     def _forward_backward(self) -> tuple[torch.Tensor, dict, torch.Tensor]:
         """Gradients of one optimizer step, summed over ``trainer.accumulate_steps``
