@@ -24,6 +24,9 @@ class MAF(FlowModel):
 
     Density is one pass per layer; sampling inverts each layer in D sequential passes.
     ``batch_norm`` inserts the paper's batch-normalisation bijection after each layer.
+    ``scale`` is the affine layers' scale: ``sigmoid`` (data -> noise by a factor in (0.001,
+    1.001), so no layer can make one example's density explode) or ``softclamp`` (a
+    log-scale in (-5, 5), up to e^5 expansion per layer and coordinate).
     """
 
     def __init__(
@@ -39,7 +42,7 @@ class MAF(FlowModel):
         permutation: str = "reverse",
         batch_norm: bool = False,
         seed: int = 0,
-        scale: str = "softclamp",
+        scale: str = "sigmoid",
     ):
         if permutation not in PERMUTATIONS:
             raise ValueError(
