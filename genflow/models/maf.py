@@ -26,7 +26,9 @@ class MAF(FlowModel):
     ``batch_norm`` inserts the paper's batch-normalisation bijection after each layer.
     ``scale`` is the affine layers' scale: ``sigmoid`` (data -> noise by a factor in (0.001,
     1.001), so no layer can make one example's density explode) or ``softclamp`` (a
-    log-scale in (-5, 5), up to e^5 expansion per layer and coordinate).
+    log-scale in (-5, 5), up to e^5 expansion per layer and coordinate). The config's default
+    is ``sigmoid``; the argument's stays ``softclamp``, which checkpoints written before the
+    option existed were trained with (their stored config has no ``scale``).
     """
 
     def __init__(
@@ -42,7 +44,7 @@ class MAF(FlowModel):
         permutation: str = "reverse",
         batch_norm: bool = False,
         seed: int = 0,
-        scale: str = "sigmoid",
+        scale: str = "softclamp",
     ):
         if permutation not in PERMUTATIONS:
             raise ValueError(
