@@ -140,3 +140,19 @@ def test_max_minutes_must_be_a_positive_number(value):
     with pytest.raises(GenflowError, match="trainer.max_minutes must be a positive number"):
         validate_train_config(cfg)
     validate_train_config(_compose("train", ["trainer.max_minutes=0.5"]))
+
+
+def test_maf_config_defaults_to_sigmoid_and_old_checkpoints_keep_softclamp():
+    """New runs get the sigmoid scale from conf/model/maf.yaml; a config stored before the
+    option existed (no scale key) rebuilds the soft-clamped model it was trained with."""
+    cfg = _compose("train", ["model=maf", *SMALL["maf"]])
+    assert {layer.scale for layer in _affine_layers(build_model(cfg.model))} == {"sigmoid"}
+    old = OmegaConf.to_container(cfg.model, resolve=True)
+    del old["scale"]
+    assert {layer.scale for layer in _affine_layers(build_model(old))} == {"softclamp"}
+
+
+def _affine_layers(model):
+    from genflow.bijections.autoregressive import MaskedAffineAutoregressive
+
+    return [m for m in model.modules() if isinstance(m, MaskedAffineAutoregressive)]
