@@ -50,8 +50,8 @@ def test_the_dataset_picks_the_data_scale(dataset, scale):
 def test_overlays_adjust_defaults_and_yield_to_the_command_line_and_presets():
     small = _compose(["model=maf"])
     full = _compose(["model=maf", "dataset=mnist"])
-    assert small.model.batch_norm and small.model.logit_alpha == 0.05
-    assert not full.model.batch_norm and full.model.logit_alpha == 1e-6
+    assert small.model.batch_norm and small.model.hidden_features == 512
+    assert not full.model.batch_norm and full.model.hidden_features == 1024
     assert _compose(["model=maf", "dataset=mnist", "model.batch_norm=true"]).model.batch_norm
     assert _compose(["model=maf", "dataset=mnist", "data_scale=small"]).model.batch_norm
     assert _compose(["experiment=maf_mnist"]).model.batch_norm  # the paper's setup stands
