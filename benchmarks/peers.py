@@ -228,14 +228,19 @@ def main() -> None:
         fast = 1 if args.fast else None
         for k, (side, count, (bpd, worst)) in enumerate(zip(sides, counts, results, strict=True)):
             row = (
-                f"{name:<8} {side.name:<22} {count:>9} {bpd:>9.4f} {worst:>8.2f} "
-                f"{side.skipped:>7} {speeds[k]:>8.2f}"
+                f"{name:<8} {side.name:<22} {count:>9} {_figure(bpd, 4):>9} "
+                f"{_figure(worst, 2):>8} {side.skipped:>7} {speeds[k]:>8.2f}"
             )
             if not side.name.startswith("genflow"):
                 row += f" {speeds[0] / speeds[k]:>11.2f}x"
                 if fast is not None:
                     row += f" {speeds[fast] / speeds[k]:>9.2f}x"
             print(row, flush=True)
+
+
+def _figure(value: float, decimals: int) -> str:
+    """Fixed point for ordinary bpd, exponent notation for a diverged model's."""
+    return f"{value:.{decimals}f}" if abs(value) < 1e4 else f"{value:.3g}"
 
 
 def _cuda() -> bool:
