@@ -74,15 +74,16 @@ def evaluate(
     count = sums[-1]
     means = {name: (total / count).item() for name, total in zip(names, sums, strict=False)}
     if tails:
-        means.update(tail_statistics(per_example, len(data), ctx))
+        means.update(tail_statistics(per_example, len(data), ctx, data.device))
     return means
 
 
-def tail_statistics(per_example: list[Tensor], n: int, ctx: DistContext) -> dict[str, float]:
+def tail_statistics(
+    per_example: list[Tensor], n: int, ctx: DistContext, device: torch.device | None = None
+) -> dict[str, float]:
     """Median, 99th percentile and maximum of the per-example bpd over all ``n`` examples
-    (each rank holds its contiguous shard: placed in a zero vector and all-reduced), and the
-    index of the worst one."""
-    device = per_example[0].device if per_example else torch.device("cpu")
+    (each rank holds its contiguous shard: placed in a zero vector on ``device``, the data's,
+    and all-reduced), and the index of the worst one."""
     values = torch.zeros(n, dtype=torch.float64, device=device)
     if per_example:
         values[ctx.shard(n)] = torch.cat(per_example)
