@@ -97,6 +97,15 @@ def hardware(device_name: str) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, {os.cpu_count()} cores (torch {torch.__version__})"
 
 
+def data_env() -> dict:
+    """The environment for a benchmark and its subprocesses: GENFLOW_DATA defaults to
+    ../shared/data beside the repository when that exists (set in this process too)."""
+    shared = REPO.parent / "shared" / "data"
+    if "GENFLOW_DATA" not in os.environ and shared.is_dir():
+        os.environ["GENFLOW_DATA"] = str(shared)
+    return dict(os.environ)
+
+
 def run_measurement(cmd: list[str], env: dict) -> dict | str:
     """Run one measurement in its own process (so peak memory is its own): the JSON object
     it prints last, or the last line of its error output."""
@@ -122,9 +131,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(*args.one, args.steps, args.batch_size, args.device)))
         return
-    env = dict(os.environ)
-    if "GENFLOW_DATA" not in env and (REPO.parent / "shared" / "data").is_dir():
-        env["GENFLOW_DATA"] = str(REPO.parent / "shared" / "data")
+    env = data_env()
     print(f"hardware: {hardware(args.device)}")
     header = f"{'model':<8} {'dataset':<7} {'steps':>5} {'params(M)':>9} {'steps/s':>8} {'ex/s':>8} {'peak MB':>8} {'val bpd':>8}"
     print(header)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from flows import hardware  # noqa: E402
+from flows import data_env, hardware  # noqa: E402
 
 FLOWS = ("nice", "realnvp", "maf", "glow")
 
@@ -78,10 +77,7 @@ def main() -> None:
     parser.add_argument("--runs", nargs="*", type=Path, help="measure these run directories")
     args = parser.parse_args()
 
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
-    shared = REPO.parent / "shared" / "data"
-    if "GENFLOW_DATA" not in env and shared.is_dir():
-        env["GENFLOW_DATA"] = str(shared)
+    env = dict(data_env(), WANDB_MODE="offline", WANDB_SILENT="true")
     print(f"hardware: {hardware('cpu')}; {args.samples} samples each", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

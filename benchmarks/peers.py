@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from baselines import BASELINES, to_bpd  # noqa: E402
-from flows import hardware  # noqa: E402
+from flows import data_env, hardware  # noqa: E402
 from throughput import SEQUENTIAL_LIMIT, compose, sync  # noqa: E402
 
 # the architectures compared, as genflow overrides on top of `model=X dataset=mnist`
@@ -60,8 +59,9 @@ ARCHITECTURES = {
 
 
 class Side:
-    """One trained model: how to get its per-example NLL (nats of [0, 1) data for the
-    peers, genflow's own bpd for genflow), its parameters and optimizer, and what it cost."""
+    """One trained model: its per-example bpd of the discrete data (genflow's own, or a
+    peer's NLL converted by ``to_bpd``), the forward it trains with, its parameters and
+    optimizer, and what its training cost."""
 
     def __init__(self, name, per_example_bpd, module, precision="fp32", forward=None):
         import torch
@@ -184,9 +184,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 
-    shared = REPO.parent / "shared" / "data"
-    if "GENFLOW_DATA" not in os.environ and shared.is_dir():
-        os.environ["GENFLOW_DATA"] = str(shared)
+    data_env()
     import torch
 
     from genflow.data import EpochBatches, load_dataset

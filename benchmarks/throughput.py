@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import statistics
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from flows import hardware, run_measurement  # noqa: E402
+from flows import data_env, hardware, run_measurement  # noqa: E402
 
 MODELS = ["realnvp", "nice", "maf", "glow", "pixelcnn", "pixelcnnpp", "wavenet", "vae"]
 STEPS = {"digits": 30, "mnist": 10}
@@ -269,9 +268,7 @@ def main() -> None:
         model, dataset, precision = args.one
         print(json.dumps(run_one(model, dataset, precision, not args.eager, args)))
         return
-    env = dict(os.environ)
-    if "GENFLOW_DATA" not in env and (REPO.parent / "shared" / "data").is_dir():
-        env["GENFLOW_DATA"] = os.environ["GENFLOW_DATA"] = str(REPO.parent / "shared" / "data")
+    env = data_env()
     print(f"hardware: {hardware(args.device)}; batch {args.batch_size}")
     if args.compare:
         args.models = args.models or ["glow", "realnvp", "maf"]
