@@ -1,4 +1,5 @@
-"""Shared test helpers: the bijection harness lives in test_bijections.py; these run the CLI."""
+"""Shared test helpers: the bijection harness lives in test_bijections.py; these run the CLI
+or compose configs in-process."""
 
 from __future__ import annotations
 
@@ -9,9 +10,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 REPO = Path(__file__).resolve().parent.parent
 MNIST_ROOT = REPO.parent / "shared" / "data"
+
+
+def compose_config(overrides: list[str], name: str = "train"):
+    """The config ``genflow <name> <overrides>`` composes, in this process."""
+    from genflow.config import config_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
 
 # A run short enough that the CLI takes a second or two of training on 2 cores ...
 RUN_TINY = [

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from genflow.config import config_dir
 from genflow.data.datasets import load_dataset
 from genflow.tasks.common import build_model
-from tests.conftest import MODEL_TINY, RUN_TINY, run_dirs, run_genflow
+from tests.conftest import MODEL_TINY, RUN_TINY, compose_config, run_dirs, run_genflow
 
 # no dropout: its masks are drawn in memory order, so NHWC draws other (equally random) ones
 IMAGE_MODELS = {
@@ -38,9 +35,7 @@ def loss_and_grads(cfg, channels_last: bool):
 
 @pytest.mark.parametrize("name", sorted(IMAGE_MODELS))
 def test_channels_last_gives_the_same_loss_and_gradients(name):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("train", [f"model={name}", *IMAGE_MODELS[name]])
+    cfg = compose_config([f"model={name}", *IMAGE_MODELS[name]])
     loss, grads = loss_and_grads(cfg, False)
     loss_nhwc, grads_nhwc = loss_and_grads(cfg, True)
     torch.testing.assert_close(loss_nhwc, loss, rtol=1e-9, atol=1e-9)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from genflow.config import config_dir
@@ -12,15 +10,14 @@ from genflow.errors import GenflowError
 from genflow.preflight import config_groups as _groups
 from genflow.tasks.common import build_model
 from genflow.validation import validate_train_config
+from tests.conftest import compose_config
 
 GROUPS = _groups(config_dir())
 OPTIONS = [(group, option) for group, options in GROUPS.items() for option in options]
 
 
 def _compose(name: str, overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose(name, overrides=overrides, return_hydra_config=False)
+    return compose_config(overrides, name)
 
 
 def test_expected_groups_exist():

@@ -6,15 +6,12 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from genflow.bijections.base import full_precision, sum_except_batch
-from genflow.config import config_dir
 from genflow.data.datasets import load_dataset
 from genflow.engine.precision import autocast
 from genflow.tasks.common import build_model
-from tests.conftest import MODEL_TINY, RUN_TINY, TINY, run_dirs, run_genflow
+from tests.conftest import MODEL_TINY, RUN_TINY, TINY, compose_config, run_dirs, run_genflow
 
 
 def test_reductions_run_in_at_least_fp32():
@@ -25,9 +22,7 @@ def test_reductions_run_in_at_least_fp32():
 
 @pytest.mark.parametrize("name", sorted(MODEL_TINY))
 def test_bf16_objective_stays_fp32_and_close_to_fp32(name):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("train", [f"model={name}", *MODEL_TINY[name]])
+    cfg = compose_config([f"model={name}", *MODEL_TINY[name]])
     torch.manual_seed(0)
     model = build_model(cfg.model)
     x = load_dataset(cfg.dataset).train[:32]

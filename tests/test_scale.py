@@ -7,8 +7,6 @@ import math
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from genflow.config import config_dir
 from genflow.data import EpochBatches, load_dataset
@@ -16,16 +14,14 @@ from genflow.engine.optim import build_optimizer
 from genflow.preflight import config_groups
 from genflow.tasks.common import build_model
 from genflow.validation import validate_train_config
-from tests.conftest import MNIST_ROOT
+from tests.conftest import MNIST_ROOT, compose_config
 
 GROUPS = config_groups(config_dir())
 OVERLAYS = sorted(p.stem for p in (config_dir() / "overlay").glob("*.yaml"))
 
 
 def _compose(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return compose_config(overrides)
 
 
 @pytest.mark.parametrize(
