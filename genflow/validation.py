@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from genflow.data.datasets import check_n_bits
 from genflow.engine.distributed import ACCELERATORS
 from genflow.errors import GenflowError, first_cause
 
@@ -109,6 +110,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         _check(
             cfg, "dataset.n_bits", lambda v: _integer(v) and 1 <= v <= 8, "an integer from 1 to 8"
         )
+        check_n_bits(cfg.dataset)
     _check_model_fits_data(cfg)
 
 

@@ -58,6 +58,10 @@ COMMAND_LINE = [
         "dataset.n_bits=9 is not valid; dataset.n_bits must be an integer from 1 to 8",
     ),
     (
+        ["train", "dataset.n_bits=4"],
+        "dataset.n_bits applies to 8-bit datasets (mnist, fashion_mnist, cifar10, image_folder); dataset 'digits' has fixed levels=17",
+    ),
+    (
         ["train", "model.event_shape=[3,8,8]"],
         "model.event_shape=[3, 8, 8] does not match dataset.shape=[1, 8, 8]",
     ),

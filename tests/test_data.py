@@ -110,5 +110,30 @@ def test_binarized_mnist_static_and_dynamic():
     first, second = batches(0), batches(0)  # ... and drawn afresh each time a batch is drawn
     assert set(first.unique().tolist()) <= {0, 1} and not torch.equal(first, second)
     assert torch.equal(dynamic.val, static.val) and torch.equal(dynamic.test, static.test)
+    scored = dynamic.scored("train")  # evaluation scores one fixed draw of the training split
+    assert set(scored.unique().tolist()) == {0, 1} and torch.equal(scored, dynamic.scored("train"))
+    assert abs(scored.float().mean() - expected) < 1e-3
+    assert dynamic.scored("val") is dynamic.val and static.scored("train") is static.train
     with pytest.raises(GenflowError, match="binarize"):
         load_dataset(_mnist_cfg(**binarized, binarize="sometimes"))
+
+
+@pytest.mark.parametrize("name", ["digits", "moons"])
+def test_n_bits_is_refused_where_levels_are_fixed(name):
+    cfg = _cfg(name=name, shape=[1, 8, 8], levels=17, n_bits=4, data_seed=0)
+    with pytest.raises(GenflowError, match="n_bits applies to 8-bit datasets"):
+        load_dataset(cfg)
+
+
+def test_data_outside_levels_is_refused():
+    digits = dict(name="digits", shape=[1, 8, 8], n_bits=None)
+    assert load_dataset(_cfg(**digits, levels=17)).train.max() == 16
+    with pytest.raises(GenflowError, match=r"values in \[0, 16\] but dataset.levels=16"):
+        load_dataset(_cfg(**digits, levels=16))
+
+
+@pytest.mark.skipif(not (MNIST_ROOT / "MNIST" / "raw").is_dir(), reason="real MNIST not present")
+def test_mnist_levels_follow_n_bits():
+    assert load_dataset(_mnist_cfg(n_bits=5, levels=32)).test.max() == 31
+    with pytest.raises(GenflowError, match="dataset.levels=16"):
+        load_dataset(_mnist_cfg(n_bits=8, levels=16))

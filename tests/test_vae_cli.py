@@ -92,3 +92,8 @@ def test_every_posterior_runs_on_binarized_mnist(workdir):
         summary = json.loads((run_dir / "eval.json").read_text())
         # near a coin flip per pixel after 4 steps: about 1 bit per dimension
         assert summary["num_examples"] == 10_000 and 0.5 < summary["bpd"] < 1.5
+    # the training split is scored as binary draws too, not as the stored 0..255 intensities
+    # (which gave a negative bpd before)
+    proc = run_genflow(["eval", f"run={dirs[0]}", "split=train", "eval.iw_samples=1"], workdir)
+    on_train = last_json_line(proc.stdout)
+    assert on_train["num_examples"] == 50_000 and 0.5 < on_train["bpd"] < 1.5

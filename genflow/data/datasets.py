@@ -25,11 +25,24 @@ class DataSplits:
     test: Tensor
     # applied to every training batch as it is drawn (dynamic binarization); None: as stored
     train_transform: Callable[[Tensor], Tensor] | None = None
+    # the training split as it is scored (one fixed draw where train_transform draws afresh)
+    fixed_train: Callable[[Tensor], Tensor] | None = None
 
     def to(self, device: torch.device | str) -> DataSplits:
         return DataSplits(
-            self.train.to(device), self.val.to(device), self.test.to(device), self.train_transform
+            self.train.to(device),
+            self.val.to(device),
+            self.test.to(device),
+            self.train_transform,
+            self.fixed_train,
         )
+
+    def scored(self, split: str) -> Tensor:
+        """The split as evaluation scores it: values in [0, levels). The stored training split
+        of a dynamically binarized dataset holds intensities; this gives one fixed draw."""
+        if split == "train" and self.fixed_train is not None:
+            return self.fixed_train(self.train)
+        return getattr(self, split)
 
 
 def _digits(cfg) -> DataSplits:
@@ -103,7 +116,14 @@ def _binarized(cfg, intensities: DataSplits) -> DataSplits:
     generator = torch.Generator().manual_seed(int(cfg.binarize_seed))
     val, test = (bernoulli_draw(s, generator) for s in (intensities.val, intensities.test))
     if cfg.binarize == "dynamic":
-        return DataSplits(intensities.train, val, test, train_transform=bernoulli_draw)
+        seed = int(cfg.binarize_seed) + 1
+        return DataSplits(
+            intensities.train,
+            val,
+            test,
+            train_transform=bernoulli_draw,
+            fixed_train=lambda x: bernoulli_draw(x, torch.Generator().manual_seed(seed)),
+        )
     return DataSplits(bernoulli_draw(intensities.train, generator), val, test)
 
 
@@ -163,18 +183,34 @@ def reduce_bits(x: Tensor, n_bits: int) -> Tensor:
     return x >> (8 - n_bits) if n_bits < 8 else x
 
 
+# Datasets stored as 8-bit intensities: only these take dataset.n_bits. The others have fixed
+# levels (digits 0..16, binarized MNIST 0..1) or are continuous (the 2-D toys).
+EIGHT_BIT = ("mnist", "fashion_mnist", "cifar10", "image_folder")
+
+
+def check_n_bits(cfg) -> None:
+    """``dataset.n_bits`` keeps the top bits of 8-bit data; elsewhere it has no meaning."""
+    if cfg.get("n_bits") is not None and cfg.name not in EIGHT_BIT:
+        raise GenflowError(
+            f"dataset.n_bits applies to 8-bit datasets ({', '.join(EIGHT_BIT)}); dataset "
+            f"'{cfg.name}' has fixed levels={cfg.get('levels')}, so leave dataset.n_bits=null"
+        )
+
+
 def load_dataset(cfg) -> DataSplits:
     """Build the splits named by ``cfg.name`` (a dataset config), on the CPU."""
     if cfg.name not in LOADERS:
         raise GenflowError(
             f"unknown dataset '{cfg.name}'; valid datasets: {', '.join(sorted(LOADERS))}"
         )
-    splits = LOADERS[cfg.name](cfg)
+    check_n_bits(cfg)
     n_bits = cfg.get("n_bits")
+    splits = LOADERS[cfg.name](cfg)
     if n_bits is not None:
         splits = DataSplits(
             *(reduce_bits(s, int(n_bits)) for s in (splits.train, splits.val, splits.test)),
             train_transform=splits.train_transform,
+            fixed_train=splits.fixed_train,
         )
     expected = tuple(cfg.shape)
     if tuple(splits.train.shape[1:]) != expected:
@@ -182,4 +218,27 @@ def load_dataset(cfg) -> DataSplits:
             f"dataset '{cfg.name}' has examples of shape {tuple(splits.train.shape[1:])} "
             f"but dataset.shape says {list(expected)}"
         )
+    check_range(splits, cfg)
     return splits
+
+
+def check_range(splits: DataSplits, cfg) -> None:
+    """Discrete data must lie in [0, levels): a value at or above ``levels`` would be scored
+    against a likelihood that gives it no mass (or a meaningless one)."""
+    levels = cfg.get("levels")
+    if levels is None:
+        return
+    for name in ("train", "val", "test"):
+        x = splits.scored(name)
+        if x.is_floating_point():
+            raise GenflowError(
+                f"dataset '{cfg.name}' has dataset.levels={levels} but its {name} split holds "
+                "real values; discrete data must be integers in [0, levels)"
+            )
+        low, high = int(x.min()), int(x.max())
+        if low < 0 or high >= int(levels):
+            raise GenflowError(
+                f"dataset '{cfg.name}': the {name} split holds values in [{low}, {high}] but "
+                f"dataset.levels={levels} means values in [0, {int(levels) - 1}]; set "
+                "dataset.levels (or dataset.n_bits) to match the data"
+            )

@@ -34,7 +34,7 @@ def run(cfg) -> dict[str, Any]:
     dataset_cfg = OmegaConf.create(ckpt["config"]["dataset"])
     if cfg.get("dataset_root"):
         dataset_cfg.root = cfg.dataset_root
-    data = getattr(load_dataset(dataset_cfg), cfg.split).to(device)
+    data = load_dataset(dataset_cfg).scored(cfg.split).to(device)
     summary = evaluation_summary(
         model,
         data,
