@@ -135,7 +135,7 @@ def _check_model_fits_data(cfg: DictConfig) -> None:
         )
     target = str(cfg.model.get("_target_", ""))
     model_class = _model_class(target)
-    if getattr(model_class, "discrete_only", False) and cfg.dataset.levels is None:
+    if model_class.discrete_only and cfg.dataset.levels is None:
         name = target.rsplit(".", 1)[-1]
         raise GenflowError(
             f"model {name} models discrete values but dataset '{cfg.dataset.name}' is continuous "
@@ -143,7 +143,7 @@ def _check_model_fits_data(cfg: DictConfig) -> None:
         )
     posterior = OmegaConf.select(cfg, "model.posterior", default=None)
     if posterior is not None:
-        if not getattr(model_class, "takes_posterior", False):
+        if not model_class.takes_posterior:
             name = target.rsplit(".", 1)[-1]
             raise GenflowError(
                 f"model/posterior is a part of model=vae; model {name} has no posterior "
@@ -155,14 +155,11 @@ def _check_model_fits_data(cfg: DictConfig) -> None:
             instantiate(posterior)
         except Exception as err:
             raise GenflowError(f"model/posterior: {first_cause(err)}") from err
-    check = getattr(model_class, "check_config", None)
-    if check is not None:
-        try:
-            check(cfg.model)
-        except ValueError as err:
-            raise GenflowError(str(err)) from err
-    image_only = getattr(model_class, "image_only", False)
-    if image_only and len(data_shape) != 3:
+    try:
+        model_class.check_config(cfg.model)
+    except ValueError as err:
+        raise GenflowError(str(err)) from err
+    if model_class.image_only and len(data_shape) != 3:
         name = target.rsplit(".", 1)[-1]
         raise GenflowError(
             f"model {name} needs image data (C, H, W) but dataset '{cfg.dataset.name}' has "
@@ -173,7 +170,14 @@ def _check_model_fits_data(cfg: DictConfig) -> None:
 def _model_class(target: str):
     from hydra.utils import get_class
 
+    from genflow.models.base import GenerativeModel
+
     try:
-        return get_class(target)
+        cls = get_class(target)
     except Exception as err:
         raise GenflowError(f"model._target_={target} cannot be imported ({err})") from err
+    if not (isinstance(cls, type) and issubclass(cls, GenerativeModel)):
+        raise GenflowError(
+            f"model._target_={target} is not a genflow model (a GenerativeModel subclass)"
+        )
+    return cls

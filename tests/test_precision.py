@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from genflow.bijections.base import full_precision, sum_except_batch
 from genflow.data.datasets import load_dataset
 from genflow.engine.precision import autocast
+from genflow.numeric import full_precision, sum_except_batch
 from genflow.tasks.common import build_model
 from tests.conftest import MODEL_TINY, RUN_TINY, TINY, compose_config, run_dirs, run_genflow
 

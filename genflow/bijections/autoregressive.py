@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from genflow.bijections.base import Bijection, sum_except_batch
+from genflow.bijections.base import Bijection
 from genflow.nn.made import MADE
+from genflow.numeric import sum_except_batch
 
 
 def soft_clamp(x: Tensor, bound: float) -> Tensor:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from genflow.bijections.base import Bijection, full_precision, zeros_logdet
+from genflow.bijections.base import Bijection, zeros_logdet
 from genflow.nn.amortised import per_row
+from genflow.numeric import full_precision
 
 
 def reflect(z: Tensor, v: Tensor) -> Tensor:

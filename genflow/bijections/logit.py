@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genflow.bijections.base import Bijection, sum_except_batch
+from genflow.bijections.base import Bijection
+from genflow.numeric import sum_except_batch
 
 
 class Logit(Bijection):

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genflow.bijections.base import Bijection, full_precision
+from genflow.bijections.base import Bijection
 from genflow.nn.amortised import per_row
+from genflow.numeric import full_precision
 
 
 class Planar(Bijection):

@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from genflow.bijections.base import Bijection, full_precision
+from genflow.bijections.base import Bijection
 from genflow.bijections.householder import reflect
 from genflow.nn.amortised import per_row
+from genflow.numeric import full_precision
 
 VARIANTS = ("orthogonal", "householder", "triangular")
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from genflow.bijections.base import full_precision, sum_except_batch
+from genflow.numeric import full_precision, sum_except_batch
 
 
 class StandardNormal(nn.Module):

@@ -527,7 +527,7 @@ class Trainer:
         path = save_samples(
             samples,
             self.run_dir / "samples" / f"step_{step:07d}.png",
-            getattr(self.model, "levels", None),
+            self.model.levels,
             self.splits.val if two_d else None,
         )
         self.logger.log_image(step, "samples", path)
@@ -535,7 +535,7 @@ class Trainer:
             picture = save_samples(
                 images,
                 self.run_dir / "samples" / f"{name}_{step:07d}.png",
-                getattr(self.model, "levels", None),
+                self.model.levels,
                 nrow=nrow,
             )
             self.logger.log_image(step, name, picture)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genflow.bijections.base import full_precision, sum_except_batch
 from genflow.models.base import GenerativeModel
+from genflow.numeric import full_precision, sum_except_batch
 
 
 def draw(logits: Tensor, temperature: float) -> Tensor:
@@ -32,12 +32,11 @@ class AutoregressiveModel(GenerativeModel):
     discrete_only = True
 
     def __init__(self, event_shape: tuple[int, ...], levels: int):
-        super().__init__(event_shape)
         if levels is None or int(levels) < 2:
             raise ValueError(
                 f"autoregressive models need discrete data with levels >= 2; got levels={levels}"
             )
-        self.levels = int(levels)
+        super().__init__(event_shape, levels)
 
     def scale(self, x: Tensor) -> Tensor:
         """Levels -> [-1, 1], the network's input."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -17,19 +19,42 @@ class Output:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
-class GenerativeModel(nn.Module):
+class GenerativeModel(nn.Module, metaclass=ABCMeta):
     """A generative model of data with event shape ``event_shape``.
 
     ``forward(x)`` is the training objective (so DDP and ``torch.compile`` see it);
     ``log_prob(x)`` is log p(x) in nats per example for the data as the dataset gives it
     (discrete levels for images); ``evaluate(x)`` returns per-example metrics for the
     evaluation protocol, summed over examples by the engine.
+
+    What the rest of genflow may ask of a model is declared here and nowhere else: the
+    capabilities below (class attributes a family overrides), ``levels`` and ``iw_samples``
+    (instance attributes), and the methods. The CLI checks a config against the capabilities
+    before any work; the tasks read them instead of probing for attributes.
     """
 
-    def __init__(self, event_shape: tuple[int, ...]):
+    # the data must be images (C, H, W)
+    image_only: ClassVar[bool] = False
+    # the data must be discrete (dataset.levels set): the model is a distribution over levels
+    discrete_only: ClassVar[bool] = False
+    # the family takes a model/posterior config group (VAEs)
+    takes_posterior: ClassVar[bool] = False
+    # encode(x) and decode(z) exist: data <-> a latent space one can interpolate in
+    encodes: ClassVar[bool] = False
+
+    def __init__(self, event_shape: tuple[int, ...], levels: int | None = None):
         super().__init__()
         self.event_shape = tuple(int(s) for s in event_shape)
         self.num_dims = math.prod(self.event_shape)
+        # values per dimension of discrete data (x in [0, levels)); None: continuous data
+        self.levels: int | None = None if levels is None else int(levels)
+        # importance samples behind log_prob when it is a bound (VAEs); None: log_prob is exact
+        self.iw_samples: int | None = None
+
+    @staticmethod
+    def check_config(model_cfg) -> None:
+        """Raise ValueError (one sentence) for settings the constructor would reject; called on
+        the composed config before any run directory exists. Nothing to check by default."""
 
     def forward(self, x: Tensor) -> Output:
         nll = -self.log_prob(x)
@@ -37,11 +62,21 @@ class GenerativeModel(nn.Module):
         loss = bpd.mean()
         return Output(loss=loss, metrics={"nll": nll.mean().detach(), "bpd": bpd.mean().detach()})
 
+    @abstractmethod
     def log_prob(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """log p(x) in nats, shape (B,), for x as the dataset gives it."""
 
+    @abstractmethod
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        raise NotImplementedError
+        """``n`` draws in data units: integers in [0, levels) for discrete data."""
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Data -> latent (only where ``encodes``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no encoder")
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Latent -> data in data units (only where ``encodes``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no decoder")
 
     @torch.no_grad()
     def evaluate(self, x: Tensor) -> dict[str, Tensor]:

@@ -23,6 +23,8 @@ class FlowModel(GenerativeModel):
     (``levels=None``) the flow models the values directly.
     """
 
+    encodes = True
+
     def __init__(
         self,
         flow: Bijection,
@@ -31,9 +33,8 @@ class FlowModel(GenerativeModel):
         logit_alpha: float | None = 0.05,
         base: nn.Module | None = None,
     ):
-        super().__init__(event_shape)
+        super().__init__(event_shape, levels)
         self.flow = flow
-        self.levels = None if levels is None else int(levels)
         self.logit = Logit(logit_alpha) if (logit_alpha is not None and self.levels) else None
         self.base = base if base is not None else StandardNormal(self.event_shape)
 

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genflow.bijections.base import full_precision
 from genflow.distributions import discretized_logistic as dlm
 from genflow.models.arm import AutoregressiveModel
 from genflow.nn.shifted_conv import (
@@ -22,6 +21,7 @@ from genflow.nn.shifted_conv import (
     down_shift,
     right_shift,
 )
+from genflow.numeric import full_precision
 
 
 class PixelCNNpp(AutoregressiveModel):

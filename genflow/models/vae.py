@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genflow.bijections.base import Bijection, Compose, full_precision
+from genflow.bijections.base import Bijection, Compose
 from genflow.distributions.likelihoods import build_likelihood
 from genflow.distributions.normal import StandardNormal
 from genflow.models.base import GenerativeModel, Output
 from genflow.nn.vae_networks import build_networks, check_network
+from genflow.numeric import full_precision
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -48,6 +49,7 @@ class VAE(GenerativeModel):
     """
 
     takes_posterior = True
+    encodes = True
 
     def __init__(
         self,
@@ -68,9 +70,8 @@ class VAE(GenerativeModel):
         iw_samples: int = 128,
         iw_chunk_elements: int = 2**24,
     ):
-        super().__init__(event_shape)
         check_settings(kl_warmup_steps, free_bits, iw_samples, latent_features)
-        self.levels = levels
+        super().__init__(event_shape, levels)
         self.latent_features = int(latent_features)
         self.image_shape = image_layout(self.event_shape)
         self.likelihood = build_likelihood(

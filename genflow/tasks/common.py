@@ -86,7 +86,7 @@ def evaluation_summary(
     ctx: DistContext | None = None,
 ) -> dict[str, Any]:
     metrics = evaluate(model, data, batch_size, progress=progress, ctx=ctx, tails=True)
-    extra = {"iw_samples": int(model.iw_samples)} if hasattr(model, "iw_samples") else {}
+    extra = {"iw_samples": int(model.iw_samples)} if model.iw_samples is not None else {}
     return {
         "run": str(run_dir_of(checkpoint)),
         "checkpoint": checkpoint.name,

@@ -29,7 +29,7 @@ def run(cfg) -> dict[str, Any]:
     checkpoint = find_run_checkpoint(cfg.run, cfg.checkpoint)
     device = resolve_device(cfg.device)
     model, ckpt = load_model_from_checkpoint(checkpoint, device)
-    if hasattr(model, "iw_samples"):  # VAEs: nll and bpd from the importance-weighted bound
+    if model.iw_samples is not None:  # VAEs: nll and bpd from the importance-weighted bound
         model.iw_samples = int(cfg.eval.iw_samples)
     dataset_cfg = OmegaConf.create(ckpt["config"]["dataset"])
     if cfg.get("dataset_root"):

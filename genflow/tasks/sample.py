@@ -20,7 +20,7 @@ MODES = ("grid", "interpolate")
 def interpolate(model, cfg, ckpt, checkpoint, device) -> dict[str, Any]:
     """Rows of decoded latents on the straight line between pairs of test images."""
     s = cfg.sample
-    if not hasattr(model, "encode"):
+    if not model.encodes:
         raise GenflowError(
             f"sample.mode=interpolate needs a model with an encoder (a flow or a VAE); "
             f"{type(model).__name__} has none"
@@ -43,7 +43,7 @@ def interpolate(model, cfg, ckpt, checkpoint, device) -> dict[str, Any]:
     rows = decoded.view(pairs, steps, *decoded.shape[1:])
     out_dir = run_dir_of(checkpoint) / "samples"
     stem = f"interpolate_{checkpoint.stem}_pairs{pairs}_steps{steps}_seed{s.seed}"
-    image = save_strip(rows, out_dir / f"{stem}.png", getattr(model, "levels", None))
+    image = save_strip(rows, out_dir / f"{stem}.png", model.levels)
     torch.save(rows.cpu(), out_dir / f"{stem}.pt")
     return {
         "run": str(run_dir_of(checkpoint)),
@@ -88,9 +88,7 @@ def run(cfg) -> dict[str, Any]:
         reference = load_dataset(OmegaConf.create(ckpt["config"]["dataset"])).val
         density = save_density(model, reference, out_dir / f"density_{checkpoint.stem}.png")
         extra["density"] = str(density)
-    image = save_samples(
-        samples, out_dir / f"{stem}.png", getattr(model, "levels", None), reference
-    )
+    image = save_samples(samples, out_dir / f"{stem}.png", model.levels, reference)
     summary = {
         **extra,
         "run": str(run_dir_of(checkpoint)),

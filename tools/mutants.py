@@ -1,0 +1,212 @@
+"""Mutation check: break the math on purpose and make sure the test suite notices.
+
+Each mutant is one textual change to one source file (a flipped log-det sign, a dropped
+term, a wrong unit, a leaky mask). For each, the repository is copied to a scratch folder,
+the change is applied there (never to this checkout), and the tests that guard that piece
+of math are run against the copy. A mutant is *killed* when those tests fail; a *survivor*
+is a hole in the suite. The unmutated copy is run first: its tests must pass, or nothing
+below means anything.
+
+    python tools/mutants.py                 # every mutant, exit 1 if one survives
+    python tools/mutants.py vae_logdet_sign made_mask   # just these
+    python tools/mutants.py --list
+
+Takes a few minutes on 2 cores (each mutant runs only its own tests, stopping at the first
+failure). Needs GENFLOW_DATA only for mutants whose tests read real MNIST (none today).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # relative to the repository root
+    old: str  # must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files that must catch it
+    why: str
+
+
+MUTANTS = [
+    Mutant(
+        "vae_logdet_sign",
+        "genflow/models/vae.py",
+        "log_q0 - logdet.view(b, k)",
+        "log_q0 + logdet.view(b, k)",
+        ("tests/test_vae.py",),
+        "a flow posterior's log-det enters log q(z_K|x) with the wrong sign",
+    ),
+    Mutant(
+        "flow_dequantization_term",
+        "genflow/models/flow.py",
+        "logdet = logdet - self.num_dims * math.log(self.levels)",
+        "logdet = logdet",
+        ("tests/test_metrics.py",),
+        "the flows' -D log(levels) of uniform dequantization is dropped",
+    ),
+    Mutant(
+        "gaussian_dequantization_term",
+        "genflow/distributions/likelihoods.py",
+        "jacobian = -math.log(self.levels) * y[0].numel()",
+        "jacobian = 0.0",
+        ("tests/test_vae.py",),
+        "the dequantized Gaussian decoder forgets the bin width",
+    ),
+    Mutant(
+        "logit_logdet_dropped",
+        "genflow/models/flow.py",
+        "logdet = logdet + ld",
+        "logdet = logdet + 0 * ld",
+        ("tests/test_metrics.py",),
+        "the logit preprocessing's log-det is not counted",
+    ),
+    Mutant(
+        "bpd_without_ln2",
+        "genflow/models/base.py",
+        "return nats / (self.num_dims * math.log(2))",
+        "return nats / self.num_dims",
+        ("tests/test_metrics.py",),
+        "bits per dim divides by D instead of D ln 2",
+    ),
+    Mutant(
+        "eval_drops_last_batch",
+        "genflow/engine/evaluate.py",
+        "for batch in in_order(shard, batch_size):",
+        "for batch in list(in_order(shard, batch_size))[:-1]:",
+        ("tests/test_metrics.py",),
+        "evaluation skips the last (partial) batch but divides by every example",
+    ),
+    Mutant(
+        "iw_without_log_k",
+        "genflow/models/vae.py",
+        "nll = -(log_sum.double() - math.log(k))",
+        "nll = -log_sum.double()",
+        ("tests/test_vae.py",),
+        "the importance-weighted bound sums the weights instead of averaging them",
+    ),
+    Mutant(
+        "gaussian_kl_sign",
+        "genflow/models/vae.py",
+        "return 0.5 * (mean.pow(2) + torch.exp(2 * log_scale) - 1.0) - log_scale",
+        "return 0.5 * (mean.pow(2) + torch.exp(2 * log_scale) - 1.0) + log_scale",
+        ("tests/test_vae.py",),
+        "the closed-form Gaussian KL gets the entropy term's sign wrong",
+    ),
+    Mutant(
+        "made_mask",
+        "genflow/nn/made.py",
+        "degrees_out[:, None] > previous[None, :]",
+        "degrees_out[:, None] >= previous[None, :]",
+        ("tests/test_bijections.py",),
+        "MADE's output layer lets feature i see itself",
+    ),
+    Mutant(
+        "pixelcnn_mask_a",
+        "genflow/nn/masked_conv.py",
+        "group_in[None, :] < group_out[:, None]",
+        "group_in[None, :] <= group_out[:, None]",
+        ("tests/test_autoregressive.py",),
+        "PixelCNN's mask A lets a pixel's channel see itself",
+    ),
+    Mutant(
+        "coupling_logdet_sign",
+        "genflow/bijections/coupling.py",
+        "return y, sum_except_batch(log_scale)",
+        "return y, -sum_except_batch(log_scale)",
+        ("tests/test_bijections.py",),
+        "an affine coupling's forward log-det has the wrong sign",
+    ),
+]
+
+
+def copy_repo(dest: Path) -> None:
+    for name in ("genflow", "tests", "conf"):
+        shutil.copytree(
+            REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+    shutil.copy(REPO / "pyproject.toml", dest / "pyproject.toml")
+
+
+def run_tests(root: Path, tests: tuple[str, ...]) -> tuple[int, float, str]:
+    env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
+    env.setdefault("GENFLOW_DATA", str(REPO.parent / "shared" / "data"))
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", *tests],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    return proc.returncode, time.perf_counter() - start, lines[-1] if lines else proc.stderr[-300:]
+
+
+def apply(root: Path, mutant: Mutant) -> None:
+    path = root / mutant.path
+    text = path.read_text()
+    count = text.count(mutant.old)
+    if count != 1:
+        raise SystemExit(
+            f"mutant {mutant.name}: '{mutant.old}' occurs {count} times in {mutant.path} "
+            "(expected once); update the mutant to the current source"
+        )
+    path.write_text(text.replace(mutant.old, mutant.new))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = parser.parse_args()
+    known = {m.name: m for m in MUTANTS}
+    if args.list:
+        for m in MUTANTS:
+            print(f"{m.name:30s} {m.path:38s} {m.why}")
+        return 0
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        print(f"unknown mutant(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+        return 2
+    chosen = [known[n] for n in args.names] if args.names else MUTANTS
+    with tempfile.TemporaryDirectory(prefix="genflow-mutants-") as scratch:
+        clean = Path(scratch) / "clean"
+        copy_repo(clean)
+        tests = tuple(sorted({t for m in chosen for t in m.tests}))
+        rc, seconds, summary = run_tests(clean, tests)
+        print(f"unmutated: {summary} ({seconds:.0f} s)", flush=True)
+        if rc != 0:
+            print("the unmutated tests fail: fix them before reading any mutant")
+            return 2
+        survivors = []
+        for mutant in chosen:
+            root = Path(scratch) / mutant.name
+            copy_repo(root)
+            apply(root, mutant)
+            rc, seconds, summary = run_tests(root, mutant.tests)
+            verdict = "killed" if rc == 1 else ("SURVIVED" if rc == 0 else f"error rc={rc}")
+            if rc == 0:
+                survivors.append(mutant.name)
+            print(f"{mutant.name:30s} {verdict:9s} {seconds:5.0f} s  {summary}", flush=True)
+            shutil.rmtree(root)
+    print(f"{len(chosen) - len(survivors)} of {len(chosen)} mutants killed")
+    if survivors:
+        print(f"survivors: {', '.join(survivors)}")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
