@@ -1,4 +1,5 @@
-"""The bijection harness (DESIGN.md section 6), in float64, for every invertible layer."""
+"""The bijection harness, in float64, for every invertible layer: inverse round trip, log-det
+against the autograd Jacobian, gradients to every parameter (and a check that no layer is left out)."""
 
 from __future__ import annotations
 
@@ -295,3 +296,37 @@ def test_logit_without_alpha_stays_finite_at_the_box_edges():
     y, logdet = layer(x)
     assert torch.isfinite(y).all() and torch.isfinite(logdet).all()
     assert y[0, 0] < -80 and y[0, 1] > 15 and y[0, 3] == 0.0
+
+
+def _all_bijection_classes() -> set[type]:
+    """Every Bijection subclass genflow defines (importing every module that may hold one)."""
+    import importlib
+    import pkgutil
+
+    import genflow
+    from genflow.bijections.base import Bijection
+
+    for module in pkgutil.walk_packages(genflow.__path__, "genflow."):
+        if module.name.startswith(("genflow.bijections", "genflow.models", "genflow.nn")):
+            importlib.import_module(module.name)
+    found, todo = set(), [Bijection]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub.__module__.startswith("genflow.") and sub not in found:
+                found.add(sub)
+                todo.append(sub)
+    return found
+
+
+def test_the_harness_covers_every_bijection():
+    """A new layer cannot ship untested: each Bijection subclass must appear (as the layer or
+    inside one) in this file's CASES or in the posterior harness's."""
+    from test_posteriors import CASES as POSTERIOR_CASES
+
+    covered = set()
+    for factory, *_ in CASES.values():
+        covered |= {type(m) for m in factory().modules()}
+    for factory in POSTERIOR_CASES.values():
+        covered |= {type(m) for m in factory().modules()}
+    missing = sorted(c.__qualname__ for c in _all_bijection_classes() - covered)
+    assert not missing, f"bijections without a harness case: {missing}"

@@ -320,9 +320,8 @@ def test_autoregressive_models_train_evaluate_and_sample(workdir, model):
     run_genflow(["train", f"model={model}", *RUN_TINY, *MODEL_TINY[model]], workdir)
     [run_dir] = run_dirs(workdir)
     summary = last_json_line(run_genflow(["eval", f"run={run_dir}"], workdir).stdout)
-    assert 0 < summary["bpd"] < 8 and summary["nll"] == pytest.approx(
-        summary["bpd"] * 64 * math.log(2)
-    )
+    # exact log-likelihoods of discrete data: nll >= 0, over the whole test split
+    assert 0 < summary["bpd"] < 8 and summary["num_examples"] == 447
     result = last_json_line(
         run_genflow(
             ["sample", f"run={run_dir}", "sample.n=4", "sample.temperature=0.8"], workdir

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -27,9 +26,9 @@ def test_every_posterior_trains_on_digits_and_reports_the_bounds(workdir):
     for run_dir in dirs:
         summary = json.loads((run_dir / "eval.json").read_text())
         assert summary["iw_samples"] == 8
-        assert summary["nll"] == pytest.approx(summary["bpd"] * 64 * math.log(2))
-        assert summary["elbo"] == pytest.approx(-(summary["recon"] + summary["kl"]))
-        assert summary["elbo"] <= -summary["nll"] + 1.0  # IW bound above the ELBO, up to noise
+        # a categorical decoder's -log p(x|z) is positive; the IW bound lies above the ELBO
+        assert summary["recon"] > 0 and summary["num_examples"] == 447
+        assert summary["elbo"] <= -summary["nll"] + 1.0  # (up to Monte Carlo noise)
         for picture in ("step", "reconstructions", "prior_means", "traversal"):
             assert (run_dir / "samples" / f"{picture}_0000020.png").stat().st_size > 100
         val = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
