@@ -81,7 +81,8 @@ def _hydra_entry(command: str) -> Callable[[], None]:
             )
             return math.nan
         if command == "train":
-            return float(result["val_bpd"])  # the objective a sweeper (Optuna) minimises
+            # the objective a sweeper (Optuna) optimises: the best value of trainer.monitor
+            return float(result["best"])
         return result
 
     return hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")(job)

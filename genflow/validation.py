@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genflow.data.datasets import check_n_bits
 from genflow.engine.distributed import ACCELERATORS
+from genflow.engine.trainer_config import MONITOR_MODES
 from genflow.errors import GenflowError, first_cause
 
 LOGGER_MODES = ("offline", "online", "disabled")
@@ -69,6 +70,11 @@ def validate_train_config(cfg: DictConfig) -> None:
             "trainer.patience",
             lambda v: v is None or (_integer(v) and v >= 1),
             "a positive integer or null",
+        ),
+        (
+            "trainer.monitor.mode",
+            lambda v: v in MONITOR_MODES,
+            f"one of {', '.join(MONITOR_MODES)}",
         ),
         ("trainer.max_bad_steps", *positive_int),
         ("trainer.compile", lambda v: isinstance(v, bool), "true or false"),
@@ -159,6 +165,12 @@ def _check_model_fits_data(cfg: DictConfig) -> None:
         model_class.check_config(cfg.model)
     except ValueError as err:
         raise GenflowError(str(err)) from err
+    monitored = OmegaConf.select(cfg, "trainer.monitor.metric", default=None)
+    if monitored is not None and monitored not in model_class.eval_metrics:
+        raise GenflowError(
+            f"trainer.monitor.metric={monitored} is not a validation metric of "
+            f"{target.rsplit('.', 1)[-1]}; valid: {', '.join(model_class.eval_metrics)}"
+        )
     if model_class.image_only and len(data_shape) != 3:
         name = target.rsplit(".", 1)[-1]
         raise GenflowError(

@@ -75,6 +75,14 @@ COMMAND_LINE = [
     ),
     (["train", "seed=abc"], "seed='abc' is not valid; seed must be an integer"),
     (
+        ["train", "trainer.monitor.metric=elbo"],
+        "trainer.monitor.metric=elbo is not a validation metric of RealNVP; valid: nll, bpd",
+    ),
+    (
+        ["train", "trainer.monitor.mode=lowest"],
+        "trainer.monitor.mode='lowest' is not valid; trainer.monitor.mode must be one of min, max",
+    ),
+    (
         ["train", "model=vae", "model/posterior=sylvestre"],
         "unknown model/posterior 'sylvestre'; valid choices: gaussian, householder, iaf, planar, radial, sylvester",
     ),

@@ -52,6 +52,9 @@ def test_declared_contract(model):
     for flag in ("image_only", "discrete_only", "takes_posterior", "encodes"):
         assert isinstance(getattr(type(model), flag), bool), flag
     assert model.iw_samples is None or model.iw_samples == 4
+    # what trainer.monitor may pick is what evaluation reports
+    with torch.no_grad():
+        assert set(model.eval().evaluate(X)) == set(type(model).eval_metrics)
 
 
 def test_log_prob_is_one_finite_float_per_example_and_bounded_by_one(model):

@@ -12,49 +12,46 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from genflow.config import config_dir
 from genflow.data import DataSplits, load_dataset
 from genflow.engine.checkpoint import load_checkpoint
 from genflow.engine.optim import build_optimizer, build_scheduler
 from genflow.engine.preemption import Preempted
 from genflow.engine.run_logger import RunLogger
 from genflow.engine.trainer import Trainer
+from genflow.engine.trainer_config import TrainerConfig
 from genflow.errors import GenflowError
 from genflow.models.base import GenerativeModel, Output
 
+# small-run settings over conf/trainer/default.yaml (where every default lives)
+SMALL = dict(
+    max_steps=10,
+    batch_size=4,
+    eval_batch_size=8,
+    log_every=1,
+    eval_every=5,
+    ckpt_every=5,
+    sample_every=0,
+    sample_n=4,
+    grad_clip=1.0,
+    progress_bar=False,
+    max_bad_steps=3,
+)
 
-def _cfg(**trainer):
-    base = dict(
-        max_steps=10,
-        batch_size=4,
-        eval_batch_size=8,
-        log_every=1,
-        eval_every=5,
-        ckpt_every=5,
-        sample_every=0,
-        sample_n=4,
-        grad_clip=1.0,
-        patience=None,
-        progress_bar=False,
-        max_bad_steps=3,
-        on_bad_steps="rollback",
-        rollback_lr_factor=0.5,
-        max_rollbacks=2,
-        fault_injection={"nan_loss_at_steps": []},
-        max_minutes=None,
-    )
-    return OmegaConf.create({"seed": 0, "trainer": {**base, **trainer}})
+
+def _tcfg(**trainer) -> TrainerConfig:
+    defaults = OmegaConf.load(config_dir() / "trainer" / "default.yaml")
+    return TrainerConfig.from_cfg(OmegaConf.merge(defaults, SMALL, trainer))
 
 
 def _trainer(model, tmp_path, lr=1e-2, **trainer):
-    cfg = _cfg(**trainer)
     data = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
     optimizer = build_optimizer(
         model, OmegaConf.create(dict(name="adam", lr=lr, betas=[0.9, 0.999], weight_decay=0.0))
     )
     scheduler = build_scheduler(optimizer, OmegaConf.create(dict(name="constant")), 10)
-    return Trainer(
-        cfg, model, optimizer, scheduler, DataSplits(data, data[:8], data[:8]), tmp_path, {}
-    )
+    splits = DataSplits(data, data[:8], data[:8])
+    return Trainer(_tcfg(**trainer), 0, model, optimizer, scheduler, splits, tmp_path, {})
 
 
 class Quadratic(GenerativeModel):
@@ -67,6 +64,12 @@ class Quadratic(GenerativeModel):
     def forward(self, x):
         loss = self.layer(x).pow(2).mean()
         return Output(loss, {"bpd": loss.detach(), "nll": loss.detach()})
+
+    def log_prob(self, x):
+        return -self.layer(x).pow(2).mean(1)
+
+    def sample(self, n, temperature=1.0):
+        return temperature * torch.randn(n, 2)
 
     def evaluate(self, x):
         value = self.layer(x).pow(2).mean(1).detach()
@@ -245,6 +248,16 @@ def test_patience_stops_early_and_keeps_the_best(tmp_path):
     trainer = _trainer(Worsening(), tmp_path, max_steps=100, eval_every=2, patience=2)
     state = trainer.fit(RunLogger(tmp_path, None, {}))
     assert state.stopped_early and state.step == 6 and state.best_step == 2
+
+    # trainer.monitor: the same rising values are improvements under mode=max, on nll
+    Worsening.evaluations = 0
+    monitor = {"metric": "nll", "mode": "max"}
+    (tmp_path / "max").mkdir()
+    trainer = _trainer(Worsening(), tmp_path / "max", max_steps=8, eval_every=2, monitor=monitor)
+    state = trainer.fit(RunLogger(tmp_path / "max", None, {}))
+    assert not state.stopped_early and state.best_step == 8 and state.best_metric == 4.0
+    best = torch.load(tmp_path / "max" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["trainer"]["best_step"] == 8
 
 
 def test_cosine_schedule_warms_up_then_decays():

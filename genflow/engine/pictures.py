@@ -97,3 +97,36 @@ def save_strip(rows: Tensor, path: Path, levels: int | None) -> Path:
     images = images / (levels - 1) if levels else images
     save_image(images.clamp(0, 1), path, nrow=rows.shape[1], padding=1, pad_value=0.35)
     return path
+
+
+def write_step_pictures(
+    model, val: Tensor, samples_dir: Path, step: int, n: int, seed: int, logger=None
+) -> Path:
+    """The pictures of a training step: ``n`` samples (``step_<step>.png``), the model's own
+    extra grids (reconstructions, traversals ...), and for 2-D data the density. Drawn in
+    eval mode on an RNG stream seeded with ``seed`` (the caller's stream is untouched), so
+    the grids of successive steps show the same noise. Each is logged to ``logger``."""
+    from genflow.engine.evaluate import seeded_rng
+
+    was_training = model.training
+    model.eval()
+    with seeded_rng(seed, val.device):
+        samples = model.sample(n)
+        extra = model.pictures(val[:n])
+    model.train(was_training)
+    two_d = val.dim() == 2
+    written = {
+        "samples": save_samples(
+            samples, samples_dir / f"step_{step:07d}.png", model.levels, val if two_d else None
+        )
+    }
+    for name, (images, nrow) in extra.items():
+        written[name] = save_samples(
+            images, samples_dir / f"{name}_{step:07d}.png", model.levels, nrow=nrow
+        )
+    if two_d:
+        written["density"] = save_density(model, val, samples_dir / f"density_{step:07d}.png")
+    if logger is not None:
+        for key, path in written.items():
+            logger.log_image(step, key, path)
+    return written["samples"]

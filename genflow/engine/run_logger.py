@@ -75,6 +75,14 @@ class RunLogger:
                 step=step,
             )
 
+    def drop_records_after(self, step: int) -> None:
+        """A resumed or rolled-back run repeats the steps after ``step``: drop their records."""
+        if not self.write or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
     def log_image(self, step: int, key: str, path: Path) -> None:
         if self.wandb is not None:
             import wandb

@@ -1,15 +1,17 @@
-"""One plain, step-based training loop: validate, keep the best, checkpoint, sample."""
+"""One plain, step-based training loop: validate, keep the best, checkpoint, sample.
+
+The settings come typed (engine/trainer_config.py), what to do about a non-finite step from
+the fault policy (engine/faults.py), the pictures from engine/pictures.py and the records go
+through the RunLogger, which owns metrics.jsonl.
+"""
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import math
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,7 @@ from genflow.data.batches import EpochBatches
 from genflow.data.datasets import DataSplits
 from genflow.engine.checkpoint import (
     last_checkpoints,
-    load_first_good,
     remove_stale_temporaries,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
 )
 from genflow.engine.distributed import (
     DistContext,
@@ -34,42 +32,25 @@ from genflow.engine.distributed import (
     micro_batch_seed,
 )
 from genflow.engine.ema import build_ema, update_ema
-from genflow.engine.evaluate import evaluate, seeded_rng
-from genflow.engine.faults import first_nonfinite_output, nonfinite_gradients
-from genflow.engine.pictures import save_density, save_samples
+from genflow.engine.evaluate import evaluate
+from genflow.engine.faults import ROLL_BACK, SKIP, FaultPolicy, diagnose
+from genflow.engine.pictures import write_step_pictures
 from genflow.engine.precision import autocast, grad_scaler
 from genflow.engine.preemption import Preempted, PreemptionGuard
 from genflow.engine.run_logger import RunLogger
+from genflow.engine.train_state import TrainingCheckpoints, TrainState
+from genflow.engine.trainer_config import TrainerConfig
 from genflow.errors import GenflowError
 from genflow.models.base import GenerativeModel
 
 log = logging.getLogger(__name__)
 
-SELECTION_METRIC = "bpd"
 
-
-@dataclass
-class TrainState:
-    """Everything about progress that a checkpoint must carry besides the modules."""
-
-    step: int = 0
-    best_metric: float = math.inf
-    best_step: int = -1
-    evals_since_best: int = 0
-    stopped_early: bool = False
-    wandb_id: str | None = None
-    skipped_steps: int = 0  # non-finite steps skipped in total
-    bad_in_a_row: int = 0
-    rollbacks: int = 0
-    lr_scale: float = 1.0  # product of the learning-rate cuts made by rollbacks
-    train_seconds: float = 0.0  # wall time in the training loop, over every resumed part
-
-
-class Trainer:
+class Trainer(TrainingCheckpoints):
     """Trains ``model`` on ``splits`` and writes into ``run_dir``.
 
     ``checkpoints/last.pt`` holds the newest full state and ``checkpoints/best.pt`` the state
-    with the lowest validation bpd; ``samples/`` holds sample grids; ``metrics.jsonl`` one
+    with the best validation value of ``trainer.monitor``; ``samples/`` holds sample grids; ``metrics.jsonl`` one
     JSON object per logged event.
 
     Under DDP (``ctx``) every rank runs this loop on its own micro-batches: rank r of W takes
@@ -81,7 +62,8 @@ class Trainer:
 
     def __init__(
         self,
-        cfg,
+        tcfg: TrainerConfig,
+        seed: int,
         model: GenerativeModel,
         optimizer: torch.optim.Optimizer,
         scheduler,
@@ -90,10 +72,9 @@ class Trainer:
         config: dict[str, Any],
         ctx: DistContext | None = None,
     ):
-        self.cfg = cfg
         self.ctx = ctx or DistContext()
-        self.seed = int(cfg.seed)
-        self.tcfg = cfg.trainer
+        self.seed = int(seed)
+        self.tcfg = tcfg
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -101,27 +82,26 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.config = config
-        self.state = TrainState()
         self.batches = EpochBatches(
-            splits.train, int(self.tcfg.batch_size), self.seed, transform=splits.train_transform
+            splits.train, tcfg.batch_size, self.seed, transform=splits.train_transform
         )
         self.logger: RunLogger | None = None
-        self.ema = build_ema(model, self.tcfg.get("ema"))
-        self.precision = str(self.tcfg.get("precision") or "fp32")
-        self.scaler = grad_scaler(self.precision, splits.train.device)
+        self.ema = build_ema(model, tcfg.ema)
+        self.scaler = grad_scaler(tcfg.precision, splits.train.device)
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self.train_forward: torch.nn.Module = model  # set by _wrap: DDP and compile
-        self.accumulate_steps = int(self.tcfg.get("accumulate_steps") or 1)
         # trainer.channels_last: image batches and 4-D weights in NHWC (the checkpoints
         # still load into a plain model: load_state_dict copies across layouts)
-        self.channels_last = bool(self.tcfg.get("channels_last")) and splits.train.dim() == 4
-        faults = self.tcfg.get("fault_injection") or {}
-        self._nan_steps = {int(s) for s in (faults.get("nan_loss_at_steps") or [])}
-        self._injected: set[int] = set()
-        # a copy of the state this fit started from, kept in memory until the first last.pt
-        # is written, so a run that goes non-finite before then still has a state to roll
-        # back to (fit sets it, save drops it)
-        self._start_state: dict[str, Any] | None = None
+        self.channels_last = tcfg.channels_last and splits.train.dim() == 4
+        self.faults = FaultPolicy(
+            tcfg.max_bad_steps,
+            tcfg.on_bad_steps,
+            tcfg.max_rollbacks,
+            tcfg.rollback_lr_factor,
+            tcfg.nan_loss_at_steps,
+        )
+        self.state = TrainState()
+        self._start_state: dict[str, Any] | None = None  # see TrainingCheckpoints
 
     @property
     def eval_model(self) -> GenerativeModel:
@@ -132,76 +112,14 @@ class Trainer:
             update_ema(self.ema, self.model)
         return self.ema.module
 
-    # -- checkpoints -------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "scaler": self.scaler.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "trainer": asdict(self.state),
-            "rng": rng_state(),
-            "config": self.config,
-        }
-
-    def save(self, name: str) -> Path:
-        """Rank 0 writes; every rank gets the path."""
-        path = self.ckpt_dir / name
-        if self.ctx.is_main:
-            save_checkpoint(self.state_dict(), path, keep_previous=name == "last.pt")
-        if name == "last.pt":
-            self._start_state = None  # rollbacks now go to the checkpoint on disk
-        return path
-
-    def restore(self, candidates: Path | list[Path]) -> Path:
-        """Load the first readable checkpoint of ``candidates``; return its path."""
-        candidates = [candidates] if isinstance(candidates, Path) else list(candidates)
-        ckpt, path = load_first_good(candidates)
-        self.load_state(ckpt, path)
-        return path
-
-    def load_state(self, ckpt: dict[str, Any], path: Path | str) -> None:
-        """Put the modules, the trainer state and the RNG back as ``ckpt`` holds them;
-        ``path`` names where it came from in messages."""
-        try:
-            self.model.load_state_dict(ckpt["model"])
-        except RuntimeError as err:
-            raise GenflowError(
-                f"checkpoint {path} does not fit this model config (was the model changed "
-                f"since the run started?): {str(err).splitlines()[0]}"
-            ) from err
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        if self.ema is not None:
-            if ckpt.get("ema") is not None:
-                self.ema.load_state_dict(ckpt["ema"])
-            else:  # trainer.ema added on resume: the average starts from these weights
-                self.ema.n_averaged.zero_()
-        self.state = TrainState(**ckpt["trainer"])
-        set_rng_state(ckpt["rng"])
-        if self.ctx.is_main:
-            self._drop_records_after(self.state.step)
-        log.info("resumed from %s at step %d", path, self.state.step)
-
-    def _drop_records_after(self, step: int) -> None:
-        """Steps after the checkpoint will be run again: drop their stale records."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        lines = path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
-
     # -- the loop ------------------------------------------------------------------------
     def fit(self, logger: RunLogger) -> TrainState:
         self.logger = logger
         self.state.wandb_id = logger.run_id
+        if self.state.step > 0:  # resumed: the steps after the checkpoint are run again
+            logger.drop_records_after(self.state.step)
         tc = self.tcfg
-        max_steps = int(tc.max_steps)
-        grad_clip = float(tc.grad_clip) if tc.grad_clip else math.inf
+        max_steps, grad_clip = tc.max_steps, tc.grad_clip
         params = [p for p in self.model.parameters() if p.requires_grad]
         bar = tqdm(
             total=max_steps,
@@ -241,13 +159,13 @@ class Trainer:
             )
         if self.ddp is not None:
             module = self.ddp
-        self.train_forward = torch.compile(module) if self.tcfg.get("compile") else module
+        self.train_forward = torch.compile(module) if self.tcfg.compile else module
 
     def _out_of_time(self) -> bool:
         """trainer.max_minutes: the wall-clock budget of the training loop (validation and
         checkpoints included), counted over every resumed part of the run."""
-        budget = self.tcfg.get("max_minutes")
-        return budget is not None and self.state.train_seconds >= 60.0 * float(budget)
+        budget = self.tcfg.max_minutes
+        return budget is not None and self.state.train_seconds >= 60.0 * budget
 
     def _loop(self, bar, max_steps: int, grad_clip: float, params, guard: PreemptionGuard) -> None:
         tc, logger = self.tcfg, self.logger
@@ -298,7 +216,7 @@ class Trainer:
 
             # the last step: the step budget, or the time budget reached on every rank alike
             last = step == max_steps or out_of_time > 0
-            if step % int(tc.log_every) == 0 or last:
+            if step % tc.log_every == 0 or last:
                 elapsed = time.perf_counter() - window_start
                 metrics = {
                     **self._global_means({"loss": loss, **metrics}),
@@ -309,13 +227,13 @@ class Trainer:
                 logger.log(step, "train", metrics)
                 bar.set_postfix(loss=f"{loss.item():.4f}", bpd=f"{metrics['bpd'].item():.3f}")
                 window_start, window_steps = time.perf_counter(), 0
-            if step % int(tc.eval_every) == 0 or last:
+            if step % tc.eval_every == 0 or last:
                 self._validate(step)
-            if tc.sample_every and (step % int(tc.sample_every) == 0 or last):
+            if tc.sample_every and (step % tc.sample_every == 0 or last):
                 if self.ctx.is_main:
                     self.write_samples(step)
                 self.ctx.barrier()
-            checkpoint_due = step % int(tc.ckpt_every) == 0 or last
+            checkpoint_due = step % tc.ckpt_every == 0 or last
             if checkpoint_due or self.state.stopped_early or preempted:
                 # one write per step: a second would rotate this step's last.pt into
                 # last.prev.pt and lose the earlier checkpoint kept as the fallback
@@ -328,7 +246,7 @@ class Trainer:
                 log.info(
                     "trainer.max_minutes=%g reached at step %d; resume with a larger budget "
                     "to go on",
-                    float(tc.max_minutes),
+                    tc.max_minutes,
                     step,
                 )
                 break
@@ -340,7 +258,7 @@ class Trainer:
         the last micro-batch and the micro-batch means of the loss and metrics. A non-finite
         loss still goes through backward (its gradients go non-finite, which the step's
         flags catch): no host sync here, and DDP ranks never wait on a rank that skipped."""
-        n, step = self.accumulate_steps, self.state.step
+        n, step = self.tcfg.accumulate_steps, self.state.step
         ctx = self.ctx
         self.model.set_training_step(step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -355,11 +273,11 @@ class Trainer:
             # DDP all-reduces the gradients in the last micro-batch's backward only
             last = i == n - 1
             with nullcontext() if self.ddp is None or last else self.ddp.no_sync():
-                with autocast(self.precision, x.device):
+                with autocast(self.tcfg.precision, x.device):
                     out = self.train_forward(x)
                 micro = out.loss.float()
                 if i == 0:
-                    micro = self._inject_faults(micro, step + 1)
+                    micro = self.faults.inject(micro, step + 1)
                 self.scaler.scale(micro / n).backward()  # x / 1 is exact: n = 1 is plain
             loss = loss + micro.detach() / n
             for name, value in out.metrics.items():
@@ -371,7 +289,7 @@ class Trainer:
         value is the mean over its batch_size * accumulate_steps examples)."""
         if not self.ctx.enabled:
             return metrics
-        count = float(self.batches.batch_size * self.accumulate_steps)
+        count = float(self.batches.batch_size * self.tcfg.accumulate_steps)
         values = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in metrics.values()])
         totals = self.ctx.all_reduce(
             torch.cat([values * count, values.new_tensor([count])]).to(self.splits.train.device)
@@ -380,86 +298,40 @@ class Trainer:
         return dict(zip(metrics, means, strict=True))
 
     # -- faults --------------------------------------------------------------------------
-    def _inject_faults(self, loss: torch.Tensor, step: int) -> torch.Tensor:
-        """trainer.fault_injection.nan_loss_at_steps: a NaN loss, once per listed step."""
-        if step in self._nan_steps and step not in self._injected:
-            self._injected.add(step)
-            log.warning("fault injection: NaN loss at step %d", step)
-            return loss * math.nan
-        return loss
-
     def _on_bad_step(self, x: torch.Tensor, metrics: dict, loss: torch.Tensor, step: int) -> bool:
-        """Skip a non-finite step; after ``max_bad_steps`` in a row roll back or stop.
-
-        Returns True when the run was rolled back to the last checkpoint.
-        """
-        tc, state = self.tcfg, self.state
+        """Count and log a non-finite step, then do what the fault policy says: skip it,
+        roll back (returns True) or stop with a message naming the step, terms and layer."""
+        state = self.state
         state.skipped_steps += 1
         state.bad_in_a_row += 1
-        terms = {k: v.item() for k, v in metrics.items()}
-        self.logger.log(
-            step,
-            "train",
-            {
-                "skipped_step": 1,
-                "loss": loss.item(),
-                **terms,
-                "bad_in_a_row": state.bad_in_a_row,
-                "skipped_steps": state.skipped_steps,
-            },
-        )
-        described = ", ".join(f"{k}={v:.4g}" for k, v in {"loss": loss.item(), **terms}.items())
+        terms = {"loss": loss.item(), **{k: v.item() for k, v in metrics.items()}}
+        counts = {"bad_in_a_row": state.bad_in_a_row, "skipped_steps": state.skipped_steps}
+        self.logger.log(step, "train", {"skipped_step": 1, **terms, **counts})
+        described = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
         log.warning(
             "step %d: non-finite loss or gradient (%s); step skipped (%d in a row)",
             step,
             described,
             state.bad_in_a_row,
         )
-        if state.bad_in_a_row < int(tc.max_bad_steps):
-            return False
-        cause = self._diagnose(x, loss)
         checkpoints = last_checkpoints(self.ckpt_dir)
-        can_roll_back = tc.on_bad_steps == "rollback" and state.rollbacks < int(tc.max_rollbacks)
-        if can_roll_back and (checkpoints or self._start_state is not None):
+        can_restore = bool(checkpoints) or self._start_state is not None
+        action = self.faults.decide(state.bad_in_a_row, state.rollbacks, can_restore)
+        if action == SKIP:
+            return False
+        cause = diagnose(self.model, x, loss)
+        if action == ROLL_BACK:
             self._roll_back(step, cause, checkpoints)
             return True
-        why = (
-            f"after {state.rollbacks} rollbacks"
-            if tc.on_bad_steps == "rollback"
-            else "trainer.on_bad_steps=stop"
-        )
         raise GenflowError(
             f"training stopped at step {step}: {state.bad_in_a_row} non-finite steps in a row "
-            f"({why}); loss terms: {described}; {cause}. Try a lower optimizer.lr or a tighter "
-            "trainer.grad_clip, then resume=auto"
+            f"({self.faults.stop_reason(state.rollbacks)}); loss terms: {described}; {cause}. "
+            "Try a lower optimizer.lr or a tighter trainer.grad_clip, then resume=auto"
         )
-
-    def _diagnose(self, x: torch.Tensor, loss: torch.Tensor) -> str:
-        bad_gradients = nonfinite_gradients(self.model)
-        layer = first_nonfinite_output(self.model, x)
-        if layer is not None:
-            return f"the first non-finite output came from layer '{layer}'"
-        if bad_gradients and bool(torch.isfinite(loss)):
-            return f"every layer output was finite; the first non-finite gradient is of '{bad_gradients[0]}'"
-        return "every layer output was finite, so the loss itself went non-finite (or a fault was injected)"
 
     def _roll_back(self, step: int, cause: str, checkpoints: list[Path]) -> None:
         self.ctx.barrier()
-        factor = float(self.tcfg.rollback_lr_factor)
-        carried = (self.state.skipped_steps, self.state.rollbacks + 1, self.state.lr_scale * factor)
-        if checkpoints:
-            self.restore(checkpoints)
-        else:  # before the first checkpoint: the state this fit started from
-            self.load_state(copy.deepcopy(self._start_state), "the state kept in memory")
-        # the restored scheduler carries the cuts made before its state was saved: cut
-        # by what is missing, so the rate is lr_scale x the configured one whichever
-        # state (a checkpoint from before an earlier rollback, or the start) came back
-        missing = carried[2] / self.state.lr_scale
-        self.state.skipped_steps, self.state.rollbacks, self.state.lr_scale = carried
-        self.state.bad_in_a_row = 0  # the checkpoint may have been written mid-streak
-        self.scheduler.base_lrs = [lr * missing for lr in self.scheduler.base_lrs]
-        for group in self.optimizer.param_groups:
-            group["lr"] *= missing
+        self.roll_back_to(checkpoints, self.faults.rollback_lr_factor)
         log.warning(
             "rolled back from step %d to step %d (%s); learning rate now x%g of the configured one",
             step,
@@ -475,7 +347,7 @@ class Trainer:
 
     def _validate(self, step: int) -> None:
         metrics = evaluate(
-            self.eval_model, self.splits.val, int(self.tcfg.eval_batch_size), ctx=self.ctx
+            self.eval_model, self.splits.val, self.tcfg.eval_batch_size, ctx=self.ctx
         )
         if self.ctx.enabled:  # 0.0 while the replicas are in step; logged so it can be seen
             metrics["ddp_max_param_diff"] = max_parameter_difference(self.model, self.ctx)
@@ -486,62 +358,47 @@ class Trainer:
                     metrics["ddp_max_param_diff"],
                 )
         self.logger.log(step, "val", metrics)
-        value = metrics[SELECTION_METRIC]
-        improved = value < self.state.best_metric
+        monitor, state = self.tcfg.monitor, self.state
+        if monitor.metric not in metrics:
+            raise GenflowError(
+                f"trainer.monitor.metric={monitor.metric} is not a validation metric of "
+                f"{type(self.model).__name__}; valid: {', '.join(sorted(metrics))}"
+            )
+        value = metrics[monitor.metric]
+        improved = state.best_step < 0 or monitor.better(value, state.best_metric)
         if improved:
-            self.state.best_metric, self.state.best_step = value, step
-            self.state.evals_since_best = 0
+            state.best_metric, state.best_step, state.evals_since_best = value, step, 0
         else:
-            self.state.evals_since_best += 1
-        patience = self.tcfg.get("patience")
-        if patience and self.state.evals_since_best >= int(patience):
-            self.state.stopped_early = True
+            state.evals_since_best += 1
+        patience = self.tcfg.patience
+        if patience and state.evals_since_best >= patience:
+            state.stopped_early = True
             log.info(
                 "early stop at step %d: no better validation %s for %d evaluations (best %.4f at step %d)",
                 step,
-                SELECTION_METRIC,
+                monitor.metric,
                 patience,
-                self.state.best_metric,
-                self.state.best_step,
+                state.best_metric,
+                state.best_step,
             )
         if improved:
             self.save("best.pt")
         log.info(
             "step %d: val %s %.4f (best %.4f at step %d)",
             step,
-            SELECTION_METRIC,
+            monitor.metric,
             value,
-            self.state.best_metric,
-            self.state.best_step,
+            state.best_metric,
+            state.best_step,
         )
 
     def write_samples(self, step: int) -> Path:
-        model = self.eval_model
-        was_training = model.training
-        model.eval()
-        with seeded_rng(self.seed, self.splits.train.device):
-            samples = model.sample(int(self.tcfg.sample_n))
-            pictures = model.pictures(self.splits.val[: int(self.tcfg.sample_n)])
-        model.train(was_training)
-        two_d = self.splits.val.dim() == 2
-        path = save_samples(
-            samples,
-            self.run_dir / "samples" / f"step_{step:07d}.png",
-            self.model.levels,
-            self.splits.val if two_d else None,
+        return write_step_pictures(
+            self.eval_model,
+            self.splits.val,
+            self.run_dir / "samples",
+            step,
+            self.tcfg.sample_n,
+            self.seed,
+            self.logger,
         )
-        self.logger.log_image(step, "samples", path)
-        for name, (images, nrow) in pictures.items():
-            picture = save_samples(
-                images,
-                self.run_dir / "samples" / f"{name}_{step:07d}.png",
-                self.model.levels,
-                nrow=nrow,
-            )
-            self.logger.log_image(step, name, picture)
-        if two_d:
-            density = save_density(
-                model, self.splits.val, self.run_dir / "samples" / f"density_{step:07d}.png"
-            )
-            self.logger.log_image(step, "density", density)
-        return path

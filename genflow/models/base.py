@@ -41,6 +41,8 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
     takes_posterior: ClassVar[bool] = False
     # encode(x) and decode(z) exist: data <-> a latent space one can interpolate in
     encodes: ClassVar[bool] = False
+    # the per-example metrics evaluate(x) returns (what trainer.monitor may pick)
+    eval_metrics: ClassVar[tuple[str, ...]] = ("nll", "bpd")
 
     def __init__(self, event_shape: tuple[int, ...], levels: int | None = None):
         super().__init__()

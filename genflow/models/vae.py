@@ -50,6 +50,7 @@ class VAE(GenerativeModel):
 
     takes_posterior = True
     encodes = True
+    eval_metrics = ("nll", "bpd", "elbo", "recon", "kl")
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ from genflow.engine.optim import build_optimizer, build_scheduler
 from genflow.engine.preemption import Preempted
 from genflow.engine.run_logger import RunLogger
 from genflow.engine.trainer import Trainer
+from genflow.engine.trainer_config import TrainerConfig
 from genflow.errors import GenflowError
 from genflow.tasks.common import build_model, evaluation_summary, output_dir, write_json
 from genflow.validation import validate_train_config
@@ -163,7 +164,10 @@ def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[st
     optimizer = build_optimizer(model, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.optimizer.scheduler, int(cfg.trainer.max_steps))
     config = OmegaConf.to_container(cfg, resolve=True)
-    trainer = Trainer(cfg, model, optimizer, scheduler, splits, run_dir, config, ctx)
+    tcfg = TrainerConfig.from_cfg(cfg.trainer)
+    trainer = Trainer(
+        tcfg, int(cfg.seed), model, optimizer, scheduler, splits, run_dir, config, ctx
+    )
 
     candidates = resume_candidates(cfg.resume, run_dir)
     if candidates:
@@ -226,7 +230,12 @@ def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[st
         )
     finally:
         logger.close()
-    return {"val_bpd": state.best_metric, "test": summary, "run_dir": str(run_dir)}
+    return {
+        "monitor": tcfg.monitor.metric,
+        "best": state.best_metric,  # the best validation value of trainer.monitor.metric
+        "test": summary,
+        "run_dir": str(run_dir),
+    }
 
 
 def _group_sweep_runs(cfg) -> None:
