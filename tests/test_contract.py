@@ -49,7 +49,7 @@ def model(request) -> GenerativeModel:
 def test_declared_contract(model):
     assert isinstance(model, GenerativeModel)
     assert model.levels == 17 and model.event_shape == (1, 8, 8) and model.num_dims == 64
-    for flag in ("image_only", "discrete_only", "takes_posterior", "encodes"):
+    for flag in ("image_only", "discrete_only", "takes_posterior", "can_encode"):
         assert isinstance(getattr(type(model), flag), bool), flag
     assert model.iw_samples is None or model.iw_samples == 4
     # what trainer.monitor may pick is what evaluation reports
@@ -100,7 +100,7 @@ def test_float64_runs_in_float64(model):
 
 
 def test_encoders_decode_what_they_encode(model):
-    if not model.encodes:
+    if not model.can_encode:
         with pytest.raises(NotImplementedError, match="has no encoder"):
             model.encode(X)
         return

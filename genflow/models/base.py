@@ -40,7 +40,7 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
     # the family takes a model/posterior config group (VAEs)
     takes_posterior: ClassVar[bool] = False
     # encode(x) and decode(z) exist: data <-> a latent space one can interpolate in
-    encodes: ClassVar[bool] = False
+    can_encode: ClassVar[bool] = False
     # the per-example metrics evaluate(x) returns (what trainer.monitor may pick)
     eval_metrics: ClassVar[tuple[str, ...]] = ("nll", "bpd")
 
@@ -73,11 +73,11 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
         """``n`` draws in data units: integers in [0, levels) for discrete data."""
 
     def encode(self, x: Tensor) -> Tensor:
-        """Data -> latent (only where ``encodes``)."""
+        """Data -> latent (only where ``can_encode``)."""
         raise NotImplementedError(f"{type(self).__name__} has no encoder")
 
     def decode(self, z: Tensor) -> Tensor:
-        """Latent -> data in data units (only where ``encodes``)."""
+        """Latent -> data in data units (only where ``can_encode``)."""
         raise NotImplementedError(f"{type(self).__name__} has no decoder")
 
     @torch.no_grad()

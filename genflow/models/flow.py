@@ -23,7 +23,7 @@ class FlowModel(GenerativeModel):
     (``levels=None``) the flow models the values directly.
     """
 
-    encodes = True
+    can_encode = True
 
     def __init__(
         self,

@@ -49,7 +49,7 @@ class VAE(GenerativeModel):
     """
 
     takes_posterior = True
-    encodes = True
+    can_encode = True
     eval_metrics = ("nll", "bpd", "elbo", "recon", "kl")
 
     def __init__(

@@ -20,7 +20,7 @@ MODES = ("grid", "interpolate")
 def interpolate(model, cfg, ckpt, checkpoint, device) -> dict[str, Any]:
     """Rows of decoded latents on the straight line between pairs of test images."""
     s = cfg.sample
-    if not model.encodes:
+    if not model.can_encode:
         raise GenflowError(
             f"sample.mode=interpolate needs a model with an encoder (a flow or a VAE); "
             f"{type(model).__name__} has none"
