@@ -49,9 +49,10 @@ def train(model: str, args, root: Path, env: dict) -> Path:
 def measure(run_dir: Path, samples: int) -> dict:
     import torch
 
-    from genflow.tasks.common import find_run_checkpoint, load_model_from_checkpoint
+    from genflow.engine.run_dir import RunDir
+    from genflow.tasks.common import load_model_from_checkpoint
 
-    checkpoint = find_run_checkpoint(run_dir, "best")
+    checkpoint = RunDir(run_dir).find_checkpoint("best")
     model, ckpt = load_model_from_checkpoint(checkpoint, torch.device("cpu"))
     torch.manual_seed(0)
     summary = json.loads((run_dir / "eval.json").read_text())

@@ -158,7 +158,7 @@ def _explain(err: Exception, overrides: list[str], root: Path) -> str:
 
 def prepare_resume(overrides: list[str], root: Path, cfg: DictConfig | None) -> list[str]:
     """Resume in the original run directory, with the original overrides first."""
-    from genflow.engine.resume import find_matching_run, stored_overrides
+    from genflow.engine.run_dir import RunDir
 
     resume = value_of(overrides, "resume")
     if not resume or resume == "null" or any(o.startswith("hydra.run.dir=") for o in overrides):
@@ -166,16 +166,16 @@ def prepare_resume(overrides: list[str], root: Path, cfg: DictConfig | None) -> 
     if resume == "auto":
         if cfg is None:
             return overrides  # a multirun sweep: each job resolves resume=auto itself
-        run_dir = find_matching_run(cfg)
-        if run_dir is None:
+        run = RunDir.find_matching(cfg)
+        if run is None:
             return overrides
     else:
         path = Path(resume).expanduser()
         if not path.exists():
             raise GenflowError(f"resume={resume}: no such run directory or checkpoint file")
-        run_dir = path.parent.parent if path.is_file() else path
-    earlier = [o for o in stored_overrides(run_dir) if not o.startswith(("resume=", "hydra."))]
-    return [*earlier, *overrides, f"hydra.run.dir={run_dir}"]
+        run = RunDir.of_checkpoint(path) if path.is_file() else RunDir(path)
+    earlier = [o for o in run.stored_overrides() if not o.startswith(("resume=", "hydra."))]
+    return [*earlier, *overrides, f"hydra.run.dir={run.path}"]
 
 
 def preflight(command: str, overrides: list[str], root: Path) -> list[str]:

@@ -21,13 +21,6 @@ def previous_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
-def last_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """The existing ``last.pt`` and the checkpoint it replaced, newest first: what a resume
-    or a rollback tries in order, so a damaged ``last.pt`` falls back to its predecessor."""
-    last = Path(ckpt_dir) / "last.pt"
-    return [p for p in (last, previous_path(last)) if p.exists()]
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> None:
     """Write to a temporary file in the same folder, fsync, then ``os.replace``.
 

@@ -100,12 +100,13 @@ def save_strip(rows: Tensor, path: Path, levels: int | None) -> Path:
 
 
 def write_step_pictures(
-    model, val: Tensor, samples_dir: Path, step: int, n: int, seed: int, logger=None
+    model, val: Tensor, run_dir, step: int, n: int, seed: int, logger=None
 ) -> Path:
     """The pictures of a training step: ``n`` samples (``step_<step>.png``), the model's own
     extra grids (reconstructions, traversals ...), and for 2-D data the density. Drawn in
     eval mode on an RNG stream seeded with ``seed`` (the caller's stream is untouched), so
-    the grids of successive steps show the same noise. Each is logged to ``logger``."""
+    the grids of successive steps show the same noise. ``run_dir`` (a RunDir) names the files;
+    each is logged to ``logger``."""
     from genflow.engine.evaluate import seeded_rng
 
     was_training = model.training
@@ -117,15 +118,13 @@ def write_step_pictures(
     two_d = val.dim() == 2
     written = {
         "samples": save_samples(
-            samples, samples_dir / f"step_{step:07d}.png", model.levels, val if two_d else None
+            samples, run_dir.picture("step", step), model.levels, val if two_d else None
         )
     }
     for name, (images, nrow) in extra.items():
-        written[name] = save_samples(
-            images, samples_dir / f"{name}_{step:07d}.png", model.levels, nrow=nrow
-        )
+        written[name] = save_samples(images, run_dir.picture(name, step), model.levels, nrow=nrow)
     if two_d:
-        written["density"] = save_density(model, val, samples_dir / f"density_{step:07d}.png")
+        written["density"] = save_density(model, val, run_dir.picture("density", step))
     if logger is not None:
         for key, path in written.items():
             logger.log_image(step, key, path)

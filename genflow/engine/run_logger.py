@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from genflow.engine.run_dir import RunDir
+
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +38,7 @@ class RunLogger:
         write: bool = True,
     ):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / "metrics.jsonl"
+        self.path = RunDir(run_dir).metrics
         self.wandb = None
         self.run_id = run_id
         self.write = write

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from genflow.engine.checkpoint import load_first_good, rng_state, save_checkpoint, set_rng_state
+from genflow.engine.run_dir import LAST
 from genflow.errors import GenflowError
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class TrainState:
 
 class TrainingCheckpoints:
     """The checkpoint half of the Trainer, which holds ``model``, ``optimizer``,
-    ``scheduler``, ``scaler``, ``ema``, ``state`` (a TrainState), ``config``, ``ckpt_dir``,
+    ``scheduler``, ``scaler``, ``ema``, ``state`` (a TrainState), ``config``, ``run_dir`` (a RunDir),
     ``ctx`` and ``logger``.
 
     ``_start_state`` is a copy of the state a fit started from, kept in memory until the
@@ -57,10 +58,10 @@ class TrainingCheckpoints:
 
     def save(self, name: str) -> Path:
         """Rank 0 writes; every rank gets the path."""
-        path = self.ckpt_dir / name
+        path = self.run_dir.checkpoint(name)
         if self.ctx.is_main:
-            save_checkpoint(self.state_dict(), path, keep_previous=name == "last.pt")
-        if name == "last.pt":
+            save_checkpoint(self.state_dict(), path, keep_previous=name == LAST)
+        if name == LAST:
             self._start_state = None  # rollbacks now go to the checkpoint on disk
         return path
 

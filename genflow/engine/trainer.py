@@ -22,7 +22,6 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from genflow.data.batches import EpochBatches
 from genflow.data.datasets import DataSplits
 from genflow.engine.checkpoint import (
-    last_checkpoints,
     remove_stale_temporaries,
 )
 from genflow.engine.distributed import (
@@ -37,6 +36,7 @@ from genflow.engine.faults import ROLL_BACK, SKIP, FaultPolicy, diagnose
 from genflow.engine.pictures import write_step_pictures
 from genflow.engine.precision import autocast, grad_scaler
 from genflow.engine.preemption import Preempted, PreemptionGuard
+from genflow.engine.run_dir import BEST, LAST, RunDir
 from genflow.engine.run_logger import RunLogger
 from genflow.engine.train_state import TrainingCheckpoints, TrainState
 from genflow.engine.trainer_config import TrainerConfig
@@ -79,8 +79,7 @@ class Trainer(TrainingCheckpoints):
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.splits = splits
-        self.run_dir = Path(run_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.run_dir = RunDir(run_dir)
         self.config = config
         self.batches = EpochBatches(
             splits.train, tcfg.batch_size, self.seed, transform=splits.train_transform
@@ -131,8 +130,8 @@ class Trainer(TrainingCheckpoints):
         self._wrap()
         self.model.train()
         if self.ctx.is_main:
-            remove_stale_temporaries(self.ckpt_dir)
-        if not last_checkpoints(self.ckpt_dir):
+            remove_stale_temporaries(self.run_dir.checkpoints)
+        if not self.run_dir.last_checkpoints():
             # after _wrap: under DDP every rank holds rank 0's initialised weights
             self._start_state = copy.deepcopy(self.state_dict())
         try:
@@ -237,7 +236,7 @@ class Trainer(TrainingCheckpoints):
             if checkpoint_due or self.state.stopped_early or preempted:
                 # one write per step: a second would rotate this step's last.pt into
                 # last.prev.pt and lose the earlier checkpoint kept as the fallback
-                path = self.save("last.pt")
+                path = self.save(LAST)
             if preempted:
                 self.ctx.barrier()
                 # a rank the signal did not reach stops as if it had had SIGTERM
@@ -314,7 +313,7 @@ class Trainer(TrainingCheckpoints):
             described,
             state.bad_in_a_row,
         )
-        checkpoints = last_checkpoints(self.ckpt_dir)
+        checkpoints = self.run_dir.last_checkpoints()
         can_restore = bool(checkpoints) or self._start_state is not None
         action = self.faults.decide(state.bad_in_a_row, state.rollbacks, can_restore)
         if action == SKIP:
@@ -382,7 +381,7 @@ class Trainer(TrainingCheckpoints):
                 state.best_step,
             )
         if improved:
-            self.save("best.pt")
+            self.save(BEST)
         log.info(
             "step %d: val %s %.4f (best %.4f at step %d)",
             step,
@@ -396,7 +395,7 @@ class Trainer(TrainingCheckpoints):
         return write_step_pictures(
             self.eval_model,
             self.splits.val,
-            self.run_dir / "samples",
+            self.run_dir,
             step,
             self.tcfg.sample_n,
             self.seed,

@@ -17,6 +17,7 @@ from genflow.engine.checkpoint import load_checkpoint
 from genflow.engine.distributed import DistContext
 from genflow.engine.ema import evaluation_weights
 from genflow.engine.evaluate import evaluate
+from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError, first_cause
 from genflow.models.base import GenerativeModel
 
@@ -38,31 +39,6 @@ def build_model(model_cfg) -> GenerativeModel:
         raise GenflowError(
             f"could not build model {model_cfg.get('_target_')}: {first_cause(err)}"
         ) from err
-
-
-def find_run_checkpoint(run: str | Path, which: str = "best") -> Path:
-    """``run`` is a run directory or a checkpoint file; ``which`` is best, last or a file name."""
-    path = Path(str(run)).expanduser()
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise GenflowError(f"run={run}: no such run directory or checkpoint file")
-    ckpt_dir = path / "checkpoints"
-    candidates = [ckpt_dir / f"{which}.pt", ckpt_dir / which]
-    if which == "best":
-        candidates.append(ckpt_dir / "last.pt")  # a run stopped before its first validation
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise GenflowError(
-        f"run {path} has no checkpoint '{which}' under {ckpt_dir} (valid: best, last, or a file name)"
-    )
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    return (
-        checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    )
 
 
 def load_model_from_checkpoint(
@@ -88,7 +64,7 @@ def evaluation_summary(
     metrics = evaluate(model, data, batch_size, progress=progress, ctx=ctx, tails=True)
     extra = {"iw_samples": int(model.iw_samples)} if model.iw_samples is not None else {}
     return {
-        "run": str(run_dir_of(checkpoint)),
+        "run": str(RunDir.of_checkpoint(checkpoint).path),
         "checkpoint": checkpoint.name,
         "step": int(step),
         "split": split,

@@ -9,14 +9,9 @@ from omegaconf import OmegaConf
 
 from genflow.data.datasets import load_dataset
 from genflow.engine.device import resolve_device
+from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError
-from genflow.tasks.common import (
-    evaluation_summary,
-    find_run_checkpoint,
-    load_model_from_checkpoint,
-    run_dir_of,
-    write_json,
-)
+from genflow.tasks.common import evaluation_summary, load_model_from_checkpoint, write_json
 from genflow.validation import validate_eval_config
 
 SPLITS = ("train", "val", "test")
@@ -26,7 +21,7 @@ def run(cfg) -> dict[str, Any]:
     if cfg.split not in SPLITS:
         raise GenflowError(f"split={cfg.split} is not a split; valid splits: {', '.join(SPLITS)}")
     validate_eval_config(cfg)
-    checkpoint = find_run_checkpoint(cfg.run, cfg.checkpoint)
+    run_dir, checkpoint = RunDir.locate(cfg.run, cfg.checkpoint)
     device = resolve_device(cfg.device)
     model, ckpt = load_model_from_checkpoint(checkpoint, device)
     if model.iw_samples is not None:  # VAEs: nll and bpd from the importance-weighted bound
@@ -44,7 +39,6 @@ def run(cfg) -> dict[str, Any]:
         cfg.split,
         progress=True,
     )
-    name = "eval.json" if cfg.split == "test" else f"eval_{cfg.split}.json"
-    write_json(run_dir_of(checkpoint) / name, summary)
+    write_json(run_dir.eval_json(cfg.split), summary)
     print(json.dumps(summary), flush=True)
     return summary

@@ -11,13 +11,14 @@ from omegaconf import OmegaConf
 from genflow.data.datasets import load_dataset
 from genflow.engine.device import resolve_device
 from genflow.engine.pictures import save_density, save_samples, save_strip
+from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError
-from genflow.tasks.common import find_run_checkpoint, load_model_from_checkpoint, run_dir_of
+from genflow.tasks.common import load_model_from_checkpoint
 
 MODES = ("grid", "interpolate")
 
 
-def interpolate(model, cfg, ckpt, checkpoint, device) -> dict[str, Any]:
+def interpolate(model, cfg, ckpt, run_dir: RunDir, checkpoint, device) -> dict[str, Any]:
     """Rows of decoded latents on the straight line between pairs of test images."""
     s = cfg.sample
     if not model.can_encode:
@@ -41,12 +42,12 @@ def interpolate(model, cfg, ckpt, checkpoint, device) -> dict[str, Any]:
         path_z = (1 - t) * start.unsqueeze(1) + t * end.unsqueeze(1)
         decoded = model.decode(path_z.flatten(0, 1))
     rows = decoded.view(pairs, steps, *decoded.shape[1:])
-    out_dir = run_dir_of(checkpoint) / "samples"
+    out_dir = run_dir.samples
     stem = f"interpolate_{checkpoint.stem}_pairs{pairs}_steps{steps}_seed{s.seed}"
     image = save_strip(rows, out_dir / f"{stem}.png", model.levels)
     torch.save(rows.cpu(), out_dir / f"{stem}.pt")
     return {
-        "run": str(run_dir_of(checkpoint)),
+        "run": str(run_dir.path),
         "checkpoint": checkpoint.name,
         "mode": "interpolate",
         "image": str(image),
@@ -64,12 +65,12 @@ def run(cfg) -> dict[str, Any]:
         raise GenflowError(f"sample.n must be a positive integer, got {s.n}")
     if not float(s.temperature) > 0:
         raise GenflowError(f"sample.temperature must be positive, got {s.temperature}")
-    checkpoint = find_run_checkpoint(cfg.run, cfg.checkpoint)
+    run_dir, checkpoint = RunDir.locate(cfg.run, cfg.checkpoint)
     device = resolve_device(cfg.device)
     model, ckpt = load_model_from_checkpoint(checkpoint, device)
     torch.manual_seed(int(s.seed))
     if s.mode == "interpolate":
-        summary = interpolate(model, cfg, ckpt, checkpoint, device)
+        summary = interpolate(model, cfg, ckpt, run_dir, checkpoint, device)
         print(json.dumps(summary), flush=True)
         return summary
     with torch.no_grad():
@@ -78,7 +79,7 @@ def run(cfg) -> dict[str, Any]:
             for start in range(0, int(s.n), int(s.batch_size))
         ]
     samples = torch.cat(chunks).cpu()
-    out_dir = run_dir_of(checkpoint) / "samples"
+    out_dir = run_dir.samples
     stem = f"sample_{checkpoint.stem}_n{s.n}_t{float(s.temperature):g}_seed{s.seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(samples, out_dir / f"{stem}.pt")
@@ -91,7 +92,7 @@ def run(cfg) -> dict[str, Any]:
     image = save_samples(samples, out_dir / f"{stem}.png", model.levels, reference)
     summary = {
         **extra,
-        "run": str(run_dir_of(checkpoint)),
+        "run": str(run_dir.path),
         "checkpoint": checkpoint.name,
         "image": str(image),
         "tensor": str(out_dir / f"{stem}.pt"),

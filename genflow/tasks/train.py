@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from genflow.data.datasets import load_dataset
-from genflow.engine.checkpoint import last_checkpoints, load_checkpoint
+from genflow.engine.checkpoint import load_checkpoint
 from genflow.engine.device import resolve_device
 from genflow.engine.distributed import (
     DistContext,
@@ -30,6 +30,7 @@ from genflow.engine.distributed import (
 from genflow.engine.ema import evaluation_weights
 from genflow.engine.optim import build_optimizer, build_scheduler
 from genflow.engine.preemption import Preempted
+from genflow.engine.run_dir import RunDir
 from genflow.engine.run_logger import RunLogger
 from genflow.engine.trainer import Trainer
 from genflow.engine.trainer_config import TrainerConfig
@@ -51,26 +52,6 @@ TEST_RECORD_KEYS = (
     "bpd_max",
     "worst_index",
 )
-
-
-def resume_candidates(resume: str | None, run_dir: Path) -> list[Path]:
-    """Checkpoints to continue from, best first: ``resume`` is null, auto, a run dir or a file.
-
-    For a run directory (and auto) ``last.pt`` comes first and ``last.prev.pt`` second, so a
-    truncated or corrupted ``last.pt`` falls back to the one before it. A file named
-    explicitly is used alone.
-    """
-    if resume in (None, "", False):
-        return []
-    path = run_dir if resume == "auto" else Path(str(resume)).expanduser()
-    if path.is_file():
-        return [path]
-    candidates = last_checkpoints(path / "checkpoints")
-    if not candidates and resume != "auto":
-        raise GenflowError(
-            f"resume={resume}: not a checkpoint file nor a run directory with checkpoints/last.pt"
-        )
-    return candidates
 
 
 def run(cfg) -> dict[str, Any]:
@@ -169,7 +150,7 @@ def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[st
         tcfg, int(cfg.seed), model, optimizer, scheduler, splits, run_dir, config, ctx
     )
 
-    candidates = resume_candidates(cfg.resume, run_dir)
+    candidates = RunDir(run_dir).resume_candidates(cfg.resume)
     if candidates:
         trainer.restore(candidates)
     else:
@@ -194,7 +175,7 @@ def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[st
     )
     try:
         state = trainer.fit(logger)
-        best = run_dir / "checkpoints" / ("best.pt" if state.best_step > 0 else "last.pt")
+        best = RunDir(run_dir).final_checkpoint(state.best_step)
         ckpt = load_checkpoint(best)
         model.load_state_dict(evaluation_weights(ckpt))  # the EMA's, when the run kept one
         summary = evaluation_summary(
@@ -214,7 +195,7 @@ def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[st
         )
         logger.summary({f"test/{k}": v for k, v in summary.items() if isinstance(v, float)})
         if ctx.is_main:
-            write_json(run_dir / "eval.json", summary)
+            write_json(RunDir(run_dir).eval_json(), summary)
         bound = (
             f" from {summary['iw_samples']} importance samples, elbo {summary['elbo']:.2f}"
             if "elbo" in summary

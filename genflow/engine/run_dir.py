@@ -1,0 +1,156 @@
+"""One run directory: its layout, and the answers to "which run, which checkpoint".
+
+Every path inside a run directory is spelled here and nowhere else:
+
+    .hydra/config.yaml, .hydra/overrides.yaml   what Hydra composed, and from which overrides
+    metrics.jsonl                               one JSON object per event (the RunLogger's)
+    checkpoints/last.pt, last.prev.pt, best.pt  the newest state, its predecessor, the best
+    samples/<name>_<step>.png                   pictures during training and from genflow sample
+    eval.json, eval_<split>.json                test (or other split) metrics of a checkpoint
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from genflow.engine.checkpoint import previous_path
+from genflow.errors import GenflowError
+
+CHECKPOINTS = "checkpoints"
+LAST, BEST = "last.pt", "best.pt"
+# keys that do not make two runs different for resume=auto
+IGNORED_KEYS = ("resume",)
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- the layout ----------------------------------------------------------------------
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def checkpoint(self, name: str) -> Path:
+        return self.checkpoints / name
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def samples(self) -> Path:
+        return self.path / "samples"
+
+    def picture(self, name: str, step: int) -> Path:
+        return self.samples / f"{name}_{step:07d}.png"
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / ".hydra" / "config.yaml"
+
+    @property
+    def overrides_file(self) -> Path:
+        return self.path / ".hydra" / "overrides.yaml"
+
+    def eval_json(self, split: str = "test") -> Path:
+        return self.path / ("eval.json" if split == "test" else f"eval_{split}.json")
+
+    # -- which checkpoint ----------------------------------------------------------------
+    def last_checkpoints(self) -> list[Path]:
+        """The existing ``last.pt`` and the checkpoint it replaced, newest first: what a
+        resume or a rollback tries in order, so a damaged last.pt falls back to the one
+        before it."""
+        last = self.checkpoint(LAST)
+        return [p for p in (last, previous_path(last)) if p.exists()]
+
+    def final_checkpoint(self, best_step: int) -> Path:
+        """What the end-of-training test scores: best.pt, or last.pt if no validation ran."""
+        return self.checkpoint(BEST if best_step > 0 else LAST)
+
+    def find_checkpoint(self, which: str = "best") -> Path:
+        """``which`` is best, last or a file name under checkpoints/; best falls back to last
+        (a run stopped before its first validation)."""
+        candidates = [self.checkpoint(f"{which}.pt"), self.checkpoint(which)]
+        if which == "best":
+            candidates.append(self.checkpoint(LAST))
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise GenflowError(
+            f"run {self.path} has no checkpoint '{which}' under {self.checkpoints} "
+            "(valid: best, last, or a file name)"
+        )
+
+    def newest_checkpoint_time(self) -> float:
+        times = [p.stat().st_mtime for p in self.checkpoints.glob("last*.pt")]
+        return max(times, default=0.0)
+
+    # -- which run -----------------------------------------------------------------------
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Path) -> RunDir:
+        parent = checkpoint.parent
+        return cls(parent.parent if parent.name == CHECKPOINTS else parent)
+
+    @classmethod
+    def locate(cls, run: str | Path, which: str = "best") -> tuple[RunDir, Path]:
+        """``run`` (what a user passes as run=) is a run directory or a checkpoint file:
+        the run and the checkpoint to use."""
+        path = Path(str(run)).expanduser()
+        if path.is_file():
+            return cls.of_checkpoint(path), path
+        if not path.is_dir():
+            raise GenflowError(f"run={run}: no such run directory or checkpoint file")
+        run_dir = cls(path)
+        return run_dir, run_dir.find_checkpoint(which)
+
+    def resume_candidates(self, resume: str | None) -> list[Path]:
+        """Checkpoints to continue this run from, in order: ``resume`` is null, auto, a run
+        directory or a checkpoint file. A run directory (and auto, which resolves to this
+        one) gives last.pt then last.prev.pt, so a damaged last.pt falls back to the one
+        before it; a file named explicitly is used alone."""
+        if resume in (None, "", False):
+            return []
+        path = self.path if resume == "auto" else Path(str(resume)).expanduser()
+        if path.is_file():
+            return [path]
+        candidates = RunDir(path).last_checkpoints()
+        if not candidates and resume != "auto":
+            raise GenflowError(
+                f"resume={resume}: not a checkpoint file nor a run directory with "
+                f"{CHECKPOINTS}/last.pt"
+            )
+        return candidates
+
+    def stored_overrides(self) -> list[str]:
+        path = self.overrides_file
+        return list(OmegaConf.load(path)) if path.is_file() else []
+
+    @classmethod
+    def find_matching(cls, cfg) -> RunDir | None:
+        """The newest run under ``cfg.output_root`` with a checkpoint whose stored config
+        equals ``cfg`` (resume=auto). Both are compared unresolved, so ``${now:...}`` and
+        environment lookups do not make equal configs differ."""
+        target = _comparable(cfg)
+        runs = [
+            cls(p.parent.parent) for p in Path(str(cfg.output_root)).glob("**/.hydra/config.yaml")
+        ]
+        runs.sort(key=RunDir.newest_checkpoint_time, reverse=True)
+        for run in runs:
+            if run.newest_checkpoint_time() == 0.0:
+                continue
+            if _comparable(OmegaConf.load(run.config_file)) == target:
+                return run
+        return None
+
+
+def _comparable(cfg) -> dict:
+    data = OmegaConf.to_container(cfg, resolve=False)
+    for key in IGNORED_KEYS:
+        data.pop(key, None)
+    return data
