@@ -49,23 +49,22 @@ def _hydra_entry(command: str) -> Callable[[], None]:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from genflow.engine.distributed import WorkerFailed
+        from genflow.engine.launch import WorkerFailed, exit_code, report
         from genflow.engine.preemption import Preempted
 
         task = import_module(f"genflow.tasks.{command}")
         hydra_cfg = HydraConfig.get()
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
         try:
             result = task.run(cfg)
-        except Preempted as stop:
-            print(f"genflow: {stop}", file=sys.stderr, flush=True)
-            sys.exit(stop.exit_code)
-        except WorkerFailed as failed:  # the worker printed its own error
-            print(f"genflow: {failed}", file=sys.stderr, flush=True)
-            sys.exit(failed.exit_code or 1)
         except Exception as err:
-            if hydra_cfg.mode != RunMode.MULTIRUN:
-                if isinstance(err, GenflowError):
-                    sys.exit(_fail(str(err)))
+            # a stopped run (signal, failed DDP workers) ends the command, sweep or not;
+            # bad input ends a single run with its sentence
+            if isinstance(err, (Preempted, WorkerFailed)) or (
+                not multirun and exit_code(err) is not None
+            ):
+                sys.exit(report(err))
+            if not multirun:
                 raise
             # one failed run of a sweep: say so, keep its log, and let the sweep go on
             FAILED_RUNS.append(hydra_cfg.runtime.output_dir)
@@ -107,18 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 def _torchrun_rank(overrides: list[str]) -> int:
     """Under torchrun: rank 0 composes the config and makes the one run directory; the
     other ranks train the jobs it broadcasts (several in a sweep) until it sends None."""
-    from genflow.engine.distributed import env_context, init_for_torchrun, leave
-    from genflow.tasks.train import follow
+    from genflow.engine.launch import torchrun_rank
+    from genflow.tasks.train import train
 
-    init_for_torchrun()
-    ctx = env_context()
-    if not ctx.is_main:
-        return follow()
-    try:
-        return _run("train", overrides)
-    finally:
-        ctx.broadcast_object(None)
-        leave()
+    return torchrun_rank(lambda: _run("train", overrides), train)
 
 
 def _run(command: str, overrides: list[str]) -> int:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import signal
-import uuid
 import zlib
 from dataclasses import dataclass
 
@@ -162,83 +160,3 @@ def micro_batch_seed(seed: int, index: int) -> int:
     dropout, binarization) is a pure function of (seed, index), so N ranks reproduce one
     process accumulating N micro-batches, and a resumed run reproduces an uninterrupted one."""
     return zlib.crc32(f"{seed}/{index}".encode()) | zlib.crc32(f"{index}/{seed}".encode()) << 32
-
-
-LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
-
-
-def worker_logging(rank: int, log_file: str | None) -> None:
-    """Logging of a process genflow started (no Hydra in it): rank 0 logs as Hydra would, to
-    the console and appended to the run's train.log; the other ranks print errors only (rank
-    0 reports the decisions they all share)."""
-    import sys
-
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    if rank == 0:
-        handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-        if log_file:
-            handlers.append(logging.FileHandler(log_file, mode="a"))
-        level, fmt = logging.INFO, LOG_FORMAT
-    else:
-        handlers = [logging.StreamHandler(sys.stderr)]
-        level, fmt = logging.ERROR, f"[rank {rank}]" + LOG_FORMAT
-    for handler in handlers:
-        handler.setFormatter(logging.Formatter(fmt))
-        root.addHandler(handler)
-    root.setLevel(level)
-
-
-def init_for_torchrun() -> None:
-    """Join torchrun's group before any config exists (the ranks need it to receive rank 0's
-    config): gloo for CPU tensors, and nccl for CUDA tensors when there are GPUs. So under
-    torchrun ``device.backend`` and ``device.timeout_min`` do not apply; the environment
-    variable GENFLOW_DDP_TIMEOUT_MIN (default 30) sets the timeout."""
-    if dist.is_initialized():
-        return
-    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    minutes = float(os.environ.get("GENFLOW_DDP_TIMEOUT_MIN", 30))
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=minutes))
-
-
-# -- self-launch ----------------------------------------------------------------------------
-def spawn_workers(entrypoint, args: tuple, nproc_per_node: int) -> object:
-    """Run ``entrypoint(*args)`` in ``nproc_per_node`` local processes with torch's elastic
-    launcher (what ``torchrun --standalone`` does); return rank 0's result. (Several machines:
-    torchrun on each.)"""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=nproc_per_node,
-        run_id=f"genflow-{uuid.uuid4().hex[:8]}",
-        rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",
-        max_restarts=0,
-        monitor_interval=0.1,
-        start_method="spawn",
-    )
-    try:
-        results = elastic_launch(config, entrypoint)(*args)
-    except ChildFailedError as err:
-        rank, failure = err.get_first_failure()
-        raise WorkerFailed(
-            failure.exitcode, f"DDP worker rank {rank} exited with code {failure.exitcode}"
-        ) from None
-    except SignalException as err:  # the launcher passed the signal on; the workers saved
-        raise WorkerFailed(
-            128 + int(err.sigval), f"DDP workers stopped on {signal.Signals(err.sigval).name}"
-        ) from None
-    return results.get(0) if results else None
-
-
-class WorkerFailed(Exception):
-    """The DDP workers stopped with ``exit_code``; rank 0 printed why on stderr."""
-
-    def __init__(self, exit_code: int, message: str):
-        self.exit_code = exit_code
-        super().__init__(message)

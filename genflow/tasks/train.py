@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +13,14 @@ from omegaconf import OmegaConf
 
 from genflow.data.datasets import load_dataset
 from genflow.engine.checkpoint import load_checkpoint
-from genflow.engine.device import resolve_device
-from genflow.engine.distributed import (
-    DistContext,
-    accelerator,
-    env_context,
-    join,
-    launched_by_torchrun,
-    leave,
-    micro_batch_seed,
-    spawn_workers,
-    worker_logging,
-)
+from genflow.engine.distributed import DistContext, micro_batch_seed
 from genflow.engine.ema import evaluation_weights
+from genflow.engine.launch import launch
 from genflow.engine.optim import build_optimizer, build_scheduler
-from genflow.engine.preemption import Preempted
 from genflow.engine.run_dir import RunDir
 from genflow.engine.run_logger import RunLogger
 from genflow.engine.trainer import Trainer
 from genflow.engine.trainer_config import TrainerConfig
-from genflow.errors import GenflowError
 from genflow.tasks.common import build_model, evaluation_summary, output_dir, write_json
 from genflow.validation import validate_train_config
 
@@ -60,80 +46,7 @@ def run(cfg) -> dict[str, Any]:
     _group_sweep_runs(cfg)
     if cfg.dataset.get("root"):  # stored absolute, so eval and sample work from any directory
         cfg.dataset.root = str(Path(str(cfg.dataset.root)).expanduser().resolve())
-    if cfg.device.type != "ddp":
-        if launched_by_torchrun() and (launched := env_context()).enabled:
-            raise GenflowError(
-                f"torchrun started {launched.world_size} processes but device="
-                f"{cfg.device.type}; add device=ddp to train with all of them"
-            )
-        return train(cfg, run_dir, DistContext(), resolve_device(cfg.device))
-    nproc = int(cfg.device.get("nproc_per_node") or 1)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    if launched_by_torchrun():
-        ctx, device = join(cfg.device)
-        if nproc > 1 and nproc != ctx.world_size:
-            log.warning(
-                "device.nproc_per_node=%d ignored: torchrun started %d processes",
-                nproc,
-                ctx.world_size,
-            )
-        ctx.broadcast_object((config, str(run_dir)))  # the other ranks wait for it in genflow.cli
-        return train(cfg, run_dir, ctx, device)
-    if nproc == 1:  # (validate_train_config has checked it is a positive integer)
-        return train(cfg, run_dir, DistContext(), resolve_device(cfg.device))
-    log.info(
-        "starting %d DDP workers (%s); run directory %s", nproc, accelerator(cfg.device), run_dir
-    )
-    files = [h.baseFilename for h in logging.getLogger().handlers if hasattr(h, "baseFilename")]
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    return spawn_workers(ddp_worker, (config, str(run_dir), files[0] if files else None), nproc)
-
-
-def ddp_worker(config: dict, run_dir: str, log_file: str | None) -> dict[str, Any]:
-    """One self-launched DDP worker: join the group, train, leave; errors become exit codes."""
-    ctx = env_context()
-    worker_logging(ctx.rank, log_file)
-    cfg = OmegaConf.create(config)
-    if "OMP_NUM_THREADS" not in os.environ:  # as torchrun does: share the cores, not fight
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-    try:
-        ctx, device = join(cfg.device)
-        return train(cfg, Path(run_dir), ctx, device)
-    except GenflowError as err:
-        if ctx.is_main:
-            print(f"genflow: error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except Preempted as stop:
-        if ctx.is_main:
-            print(f"genflow: {stop}", file=sys.stderr, flush=True)
-        sys.exit(stop.exit_code)
-    finally:
-        leave()
-
-
-def follow() -> int:
-    """What ranks other than 0 do under torchrun: join the group, then train each job that
-    rank 0 (which composed the config and made the run directory) broadcasts, until it sends
-    None. Returns the exit code."""
-    ctx = env_context()  # genflow.cli has joined torchrun's group
-    worker_logging(ctx.rank, None)
-    code = 0
-    try:
-        while (job := ctx.broadcast_object()) is not None:
-            config, run_dir = job
-            cfg = OmegaConf.create(config)
-            ctx, device = join(cfg.device)
-            try:
-                train(cfg, Path(run_dir), ctx, device)
-            except GenflowError:  # rank 0 says why; the same decision stopped every rank
-                code = 2
-            except Preempted as stop:
-                return stop.exit_code
-    finally:
-        leave()
-    return code
+    return launch(cfg, run_dir, train)
 
 
 def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[str, Any]:
