@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genflow.data.datasets import check_n_bits
 from genflow.engine.distributed import ACCELERATORS
-from genflow.engine.trainer_config import MONITOR_MODES
+from genflow.engine.trainer_config import MONITOR_MODES, TrainerConfig
 from genflow.errors import GenflowError, first_cause
 
 LOGGER_MODES = ("offline", "online", "disabled")
@@ -43,6 +43,11 @@ def validate_train_config(cfg: DictConfig) -> None:
             "two numbers in [0, 1), e.g. [0.9, 0.999]",
         ),
         ("optimizer.scheduler.warmup_steps", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+        (
+            "optimizer.scheduler.min_lr_ratio",
+            lambda v: v is None or (_number(v) and 0 <= v <= 1),
+            "a number in [0, 1] (the floor of the cosine decay, as a share of optimizer.lr)",
+        ),
         ("trainer.max_steps", *positive_int),
         (
             "trainer.max_minutes",
@@ -98,6 +103,12 @@ def validate_train_config(cfg: DictConfig) -> None:
         ("trainer.rollback_lr_factor", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
         ("trainer.max_rollbacks", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     ]
+    extra = sorted(set(cfg.trainer) - TrainerConfig.keys())
+    if extra:  # an added (+trainer.<key>) key the trainer would silently ignore
+        raise GenflowError(
+            f"unknown config key 'trainer.{extra[0]}'; keys under trainer: "
+            f"{', '.join(sorted(TrainerConfig.keys()))}"
+        )
     for key, ok, allowed in checks:
         _check(cfg, key, ok, allowed)
     if cfg.logger.name == "wandb":

@@ -75,6 +75,14 @@ COMMAND_LINE = [
     ),
     (["train", "seed=abc"], "seed='abc' is not valid; seed must be an integer"),
     (
+        ["train", "+trainer.maxsteps=5"],
+        "unknown config key 'trainer.maxsteps'; keys under trainer: accumulate_steps, batch_size",
+    ),
+    (
+        ["train", "optimizer.scheduler.min_lr_ratio=-5"],
+        "optimizer.scheduler.min_lr_ratio=-5 is not valid; optimizer.scheduler.min_lr_ratio must be a number in [0, 1]",
+    ),
+    (
         ["train", "trainer.monitor.metric=elbo"],
         "trainer.monitor.metric=elbo is not a validation metric of RealNVP; valid: nll, bpd",
     ),

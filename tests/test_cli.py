@@ -184,6 +184,9 @@ def test_truncated_last_checkpoint_falls_back_to_the_previous_one(workdir):
     log = out.stdout + out.stderr
     assert "last.pt is truncated or corrupted" in log and "last.prev.pt at step 10" in log
     assert torch.load(last, weights_only=True)["trainer"]["step"] == 20
+    # the good step-10 checkpoint was not rotated away by the corrupt file
+    previous = torch.load(last.with_name("last.prev.pt"), weights_only=True)
+    assert previous["trainer"]["step"] == 10 and "moved the unreadable" in log
 
 
 def test_injected_nan_is_skipped_and_the_run_completes(workdir):

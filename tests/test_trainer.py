@@ -215,6 +215,11 @@ def test_corrupted_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
         load_checkpoint(last)
     fresh = _trainer(Quadratic(), tmp_path)
     assert fresh.restore([last, previous]) == previous and fresh.state.step == 5
+    # the bad file is moved aside, so the next last.pt does not rotate it over the good one
+    [moved] = (tmp_path / "checkpoints").glob("last.pt.unreadable-*")
+    assert not last.exists() and len(moved.read_bytes()) == 1000
+    fresh.save("last.pt")
+    assert torch.load(previous, weights_only=True)["trainer"]["step"] == 5
 
 
 def test_stop_signal_on_a_checkpoint_step_keeps_the_earlier_checkpoint_as_fallback(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +68,34 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def quarantine(path: Path) -> Path:
+    """Move an unreadable checkpoint out of the way (``last.pt`` -> ``last.pt.unreadable-<time>``),
+    so the next write of ``last.pt`` does not rotate it over the good ``last.prev.pt``. Kept,
+    not deleted: it may be worth a look."""
+    target = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, target)
+    return target
+
+
 def load_first_good(
-    candidates: list[Path], map_location: str | torch.device = "cpu"
+    candidates: list[Path], map_location: str | torch.device = "cpu", quarantine_bad: bool = False
 ) -> tuple[dict[str, Any], Path]:
-    """The first of ``candidates`` that loads; each bad one is logged by name."""
-    errors = []
+    """The first of ``candidates`` that loads; each bad one is logged by name and, with
+    ``quarantine_bad`` (the process that writes checkpoints), moved aside once a later one
+    loads."""
+    errors, bad = [], []
     for path in candidates:
         try:
-            return load_checkpoint(path, map_location), path
+            state = load_checkpoint(path, map_location)
         except GenflowError as err:
             errors.append(str(err))
+            bad.append(path)
             log.warning("%s; trying the checkpoint before it", err)
+            continue
+        for unreadable in bad if quarantine_bad else []:
+            if unreadable.exists():
+                log.warning("moved the unreadable %s to %s", unreadable, quarantine(unreadable))
+        return state, path
     raise GenflowError("no readable checkpoint to resume from: " + "; ".join(errors))
 
 

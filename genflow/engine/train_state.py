@@ -68,7 +68,7 @@ class TrainingCheckpoints:
     def restore(self, candidates: Path | list[Path]) -> Path:
         """Load the first readable checkpoint of ``candidates``; return its path."""
         candidates = [candidates] if isinstance(candidates, Path) else list(candidates)
-        ckpt, path = load_first_good(candidates)
+        ckpt, path = load_first_good(candidates, quarantine_bad=self.ctx.is_main)
         self.load_state(ckpt, path)
         return path
 

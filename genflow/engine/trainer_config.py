@@ -61,15 +61,20 @@ class TrainerConfig:
     nan_loss_at_steps: frozenset[int] = field(default_factory=frozenset)
 
     @classmethod
+    def keys(cls) -> set[str]:
+        """The keys of ``cfg.trainer`` (conf/trainer/default.yaml), no more and no fewer."""
+        return ({f.name for f in dataclasses.fields(cls)} - {"nan_loss_at_steps"}) | {
+            "fault_injection"
+        }
+
+    @classmethod
     def from_cfg(cls, trainer: DictConfig | dict) -> TrainerConfig:
         t = (
             OmegaConf.to_container(trainer, resolve=True)
             if isinstance(trainer, DictConfig)
             else dict(trainer)
         )
-        needed = {f.name for f in dataclasses.fields(cls)} - {"nan_loss_at_steps"}
-        needed = (needed - {"monitor"}) | {"fault_injection", "monitor"}
-        missing = sorted(needed - set(t))
+        missing = sorted(cls.keys() - set(t))
         if missing:
             raise GenflowError(
                 f"the trainer config lacks {', '.join('trainer.' + k for k in missing)} "
