@@ -109,8 +109,9 @@ def value_of(overrides: list[str], key: str) -> str | None:
     return None
 
 
-def compose_train(overrides: list[str], root: Path) -> DictConfig:
-    """The train config these overrides give, or one sentence saying which override is wrong."""
+def compose_train(overrides: list[str], root: Path, command: str = "train") -> DictConfig:
+    """The config of ``command`` (train, eval or sample) these overrides give, or one
+    sentence saying which override is wrong."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -119,14 +120,14 @@ def compose_train(overrides: list[str], root: Path) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(root), version_base="1.3"):
-            return compose("train", overrides=plain)
+            return compose(command, overrides=plain)
     except HydraException as err:
-        raise GenflowError(_explain(err, plain, root)) from err
+        raise GenflowError(_explain(err, plain, root, command)) from err
     finally:
         GlobalHydra.instance().clear()
 
 
-def _explain(err: Exception, overrides: list[str], root: Path) -> str:
+def _explain(err: Exception, overrides: list[str], root: Path, command: str = "train") -> str:
     message = str(err)
     unknown = re.search(r"Could not override '([^']+)'", message)
     if unknown and "To append to your config" in message:
@@ -134,7 +135,7 @@ def _explain(err: Exception, overrides: list[str], root: Path) -> str:
         parent, _, _ = key.rpartition(".")
         rest = [o for o in overrides if not o.lstrip("+~").startswith(key)]
         try:
-            node = compose_train(rest, root)
+            node = compose_train(rest, root, command)
             node = OmegaConf.select(node, parent) if parent else node
             keys = (
                 ", ".join(sorted(str(k) for k in node.keys()))
@@ -190,8 +191,18 @@ def preflight(command: str, overrides: list[str], root: Path) -> list[str]:
             raise GenflowError(
                 f"genflow {command} needs run=<run_dir> (a directory under outputs/)"
             )
-        if not Path(run).expanduser().exists():  # Hydra would create it as its output dir
+        path = Path(run).expanduser()
+        if not path.exists():  # Hydra would create it as its output dir
             raise GenflowError(f"run={run}: no such run directory or checkpoint file")
+        from genflow.validation import validate_eval_config, validate_sample_config
+
+        cfg = compose_train(plain, root, command)  # unknown keys: one sentence, exit 2
+        (validate_eval_config if command == "eval" else validate_sample_config)(cfg)
+        if path.is_file() and value_of(plain, "hydra.run.dir") is None:
+            from genflow.engine.run_dir import RunDir
+
+            # a checkpoint file: its run directory is Hydra's output dir (logs go there)
+            overrides = [*overrides, f"hydra.run.dir={RunDir.of_checkpoint(path).path}"]
         return overrides
     if any(f in ("--cfg", "-c", "--info") for f in flags):
         return overrides

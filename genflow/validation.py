@@ -131,9 +131,37 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check_model_fits_data(cfg)
 
 
+EVAL_SPLITS = ("train", "val", "test")
+SAMPLE_MODES = ("grid", "interpolate")
+
+
 def validate_eval_config(cfg: DictConfig) -> None:
     """The values genflow eval reads from its own config (the model's come from the run)."""
     _check(cfg, "eval.iw_samples", lambda v: _integer(v) and v >= 1, "a positive integer")
+    _check(cfg, "batch_size", lambda v: _integer(v) and v >= 1, "a positive integer")
+    _check(cfg, "split", lambda v: v in EVAL_SPLITS, f"one of {', '.join(EVAL_SPLITS)}")
+    _check_checkpoint(cfg)
+
+
+def validate_sample_config(cfg: DictConfig) -> None:
+    """The values genflow sample reads from its own config."""
+    positive = (lambda v: _integer(v) and v >= 1, "a positive integer")
+    _check(cfg, "sample.mode", lambda v: v in SAMPLE_MODES, f"one of {', '.join(SAMPLE_MODES)}")
+    for key in ("sample.n", "sample.batch_size", "sample.pairs"):
+        _check(cfg, key, *positive)
+    _check(cfg, "sample.steps", lambda v: _integer(v) and v >= 2, "an integer >= 2")
+    _check(cfg, "sample.seed", _integer, "an integer")
+    _check(cfg, "sample.temperature", lambda v: _number(v) and v > 0, "a positive number")
+    _check_checkpoint(cfg)
+
+
+def _check_checkpoint(cfg: DictConfig) -> None:
+    _check(
+        cfg,
+        "checkpoint",
+        lambda v: isinstance(v, str) and v != "" and "/" not in v,
+        "best, last or a file name under checkpoints/",
+    )
 
 
 def _check_model_fits_data(cfg: DictConfig) -> None:

@@ -191,6 +191,63 @@ def broken_run(tmp_path_factory) -> Path:
     return run
 
 
+# eval and sample: their own config's values and keys, checked before Hydra runs ({run} is
+# a run directory that exists)
+RUN_COMMAND_LINE = [
+    (
+        ["eval", "eval.iw_samples=0"],
+        "eval.iw_samples=0 is not valid; eval.iw_samples must be a positive integer",
+    ),
+    (["eval", "split=dev"], "split='dev' is not valid; split must be one of train, val, test"),
+    (["eval", "batch_size=0"], "batch_size=0 is not valid; batch_size must be a positive integer"),
+    (["eval", "batchsize=10"], "unknown config key 'batchsize'; top-level keys: batch_size"),
+    (["sample", "sample.n=0"], "sample.n=0 is not valid; sample.n must be a positive integer"),
+    (
+        ["sample", "sample.mode=movie"],
+        "sample.mode='movie' is not valid; sample.mode must be one of grid, interpolate",
+    ),
+    (
+        ["sample", "sample.batch_size=0"],
+        "sample.batch_size=0 is not valid; sample.batch_size must be a positive integer",
+    ),
+    (
+        ["sample", "sample.seed=abc"],
+        "sample.seed='abc' is not valid; sample.seed must be an integer",
+    ),
+    (
+        ["sample", "sample.temperature=0"],
+        "sample.temperature=0 is not valid; sample.temperature must be a positive number",
+    ),
+    (
+        ["sample", "sample.steps=1"],
+        "sample.steps=1 is not valid; sample.steps must be an integer >= 2",
+    ),
+    (
+        ["sample", "sample.count=3"],
+        "unknown config key 'sample.count'; keys under sample: batch_size",
+    ),
+    (
+        ["sample", "checkpoint=../x.pt"],
+        "checkpoint='../x.pt' is not valid; checkpoint must be best, last or a file name",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), RUN_COMMAND_LINE, ids=[" ".join(a) for a, _ in RUN_COMMAND_LINE]
+)
+def test_eval_and_sample_command_line_errors(
+    args, message, broken_run, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in broken_run.rglob("*"))
+    assert main([args[0], f"run={broken_run}", *args[1:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genflow: error: ") and message in err
+    assert len(err.splitlines()) == 1
+    assert sorted(p.name for p in broken_run.rglob("*")) == before  # nothing written
+
+
 # Found by the task itself, once the config is known to be well formed.
 def _runtime_cases(tmp_path: Path, broken_run: Path):
     yield (
@@ -198,22 +255,6 @@ def _runtime_cases(tmp_path: Path, broken_run: Path):
         "dataset 'mnist' not found under",
     )
     yield ["eval", f"run={broken_run}"], "best.pt is truncated or corrupted and cannot be read"
-    yield (
-        ["eval", f"run={broken_run}", "eval.iw_samples=0"],
-        "eval.iw_samples=0 is not valid; eval.iw_samples must be a positive integer",
-    )
-    yield (
-        ["eval", f"run={broken_run}", "split=dev"],
-        "split=dev is not a split; valid splits: train, val, test",
-    )
-    yield (
-        ["sample", f"run={broken_run}", "sample.n=0"],
-        "sample.n must be a positive integer, got 0",
-    )
-    yield (
-        ["sample", f"run={broken_run}", "sample.mode=movie"],
-        "sample.mode=movie is not a mode; valid modes: grid, interpolate",
-    )
     if not torch.cuda.is_available():
         yield (
             ["train", *TINY, "device=cuda"],
@@ -232,4 +273,4 @@ def test_runtime_errors(tmp_path, broken_run):
     assert sorted(p.name for p in broken_run.rglob("*") if p.suffix != ".log") == [
         p for p in before if not p.endswith(".log")
     ]
-    assert len(COMMAND_LINE) + len(cases) >= 20
+    assert len(COMMAND_LINE) + len(RUN_COMMAND_LINE) + len(cases) >= 20

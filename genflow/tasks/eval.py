@@ -10,16 +10,11 @@ from omegaconf import OmegaConf
 from genflow.data.datasets import load_dataset
 from genflow.engine.device import resolve_device
 from genflow.engine.run_dir import RunDir
-from genflow.errors import GenflowError
 from genflow.tasks.common import evaluation_summary, load_model_from_checkpoint, write_json
 from genflow.validation import validate_eval_config
 
-SPLITS = ("train", "val", "test")
-
 
 def run(cfg) -> dict[str, Any]:
-    if cfg.split not in SPLITS:
-        raise GenflowError(f"split={cfg.split} is not a split; valid splits: {', '.join(SPLITS)}")
     validate_eval_config(cfg)
     run_dir, checkpoint = RunDir.locate(cfg.run, cfg.checkpoint)
     device = resolve_device(cfg.device)

@@ -14,8 +14,7 @@ from genflow.engine.pictures import save_density, save_samples, save_strip
 from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError
 from genflow.tasks.common import load_model_from_checkpoint
-
-MODES = ("grid", "interpolate")
+from genflow.validation import validate_sample_config
 
 
 def interpolate(model, cfg, ckpt, run_dir: RunDir, checkpoint, device) -> dict[str, Any]:
@@ -58,13 +57,8 @@ def interpolate(model, cfg, ckpt, run_dir: RunDir, checkpoint, device) -> dict[s
 
 
 def run(cfg) -> dict[str, Any]:
+    validate_sample_config(cfg)
     s = cfg.sample
-    if s.mode not in MODES:
-        raise GenflowError(f"sample.mode={s.mode} is not a mode; valid modes: {', '.join(MODES)}")
-    if int(s.n) < 1:
-        raise GenflowError(f"sample.n must be a positive integer, got {s.n}")
-    if not float(s.temperature) > 0:
-        raise GenflowError(f"sample.temperature must be positive, got {s.temperature}")
     run_dir, checkpoint = RunDir.locate(cfg.run, cfg.checkpoint)
     device = resolve_device(cfg.device)
     model, ckpt = load_model_from_checkpoint(checkpoint, device)
