@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from genflow.data.datasets import check_n_bits
+from genflow.data.datasets import check_digits_split, check_n_bits
 from genflow.engine.distributed import ACCELERATORS
 from genflow.engine.trainer_config import MONITOR_MODES, TrainerConfig
 from genflow.errors import GenflowError, first_cause
@@ -128,11 +128,61 @@ def validate_train_config(cfg: DictConfig) -> None:
             cfg, "dataset.n_bits", lambda v: _integer(v) and 1 <= v <= 8, "an integer from 1 to 8"
         )
         check_n_bits(cfg.dataset)
+    _check_sizes(cfg)
     _check_model_fits_data(cfg)
 
 
 EVAL_SPLITS = ("train", "val", "test")
 SAMPLE_MODES = ("grid", "interpolate")
+
+
+# integer sizes in model (and model.posterior) configs: at least 1, or at least 0
+POSITIVE_SIZES = (
+    "conv_channels",
+    "couplings_per_scale",
+    "first_kernel_size",
+    "hidden_channels",
+    "hidden_features",
+    "iw_chunk_elements",
+    "kernel_size",
+    "latent_features",
+    "layers_per_block",
+    "num_blocks",
+    "num_flows",
+    "num_householder",
+    "num_layers",
+    "num_levels",
+    "num_mixtures",
+    "num_resnet",
+    "num_resolutions",
+    "num_scales",
+    "residual_channels",
+    "skip_channels",
+    "steps_per_level",
+)
+NONNEGATIVE_SIZES = ("hidden_layers", "final_couplings", "kl_warmup_steps")
+DATASET_COUNTS = ("n_train", "n_val", "n_test", "val_size")
+
+
+def _check_sizes(cfg: DictConfig) -> None:
+    """Layer, channel and example counts: a zero or negative one builds a degenerate model
+    (or fails deep inside torch) instead of saying what is wrong."""
+    sections = [("model", cfg.model)]
+    if isinstance(cfg.model.get("posterior"), DictConfig):
+        sections.append(("model.posterior", cfg.model.posterior))
+    for prefix, section in sections:
+        for key in section:
+            if key in POSITIVE_SIZES:
+                _check(
+                    cfg, f"{prefix}.{key}", lambda v: _integer(v) and v >= 1, "a positive integer"
+                )
+            elif key in NONNEGATIVE_SIZES:
+                _check(cfg, f"{prefix}.{key}", lambda v: _integer(v) and v >= 0, "an integer >= 0")
+    for key in DATASET_COUNTS:
+        if key in cfg.dataset:
+            _check(cfg, f"dataset.{key}", lambda v: _integer(v) and v >= 1, "a positive integer")
+    if cfg.dataset.name == "digits":
+        check_digits_split(cfg.dataset)
 
 
 def validate_eval_config(cfg: DictConfig) -> None:

@@ -75,6 +75,26 @@ COMMAND_LINE = [
     ),
     (["train", "seed=abc"], "seed='abc' is not valid; seed must be an integer"),
     (
+        ["train", "model.hidden_channels=0"],
+        "model.hidden_channels=0 is not valid; model.hidden_channels must be a positive integer",
+    ),
+    (
+        ["train", "model=glow", "model.num_levels=0"],
+        "model.num_levels=0 is not valid; model.num_levels must be a positive integer",
+    ),
+    (
+        ["train", "model=vae", "model/posterior=planar", "model.posterior.num_flows=-1"],
+        "model.posterior.num_flows=-1 is not valid; model.posterior.num_flows must be a positive",
+    ),
+    (
+        ["train", "dataset.n_train=-5"],
+        "dataset.n_train=-5 is not valid; dataset.n_train must be a positive integer",
+    ),
+    (
+        ["train", "dataset.n_train=1500"],
+        "dataset.n_train=1500 and dataset.n_val=350 must be positive and leave test images",
+    ),
+    (
         ["train", "+trainer.maxsteps=5"],
         "unknown config key 'trainer.maxsteps'; keys under trainer: accumulate_steps, batch_size",
     ),
@@ -120,7 +140,7 @@ COMMAND_LINE = [
     ),
     (
         ["train", "model=vae", "model.kl_warmup_steps=-5"],
-        "model.kl_warmup_steps must be an integer >= 0, got -5",
+        "model.kl_warmup_steps=-5 is not valid; model.kl_warmup_steps must be an integer >= 0",
     ),
     (
         ["train", "model=vae", "model.likelihood=gaussian", "model.gaussian_scale=wide"],

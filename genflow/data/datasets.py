@@ -53,8 +53,23 @@ def _digits(cfg) -> DataSplits:
     from sklearn.datasets import load_digits
 
     x = torch.from_numpy(load_digits().data.astype(np.uint8)).view(-1, 1, 8, 8)
+    check_digits_split(cfg)
     n_train, n_val = int(cfg.get("n_train", 1000)), int(cfg.get("n_val", 350))
     return DataSplits(x[:n_train], x[n_train : n_train + n_val], x[n_train + n_val :])
+
+
+DIGITS_EXAMPLES = 1797  # scikit-learn's digits
+
+
+def check_digits_split(cfg) -> None:
+    """Train and validation counts that leave a test split (checked before any work)."""
+    n_train, n_val = int(cfg.get("n_train", 1000)), int(cfg.get("n_val", 350))
+    if n_train < 1 or n_val < 1 or n_train + n_val >= DIGITS_EXAMPLES:
+        raise GenflowError(
+            f"dataset.n_train={n_train} and dataset.n_val={n_val} must be positive and leave "
+            f"test images: digits has {DIGITS_EXAMPLES}, so n_train + n_val must be below "
+            f"{DIGITS_EXAMPLES}"
+        )
 
 
 def _root(cfg) -> Path:
