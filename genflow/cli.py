@@ -63,6 +63,7 @@ def _hydra_entry(command: str) -> Callable[[], None]:
             if isinstance(err, (Preempted, WorkerFailed)) or (
                 not multirun and exit_code(err) is not None
             ):
+                log.error("%s", err)  # in the run's log file too, not only on stderr
                 sys.exit(report(err))
             if not multirun:
                 raise

@@ -176,6 +176,13 @@ def prepare_resume(overrides: list[str], root: Path, cfg: DictConfig | None) -> 
             raise GenflowError(f"resume={resume}: no such run directory or checkpoint file")
         run = RunDir.of_checkpoint(path) if path.is_file() else RunDir(path)
     earlier = [o for o in run.stored_overrides() if not o.startswith(("resume=", "hydra."))]
+    try:  # the run's own overrides, then this command line's: they must still compose
+        compose_train([*earlier, *(o for o in overrides if not o.startswith("resume="))], root)
+    except GenflowError as err:
+        raise GenflowError(
+            f"resume={resume}: the run's overrides ({' '.join(earlier) or 'none'}) and this "
+            f"command line do not compose: {err}"
+        ) from err
     return [*earlier, *overrides, f"hydra.run.dir={run.path}"]
 
 

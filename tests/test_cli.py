@@ -415,3 +415,22 @@ def test_realnvp_on_real_mnist_trains_evaluates_and_samples(workdir):
     assert summary["num_examples"] == 10000 and math.isfinite(summary["bpd"]) and summary["bpd"] > 0
     result = last_json_line(run_genflow(["sample", f"run={run_dir}", "sample.n=4"], workdir).stdout)
     assert torch.load(result["tensor"], weights_only=True).shape == (4, 1, 28, 28)
+
+
+def test_a_refused_start_changes_nothing_in_an_existing_run(workdir):
+    """A resume that cannot continue the run, and a fresh run pointed at an existing run
+    directory, are refused before anything in that directory changes; train.log says why."""
+    run_genflow(["train", *TINY], workdir)
+    [run_dir] = run_dirs(workdir)
+    files = ["eval.json", "metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml"]
+    files += ["checkpoints/last.pt", "checkpoints/best.pt"]
+    before = {name: (run_dir / name).read_bytes() for name in files}
+    refused = run_genflow(["train", f"resume={run_dir}", "model=maf"], workdir, check=False)
+    assert refused.returncode == 2 and "and this command line do not compose" in refused.stderr
+    wider = [f"resume={run_dir}", "model.hidden_channels=16"]
+    refused = run_genflow(["train", *wider], workdir, check=False)
+    assert refused.returncode == 2 and "does not fit this model config" in refused.stderr
+    again = run_genflow(["train", *TINY, f"hydra.run.dir={run_dir}"], workdir, check=False)
+    assert again.returncode == 2 and "already holds a run; continue it with" in again.stderr
+    assert {name: (run_dir / name).read_bytes() for name in files} == before
+    assert "already holds a run" in (run_dir / "train.log").read_text()

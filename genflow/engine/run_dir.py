@@ -58,6 +58,19 @@ class RunDir:
     def overrides_file(self) -> Path:
         return self.path / ".hydra" / "overrides.yaml"
 
+    def holds_run(self) -> bool:
+        """A run was trained here: a checkpoint or training records exist."""
+        return bool(self.last_checkpoints()) or self.metrics.exists()
+
+    def write_config(self, cfg, hydra_cfg) -> None:
+        """``.hydra/`` as Hydra writes it (config.yaml, hydra.yaml, overrides.yaml), unresolved,
+        written only once a run has been accepted for this directory."""
+        folder = self.config_file.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, self.config_file, resolve=False)
+        OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml", resolve=False)
+        OmegaConf.save(hydra_cfg.overrides.task, self.overrides_file, resolve=False)
+
     def eval_json(self, split: str = "test") -> Path:
         return self.path / ("eval.json" if split == "test" else f"eval_{split}.json")
 

@@ -34,6 +34,17 @@ class TrainState:
     train_seconds: float = 0.0  # wall time in the training loop, over every resumed part
 
 
+def load_weights(model, ckpt: dict[str, Any], path: Path | str) -> None:
+    """The checkpoint's model weights into ``model``, or one sentence if they do not fit."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise GenflowError(
+            f"checkpoint {path} does not fit this model config (was the model changed "
+            f"since the run started?): {str(err).splitlines()[0]}"
+        ) from err
+
+
 class TrainingCheckpoints:
     """The checkpoint half of the Trainer, which holds ``model``, ``optimizer``,
     ``scheduler``, ``scaler``, ``ema``, ``state`` (a TrainState), ``config``, ``run_dir`` (a RunDir),
@@ -75,13 +86,7 @@ class TrainingCheckpoints:
     def load_state(self, ckpt: dict[str, Any], path: Path | str) -> None:
         """Put the modules, the trainer state and the RNG back as ``ckpt`` holds them;
         ``path`` names where it came from in messages."""
-        try:
-            self.model.load_state_dict(ckpt["model"])
-        except RuntimeError as err:
-            raise GenflowError(
-                f"checkpoint {path} does not fit this model config (was the model changed "
-                f"since the run started?): {str(err).splitlines()[0]}"
-            ) from err
+        load_weights(self.model, ckpt, path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):

@@ -12,15 +12,17 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from genflow.data.datasets import load_dataset
-from genflow.engine.checkpoint import load_checkpoint
+from genflow.engine.checkpoint import load_checkpoint, load_first_good
 from genflow.engine.distributed import DistContext, micro_batch_seed
 from genflow.engine.ema import evaluation_weights
 from genflow.engine.launch import launch
 from genflow.engine.optim import build_optimizer, build_scheduler
 from genflow.engine.run_dir import RunDir
 from genflow.engine.run_logger import RunLogger
+from genflow.engine.train_state import load_weights
 from genflow.engine.trainer import Trainer
 from genflow.engine.trainer_config import TrainerConfig
+from genflow.errors import GenflowError
 from genflow.tasks.common import build_model, evaluation_summary, output_dir, write_json
 from genflow.validation import validate_train_config
 
@@ -43,10 +45,34 @@ TEST_RECORD_KEYS = (
 def run(cfg) -> dict[str, Any]:
     validate_train_config(cfg)
     run_dir = output_dir()
+    accept(cfg, RunDir(run_dir))
     _group_sweep_runs(cfg)
     if cfg.dataset.get("root"):  # stored absolute, so eval and sample work from any directory
         cfg.dataset.root = str(Path(str(cfg.dataset.root)).expanduser().resolve())
     return launch(cfg, run_dir, train)
+
+
+def accept(cfg, run: RunDir) -> None:
+    """Check that this run may use ``run``, then store its config there (.hydra/): a fresh
+    run needs a directory that holds no run; a resume needs a readable checkpoint whose
+    weights fit the model config. Nothing in the directory changes when this refuses."""
+    candidates = run.resume_candidates(cfg.resume)
+    if not candidates and run.holds_run():
+        raise GenflowError(
+            f"run directory {run.path} already holds a run; continue it with "
+            f"resume={run.path}, or leave hydra.run.dir out to start a new one"
+        )
+    if candidates:
+        ckpt, path = load_first_good(candidates, quarantine_bad=True)
+        trained, asked = ckpt["config"]["model"]["_target_"], cfg.model._target_
+        if trained != asked:
+            name = lambda target: target.rsplit(".", 1)[-1]  # noqa: E731
+            raise GenflowError(
+                f"resume={cfg.resume}: the run trained {name(trained)}, not {name(asked)}; "
+                "a resume continues the same model (drop the model override)"
+            )
+        load_weights(build_model(cfg.model), ckpt, path)
+    run.write_config(cfg, HydraConfig.get())
 
 
 def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[str, Any]:
