@@ -434,3 +434,27 @@ def test_a_refused_start_changes_nothing_in_an_existing_run(workdir):
     assert again.returncode == 2 and "already holds a run; continue it with" in again.stderr
     assert {name: (run_dir / name).read_bytes() for name in files} == before
     assert "already holds a run" in (run_dir / "train.log").read_text()
+
+
+def test_a_second_process_cannot_train_in_a_run_directory_in_use(workdir):
+    """Two resumes of one run at once would overwrite each other's checkpoints: the run
+    directory is locked while a process trains there; the lock goes when it stops."""
+    args = ["train", *TINY, "trainer.max_steps=100000", "trainer.eval_every=100000"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genflow", *args],
+        cwd=workdir,
+        env=genflow_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(workdir.glob("outputs/**/checkpoints/last.pt")):
+        time.sleep(0.05)
+    [run_dir] = run_dirs(workdir)
+    second = run_genflow(["train", f"resume={run_dir}"], workdir, check=False)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert second.returncode == 2, second.stderr
+    assert f"run directory {run_dir} is in use by process {proc.pid}" in second.stderr
+    assert proc.returncode == 128 + signal.SIGTERM and not (run_dir / ".lock").exists()

@@ -74,3 +74,29 @@ def test_find_matching_picks_the_newest_run_with_the_same_config(tmp_path):
     found = RunDir.find_matching(OmegaConf.create({**config, "resume": "auto"}))
     assert found.path == new.path and found.stored_overrides() == ["model=maf"]
     assert RunDir.find_matching(OmegaConf.create({**config, "seed": 2})) is None
+
+
+def test_lock_keeps_a_second_writer_out_and_a_dead_holder_is_stale(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    run = RunDir(tmp_path / "run")
+    with run.locked():
+        assert (run.path / ".lock").read_text() == f"{socket.gethostname()} {os.getpid()}"
+        with pytest.raises(GenflowError, match=f"is in use by process {os.getpid()}"):
+            with run.locked():
+                pass
+    assert not (run.path / ".lock").exists()  # released
+    # a process that died holding it (kill -9): the lock is stale and taken over
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (run.path / ".lock").write_text(f"{socket.gethostname()} {dead.stdout.strip()}")
+    with run.locked():
+        assert (run.path / ".lock").read_text().endswith(str(os.getpid()))
+    # another machine's lock cannot be judged: held, and the message says how to clear it
+    (run.path / ".lock").write_text("elsewhere 12345")
+    with pytest.raises(GenflowError, match="in use by process 12345 on elsewhere"):
+        with run.locked():
+            pass

@@ -2,6 +2,7 @@
 
 Every path inside a run directory is spelled here and nowhere else:
 
+    .lock                                       "host pid" of the process training here
     .hydra/config.yaml, .hydra/overrides.yaml   what Hydra composed, and from which overrides
     metrics.jsonl                               one JSON object per event (the RunLogger's)
     checkpoints/last.pt, last.prev.pt, best.pt  the newest state, its predecessor, the best
@@ -11,6 +12,10 @@ Every path inside a run directory is spelled here and nowhere else:
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -57,6 +62,38 @@ class RunDir:
     @property
     def overrides_file(self) -> Path:
         return self.path / ".hydra" / "overrides.yaml"
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the directory for one training process: two at once (two resumes of one run,
+        or two runs started in the same second) would overwrite each other's checkpoints.
+        The lock is released on exit; one left by a process that died on this machine is
+        stale and taken over."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / ".lock"
+        me = f"{socket.gethostname()} {os.getpid()}"
+        while True:
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = lock.read_text().strip() if lock.exists() else ""
+                if holder and _is_dead(holder):
+                    lock.unlink(missing_ok=True)  # its process is gone: take it over
+                    continue
+                host, _, pid = holder.partition(" ")
+                raise GenflowError(
+                    f"run directory {self.path} is in use by process {pid or '?'} on "
+                    f"{host or '?'}; wait for it to finish (if that process is gone, delete "
+                    f"{lock})"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            break
+        try:
+            yield
+        finally:
+            if lock.exists() and lock.read_text().strip() == me:
+                lock.unlink()
 
     def holds_run(self) -> bool:
         """A run was trained here: a checkpoint or training records exist."""
@@ -160,6 +197,20 @@ class RunDir:
             if _comparable(OmegaConf.load(run.config_file)) == target:
                 return run
         return None
+
+
+def _is_dead(holder: str) -> bool:
+    """A lock's "host pid" names a process on this machine that no longer runs."""
+    host, _, pid = holder.partition(" ")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's process: cannot tell, so it is held
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _comparable(cfg) -> dict:

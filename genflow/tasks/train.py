@@ -45,11 +45,12 @@ TEST_RECORD_KEYS = (
 def run(cfg) -> dict[str, Any]:
     validate_train_config(cfg)
     run_dir = output_dir()
-    accept(cfg, RunDir(run_dir))
-    _group_sweep_runs(cfg)
-    if cfg.dataset.get("root"):  # stored absolute, so eval and sample work from any directory
-        cfg.dataset.root = str(Path(str(cfg.dataset.root)).expanduser().resolve())
-    return launch(cfg, run_dir, train)
+    with RunDir(run_dir).locked():  # one training process per run directory
+        accept(cfg, RunDir(run_dir))
+        _group_sweep_runs(cfg)
+        if cfg.dataset.get("root"):  # stored absolute: eval and sample work from anywhere
+            cfg.dataset.root = str(Path(str(cfg.dataset.root)).expanduser().resolve())
+        return launch(cfg, run_dir, train)
 
 
 def accept(cfg, run: RunDir) -> None:
