@@ -63,6 +63,13 @@ def test_train_eval_sample_end_to_end(workdir):
     best = run_dir / "checkpoints" / "best.pt"
     again = last_json_line(run_genflow(["eval", f"run={best}"], workdir).stdout)
     assert again == summary
+    # another checkpoint's evaluation goes to its own file: eval.json stays best.pt's
+    last = last_json_line(
+        run_genflow(["eval", f"run={run_dir}", "checkpoint=last"], workdir).stdout
+    )
+    assert last["checkpoint"] == "last.pt"
+    assert json.loads((run_dir / "eval_last.json").read_text()) == last
+    assert json.loads((run_dir / "eval.json").read_text()) == summary
     # the tail of the per-example bpd, in eval.json and in the final test record alike
     assert summary["bpd_median"] <= summary["bpd_p99"] <= summary["bpd_max"]
     assert 0 <= summary["worst_index"] < 447

@@ -30,6 +30,8 @@ def test_layout(tmp_path):
     assert run.picture("step", 20) == tmp_path / "samples" / "step_0000020.png"
     assert run.eval_json() == tmp_path / "eval.json"
     assert run.eval_json("val") == tmp_path / "eval_val.json"
+    assert run.eval_json("test", "last.pt") == tmp_path / "eval_last.json"
+    assert run.eval_json("val", "step_10.pt") == tmp_path / "eval_step_10_val.json"
     assert run.config_file == tmp_path / ".hydra" / "config.yaml"
 
 

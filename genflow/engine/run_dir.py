@@ -7,7 +7,7 @@ Every path inside a run directory is spelled here and nowhere else:
     metrics.jsonl                               one JSON object per event (the RunLogger's)
     checkpoints/last.pt, last.prev.pt, best.pt  the newest state, its predecessor, the best
     samples/<name>_<step>.png                   pictures during training and from genflow sample
-    eval.json, eval_<split>.json                test (or other split) metrics of a checkpoint
+    eval.json, eval_<checkpoint>_<split>.json   best.pt's test metrics; other checkpoints', splits'
 """
 
 from __future__ import annotations
@@ -108,8 +108,16 @@ class RunDir:
         OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml", resolve=False)
         OmegaConf.save(hydra_cfg.overrides.task, self.overrides_file, resolve=False)
 
-    def eval_json(self, split: str = "test") -> Path:
-        return self.path / ("eval.json" if split == "test" else f"eval_{split}.json")
+    def eval_json(self, split: str = "test", checkpoint: str = "best.pt") -> Path:
+        """eval.json holds the best checkpoint's test metrics; other checkpoints and splits
+        get their own file (eval_last.json, eval_val.json, eval_last_val.json ...)."""
+        parts = ["eval"]
+        stem = Path(checkpoint).stem
+        if stem != "best":
+            parts.append(stem)
+        if split != "test":
+            parts.append(split)
+        return self.path / ("_".join(parts) + ".json")
 
     # -- which checkpoint ----------------------------------------------------------------
     def last_checkpoints(self) -> list[Path]:

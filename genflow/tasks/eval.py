@@ -34,6 +34,6 @@ def run(cfg) -> dict[str, Any]:
         cfg.split,
         progress=True,
     )
-    write_json(run_dir.eval_json(cfg.split), summary)
+    write_json(run_dir.eval_json(cfg.split, checkpoint.name), summary)
     print(json.dumps(summary), flush=True)
     return summary
