@@ -322,3 +322,25 @@ def test_image_folder_loads_resizes_and_splits(tmp_path):
     cfg.path = "missing"
     with pytest.raises(GenflowError, match="does not exist"):
         load_dataset(cfg)
+
+
+def test_the_end_of_a_run_says_the_result_where_the_best_step_was_and_what_next(tmp_path):
+
+    from genflow.engine.train_state import TrainState
+    from genflow.tasks.train import result_lines
+
+    summary = {"bpd": 1.23456, "nll": 60.5, "step": 400}
+    state = TrainState(step=1000, best_metric=1.2, best_step=400)
+    wandb = OmegaConf.create({"name": "wandb", "mode": "offline"})
+    lines = result_lines(summary, state, 1.35, _tcfg(), tmp_path, wandb)
+    assert lines[0].startswith("test bpd 1.2346, nll 60.50 nats (best checkpoint, step 400 of")
+    assert "validation bpd was best at step 400 (1.2000) and 1.3500 at step 1000" in lines[1]
+    assert lines[-1] == (
+        f"next: genflow eval run={tmp_path}  |  genflow sample run={tmp_path}  |  "
+        f"wandb sync {tmp_path}/wandb/offline-run-*"
+    )
+    # still improving at the end (or mode=max and rising): no warning, no W&B line
+    quiet = result_lines(summary, state, 1.2, _tcfg(), tmp_path, OmegaConf.create({"name": "none"}))
+    assert len(quiet) == 2 and "wandb" not in quiet[-1]
+    rising = _tcfg(monitor={"metric": "nll", "mode": "max"})
+    assert len(result_lines(summary, state, 1.35, rising, tmp_path, wandb)) == 2

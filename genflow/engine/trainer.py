@@ -100,6 +100,7 @@ class Trainer(TrainingCheckpoints):
             tcfg.nan_loss_at_steps,
         )
         self.state = TrainState()
+        self.last_value: float | None = None  # the latest validation value of the monitor
         self._start_state: dict[str, Any] | None = None  # see TrainingCheckpoints
 
     @property
@@ -363,7 +364,7 @@ class Trainer(TrainingCheckpoints):
                 f"trainer.monitor.metric={monitor.metric} is not a validation metric of "
                 f"{type(self.model).__name__}; valid: {', '.join(sorted(metrics))}"
             )
-        value = metrics[monitor.metric]
+        value = self.last_value = metrics[monitor.metric]
         improved = state.best_step < 0 or monitor.better(value, state.best_metric)
         if improved:
             state.best_metric, state.best_step, state.evals_since_best = value, step, 0

@@ -34,6 +34,18 @@ def run(cfg) -> dict[str, Any]:
         cfg.split,
         progress=True,
     )
-    write_json(run_dir.eval_json(cfg.split, checkpoint.name), summary)
-    print(json.dumps(summary), flush=True)
+    path = run_dir.eval_json(cfg.split, checkpoint.name)
+    write_json(path, summary)
+    bound = (
+        f" (importance-weighted, {summary['iw_samples']} samples)"
+        if "iw_samples" in summary
+        else ""
+    )
+    print(
+        f"{cfg.split} bpd {summary['bpd']:.4f}, nll {summary['nll']:.2f} nats{bound} over "
+        f"{summary['num_examples']} examples, {checkpoint.name} at step {summary['step']}; "
+        f"written to {path}",
+        flush=True,
+    )
+    print(json.dumps(summary), flush=True)  # the last line: the summary, for scripts
     return summary

@@ -136,27 +136,49 @@ def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[st
         logger.summary({f"test/{k}": v for k, v in summary.items() if isinstance(v, float)})
         if ctx.is_main:
             write_json(RunDir(run_dir).eval_json(), summary)
-        bound = (
-            f" from {summary['iw_samples']} importance samples, elbo {summary['elbo']:.2f}"
-            if "elbo" in summary
-            else ""
-        )
-        log.info(
-            "test bpd %.4f, nll %.2f nats%s (best checkpoint, step %d); run directory %s",
-            summary["bpd"],
-            summary["nll"],
-            bound,
-            summary["step"],
-            run_dir,
-        )
     finally:
-        logger.close()
+        logger.close()  # W&B prints its own summary here: the result line comes after it
+    for line in result_lines(summary, state, trainer.last_value, tcfg, run_dir, cfg.logger):
+        log.info("%s", line)
     return {
         "monitor": tcfg.monitor.metric,
         "best": state.best_metric,  # the best validation value of trainer.monitor.metric
         "test": summary,
         "run_dir": str(run_dir),
     }
+
+
+def result_lines(summary, state, last_value, tcfg, run_dir: Path, logger_cfg) -> list[str]:
+    """What the end of a run says: the test result, where the best step was (and whether
+    validation got worse after it), and what to run next."""
+    bound = (
+        f" from {summary['iw_samples']} importance samples, elbo {summary['elbo']:.2f}"
+        if "elbo" in summary
+        else ""
+    )
+    lines = [
+        f"test bpd {summary['bpd']:.4f}, nll {summary['nll']:.2f} nats{bound} (best checkpoint, "
+        f"step {summary['step']} of {state.step}); run directory {run_dir}"
+    ]
+    monitor = tcfg.monitor
+    if last_value is not None and state.best_step > 0 and state.best_step < state.step:
+        worse = (
+            last_value - state.best_metric
+            if monitor.mode == "min"
+            else state.best_metric - last_value
+        )
+        if worse > 0:
+            lines.append(
+                f"validation {monitor.metric} was best at step {state.best_step} "
+                f"({state.best_metric:.4f}) and {last_value:.4f} at step {state.step}: the "
+                "model got worse after its best step (overfitting, or too high a learning "
+                "rate); best.pt keeps the best"
+            )
+    next_steps = f"next: genflow eval run={run_dir}  |  genflow sample run={run_dir}"
+    if logger_cfg.get("name") == "wandb" and logger_cfg.get("mode") == "offline":
+        next_steps += f"  |  wandb sync {run_dir}/wandb/offline-run-*"
+    lines.append(next_steps)
+    return lines
 
 
 def _group_sweep_runs(cfg) -> None:
