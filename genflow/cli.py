@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "train": "fit a model; writes a run directory under outputs/",
     "eval": "test metrics of a run's best checkpoint: genflow eval run=<run_dir>",
     "sample": "draw samples from a run: genflow sample run=<run_dir> sample.n=64",
+    "report": "one table of runs: genflow report outputs/multirun/<date> [more runs] [--out DIR]",
 }
 
 USAGE = """usage: genflow <command> [overrides ...] [-m] [--help]
@@ -96,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     command, overrides = argv[0], argv[1:]
     if command not in COMMANDS:
         return _fail(f"unknown command '{command}'; valid commands: {', '.join(COMMANDS)}")
+    if command == "report":  # reads run directories: no Hydra config of its own
+        from genflow.report import main as report
+
+        try:
+            return report(overrides)
+        except GenflowError as err:
+            return _fail(str(err))
     if command == "train":
         from genflow.engine.distributed import launched_by_torchrun
 

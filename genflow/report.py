@@ -1,0 +1,249 @@
+"""genflow report PATH...: the runs under PATH (run directories, sweep directories, output
+roots, globs) in one table, from the run directories alone (no W&B, no network).
+
+One row per run: model, dataset, the overrides that differ between the runs, status, steps,
+training time, the best validation value of the monitored metric and its step, and the test
+metrics of eval.json; sorted by the monitored metric (runs without a value last). Written
+to the terminal, as report.md (a markdown table) and report.csv, with curves.png (the
+monitored validation metric against step, one line per run), under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from genflow.engine.run_dir import RunDir
+from genflow.errors import GenflowError
+
+COLUMNS = (
+    "run", "model", "dataset", "differs", "status", "steps", "minutes",
+    "best_val", "best_step", "test_bpd", "test_nll", "test_bpd_max",
+)  # fmt: skip
+
+
+@dataclass
+class RunRow:
+    run: RunDir
+    model: str = "?"
+    dataset: str = "?"
+    overrides: list[str] = field(default_factory=list)
+    status: str = "?"
+    steps: int | None = None
+    minutes: float | None = None
+    metric: str = "bpd"
+    mode: str = "min"
+    best_val: float | None = None
+    best_step: int | None = None
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    test: dict[str, Any] = field(default_factory=dict)
+
+
+def find_runs(paths: list[str]) -> list[RunDir]:
+    """Every run directory under ``paths`` (a run, a sweep, an output root, or a glob)."""
+    found: dict[Path, RunDir] = {}
+    for pattern in paths:
+        matches = glob.glob(os.path.expanduser(pattern)) or [pattern]
+        for match in map(Path, matches):
+            if not match.exists():
+                raise GenflowError(f"{pattern}: no such run or sweep directory")
+            if (match / ".hydra" / "config.yaml").is_file():  # a run
+                configs = [match / ".hydra" / "config.yaml"]
+            else:  # a sweep or an output root (a file holds no runs)
+                configs = sorted(match.glob("**/.hydra/config.yaml")) if match.is_dir() else []
+            for config in configs:
+                found.setdefault(config.parent.parent.resolve(), RunDir(config.parent.parent))
+    if not found:
+        raise GenflowError(f"no run directories (with .hydra/config.yaml) under {' '.join(paths)}")
+    return list(found.values())
+
+
+def read_run(run: RunDir) -> RunRow:
+    row = RunRow(run)
+    hydra_file = run.config_file.parent / "hydra.yaml"
+    if hydra_file.is_file():
+        choices = OmegaConf.load(hydra_file).hydra.runtime.choices
+        row.model, row.dataset = str(choices.get("model")), str(choices.get("dataset"))
+    row.overrides = [o for o in run.stored_overrides() if not o.startswith(("resume=", "hydra."))]
+    config = OmegaConf.load(run.config_file)
+    monitor = OmegaConf.select(config, "trainer.monitor", default=None) or {}
+    row.metric, row.mode = str(monitor.get("metric", "bpd")), str(monitor.get("mode", "min"))
+    records = []
+    if run.metrics.is_file():
+        for line in run.metrics.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+    row.curve = [
+        (r["step"], float(r[row.metric]))
+        for r in records
+        if r.get("split") == "val" and isinstance(r.get(row.metric), (int, float))
+    ]
+    if row.curve:
+        pick = min if row.mode == "min" else max
+        row.best_step, row.best_val = pick(row.curve, key=lambda point: point[1])
+    row.steps = max((r["step"] for r in records if r.get("split") == "train"), default=None)
+    if run.eval_json().is_file():
+        row.test = json.loads(run.eval_json().read_text())
+    row.minutes = _minutes(run)
+    row.status = _status(run, row)
+    return row
+
+
+def _minutes(run: RunDir) -> float | None:
+    checkpoints = run.last_checkpoints()
+    if not checkpoints:
+        return None
+    import torch
+
+    try:
+        state = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    seconds = state.get("trainer", {}).get("train_seconds")
+    return None if seconds is None else seconds / 60.0
+
+
+def _status(run: RunDir, row: RunRow) -> str:
+    lock = run.path / ".lock"
+    if lock.is_file():
+        host, _, pid = lock.read_text().strip().partition(" ")
+        if host != socket.gethostname() or (pid.isdigit() and _alive(int(pid))):
+            return "running"
+    if row.test:
+        return "finished"
+    if row.steps is not None or run.last_checkpoints():
+        return "stopped"
+    return "failed"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def differing(rows: list[RunRow]) -> None:
+    """Keep, per run, only the overrides whose value is not the same in every run."""
+    parsed = [dict(o.split("=", 1) for o in r.overrides if "=" in o) for r in rows]
+    keys = {k for p in parsed for k in p}
+    same = {k for k in keys if len({p.get(k) for p in parsed}) == 1 and all(k in p for p in parsed)}
+    for row, p in zip(rows, parsed, strict=True):
+        row.overrides = [f"{k}={v}" for k, v in p.items() if k not in same]
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def table(rows: list[RunRow], base: Path) -> list[dict[str, str]]:
+    out = []
+    for row in rows:
+        try:
+            name = str(row.run.path.resolve().relative_to(base.resolve()))
+        except ValueError:
+            name = str(row.run.path)
+        values = {
+            "run": name,
+            "model": row.model,
+            "dataset": row.dataset,
+            "differs": " ".join(row.overrides),
+            "status": row.status,
+            "steps": row.steps,
+            "minutes": None if row.minutes is None else f"{row.minutes:.2f}",
+            "best_val": row.best_val,
+            "best_step": row.best_step,
+            "test_bpd": row.test.get("bpd"),
+            "test_nll": row.test.get("nll"),
+            "test_bpd_max": row.test.get("bpd_max"),
+        }
+        out.append({k: _format(v) for k, v in values.items()})
+    return out
+
+
+def markdown(rows: list[dict[str, str]], metric: str) -> str:
+    header = [c if c != "best_val" else f"best val {metric}" for c in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r[c].replace("|", "\\|") for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def terminal(rows: list[dict[str, str]]) -> str:
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in COLUMNS}
+    lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS)]
+    lines += ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def curves(rows: list[RunRow], names: list[str], path: Path, metric: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for row, name in zip(rows, names, strict=True):
+        if row.curve:
+            steps, values = zip(*row.curve, strict=True)
+            ax.plot(steps, values, marker=".", label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"validation {metric}")
+    ax.grid(alpha=0.3)
+    if any(row.curve for row in rows):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="genflow report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="run or sweep directories, output roots, globs")
+    parser.add_argument(
+        "--out", default="report", help="folder for report.md, report.csv, curves.png"
+    )
+    args = parser.parse_args(argv)
+    runs = find_runs(args.paths)
+    rows = [read_run(run) for run in runs]
+    differing(rows)
+    metrics = {(r.metric, r.mode) for r in rows}
+    metric, mode = sorted(metrics)[0] if len(metrics) == 1 else ("bpd", "min")
+    sign = 1 if mode == "min" else -1
+    rows.sort(key=lambda r: (r.best_val is None, sign * (r.best_val or 0.0), str(r.run.path)))
+    base = Path(os.path.commonpath([str(r.run.path.resolve()) for r in rows]))
+    base = base if len(rows) > 1 else base.parent
+    cells = table(rows, base)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(markdown(cells, metric))
+    with open(out / "report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        writer.writerows(cells)
+    labels = [f"{c['run']} {c['differs']}".strip() for c in cells]
+    png = curves(rows, labels, out / "curves.png", metric)
+    print(terminal(cells))
+    print(
+        f"\n{len(rows)} runs under {base}; written {out / 'report.md'}, {out / 'report.csv'}, {png}"
+    )
+    return 0

@@ -1,0 +1,52 @@
+"""genflow report: one table of runs from their directories (a sweep, hand-picked runs,
+runs still going and runs that failed), as text, markdown, CSV and a learning-curve PNG."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import socket
+
+from conftest import RUN_TINY, run_dirs, run_genflow
+
+from genflow.cli import main
+
+
+def test_report_of_a_sweep_and_of_running_and_failed_runs(workdir, capsys):
+    tiny = ["model.hidden_channels=8", "model.num_blocks=1", *RUN_TINY]
+    run_genflow(["train", "-m", *tiny, "trainer.sample_every=0", "optimizer.lr=1e-3,1e-2"], workdir)
+    finished = run_dirs(workdir)
+    assert len(finished) == 2
+    # a run still training (its lock names this live process) and one that failed at start
+    running, failed = workdir / "outputs" / "running", workdir / "outputs" / "failed"
+    for fake in (running, failed):
+        shutil.copytree(finished[0] / ".hydra", fake / ".hydra")
+    (running / ".lock").write_text(f"{socket.gethostname()} {os.getpid()}")
+    shutil.copy(finished[0] / "metrics.jsonl", running / "metrics.jsonl")
+
+    out = workdir / "report"
+    assert main(["report", str(workdir / "outputs"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert len(rows) == 4 and text.count("\n") >= 5
+    status = {r["run"].rsplit("/", 1)[-1]: r["status"] for r in rows}
+    assert status["running"] == "running" and status["failed"] == "failed"
+    done = [r for r in rows if r["status"] == "finished"]
+    assert sorted(r["differs"] for r in done) == ["optimizer.lr=0.001", "optimizer.lr=0.01"]
+    # sorted by the best validation bpd; every finished run has its test figures
+    values = [float(r["best_val"]) for r in rows if r["best_val"]]
+    assert values == sorted(values) and all(float(r["test_bpd"]) > 0 for r in done)
+    assert rows[-1]["status"] == "failed" and rows[-1]["best_val"] == ""
+    markdown = (out / "report.md").read_text().splitlines()
+    assert markdown[0].startswith("| run | model | dataset | differs | status |")
+    assert markdown[1].startswith("|---|") and len(markdown) == 2 + 4
+    assert (out / "curves.png").stat().st_size > 1000
+
+
+def test_report_of_nothing_says_so(workdir, capsys):
+    assert main(["report", str(workdir / "nowhere")]) == 2
+    assert "no such run or sweep directory" in capsys.readouterr().err
+    (workdir / "empty").mkdir()
+    assert main(["report", str(workdir / "empty")]) == 2
+    assert "no run directories" in capsys.readouterr().err
