@@ -24,7 +24,7 @@ COMMANDS: dict[str, str] = {
     "report": "one table of runs: genflow report outputs/multirun/<date> [more runs] [--out DIR]",
 }
 
-USAGE = """usage: genflow <command> [overrides ...] [-m] [--help]
+USAGE = """usage: genflow <command> [overrides ...] [-m] [--help] | genflow --version
 
 commands:
 {commands}
@@ -91,8 +91,19 @@ def _hydra_entry(command: str) -> Callable[[], None]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE.format(commands="\n".join(f"  {k:<8}{v}" for k, v in COMMANDS.items())))
+    usage = USAGE.format(commands="\n".join(f"  {k:<8}{v}" for k, v in COMMANDS.items()))
+    if not argv:  # a command is missing: say what there is, and fail
+        print(usage, file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
+        print(usage)
+        return 0
+    if argv[0] in ("-V", "--version"):
+        import torch
+
+        from genflow import __version__
+
+        print(f"genflow {__version__} (torch {torch.__version__}, Python {sys.version.split()[0]})")
         return 0
     command, overrides = argv[0], argv[1:]
     if command not in COMMANDS:

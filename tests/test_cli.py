@@ -25,6 +25,8 @@ from conftest import (
     run_genflow,
 )
 
+from genflow.cli import main
+
 
 def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -58,6 +60,9 @@ def test_train_eval_sample_end_to_end(workdir):
     summary = last_json_line(proc.stdout)
     assert summary == json.loads((run_dir / "eval.json").read_text())
     assert summary["split"] == "test" and summary["num_examples"] == 447
+    # which model, trained with which overrides; and no empty eval.log left in the run
+    assert summary["model"] == "RealNVP" and "model.hidden_channels=8" in summary["overrides"]
+    assert not (run_dir / "eval.log").exists()
     assert 0 < summary["bpd"] < 8
     # a checkpoint file names its run too, and the seeded evaluation gives the same numbers
     best = run_dir / "checkpoints" / "best.pt"
@@ -388,9 +393,11 @@ def test_wandb_offline_needs_no_account(workdir):
     assert len(offline) == 2 and all(d.name.endswith(run_id) for d in offline)
 
 
-def test_help_lists_commands_and_groups(workdir):
+def test_help_lists_commands_and_groups(workdir, capsys):
     proc = run_genflow(["--help"], workdir)
-    assert all(c in proc.stdout for c in ("train", "eval", "sample"))
+    assert all(c in proc.stdout for c in ("train", "eval", "sample", "report"))
+    assert main([]) == 2 and "usage: genflow <command>" in capsys.readouterr().err
+    assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("genflow 0.")
     proc = run_genflow(["train", "--help"], workdir)
     assert (
         "model: glow, maf, nice, pixelcnn, pixelcnnpp, realnvp, vae, wavenet" in proc.stdout

@@ -63,8 +63,11 @@ def evaluation_summary(
 ) -> dict[str, Any]:
     metrics = evaluate(model, data, batch_size, progress=progress, ctx=ctx, tails=True)
     extra = {"iw_samples": int(model.iw_samples)} if model.iw_samples is not None else {}
+    run = RunDir.of_checkpoint(checkpoint)
     return {
-        "run": str(RunDir.of_checkpoint(checkpoint).path),
+        "run": str(run.path),
+        "model": type(model).__name__,
+        "overrides": [o for o in run.stored_overrides() if not o.startswith("hydra.")],
         "checkpoint": checkpoint.name,
         "step": int(step),
         "split": split,
