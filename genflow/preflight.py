@@ -7,6 +7,7 @@ is valid; ``resume=`` becomes the run directory to continue in. Nothing is writt
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -167,8 +168,19 @@ def prepare_resume(overrides: list[str], root: Path, cfg: DictConfig | None) -> 
     if resume == "auto":
         if cfg is None:
             return overrides  # a multirun sweep: each job resolves resume=auto itself
-        run = RunDir.find_matching(cfg)
+        run, closest = RunDir.nearest(cfg)
         if run is None:
+            if closest is not None:  # say why nothing matched, then start fresh
+                near, keys = closest
+                shown = "; ".join(keys[:5]) + (
+                    f"; and {len(keys) - 5} more" if len(keys) > 5 else ""
+                )
+                print(
+                    f"genflow: resume=auto: no earlier run has this config; the nearest, "
+                    f"{near.path}, differs in {shown}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return overrides
     else:
         path = Path(resume).expanduser()

@@ -229,7 +229,27 @@ def test_a_run_diverging_before_its_first_checkpoint_rolls_back_and_completes(wo
 def test_resume_auto_without_a_matching_run_starts_fresh(workdir):
     proc = run_genflow(["train", *TINY, "trainer.max_steps=5", "resume=auto"], workdir)
     assert "starting fresh" in proc.stdout + proc.stderr
-    assert len(run_dirs(workdir)) == 1
+    [first] = run_dirs(workdir)
+    # a different batch size: a new run, and the message names what differed
+    proc = run_genflow(
+        ["train", *TINY, "trainer.max_steps=5", "trainer.batch_size=16", "resume=auto"], workdir
+    )
+    nearest = first.relative_to(workdir)
+    assert f"the nearest, {nearest}, differs in trainer.batch_size: 32 -> 16" in proc.stderr
+    assert len(run_dirs(workdir)) == 2
+
+
+def test_resume_auto_continues_a_finished_run_to_more_steps_without_duplicate_results(workdir):
+    run_genflow(["train", *TINY, "trainer.max_steps=10"], workdir)
+    [run_dir] = run_dirs(workdir)
+    # the progress bar, the logger and the step budget do not make a run different
+    more = ["trainer.max_steps=20", "trainer.progress_bar=true", "resume=auto"]
+    run_genflow(["train", *TINY, *more], workdir)
+    again = run_genflow(["train", *TINY, *more], workdir)  # finished: tests again, no more
+    assert run_dirs(workdir) == [run_dir] and "at step 20" in again.stdout + again.stderr
+    tests = [r for r in _records(run_dir) if r["split"] == "test"]
+    # one test record, at the end, as a run to 20 steps that never stopped would have
+    assert [r["step"] for r in tests] == [20]
 
 
 def test_four_run_sweep_makes_one_run_dir_each_in_one_wandb_group(workdir):

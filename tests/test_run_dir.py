@@ -75,7 +75,13 @@ def test_find_matching_picks_the_newest_run_with_the_same_config(tmp_path):
     os.utime(old.checkpoint("last.pt"), (1, 1))
     found = RunDir.find_matching(OmegaConf.create({**config, "resume": "auto"}))
     assert found.path == new.path and found.stored_overrides() == ["model=maf"]
-    assert RunDir.find_matching(OmegaConf.create({**config, "seed": 2})) is None
+    match, (near, keys) = RunDir.nearest(OmegaConf.create({**config, "seed": 2}))
+    assert match is None and near.path.name in ("new", "other")  # one key apart, the newest
+    assert keys == [f"seed: {1 if near.path.name == 'other' else 0} -> 2"]
+    # an interrupted run comes before a finished one, however new the finished one is
+    new.eval_json().write_text("{}")  # tested after its last checkpoint: finished
+    assert new.finished() and not old.finished()
+    assert RunDir.find_matching(OmegaConf.create(config)).path == old.path
 
 
 def test_lock_keeps_a_second_writer_out_and_a_dead_holder_is_stale(tmp_path):

@@ -25,8 +25,16 @@ from genflow.errors import GenflowError
 
 CHECKPOINTS = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
-# keys that do not make two runs different for resume=auto
-IGNORED_KEYS = ("resume",)
+# keys that do not make two runs different for resume=auto: where to log, how much to show,
+# and how far to train (so resume=auto with a larger trainer.max_steps continues a run)
+RESUME_FREE_KEYS = (
+    "resume",
+    "logger",
+    "trainer.progress_bar",
+    "trainer.log_every",
+    "trainer.max_steps",
+    "trainer.max_minutes",
+)
 
 
 class RunDir:
@@ -191,20 +199,39 @@ class RunDir:
 
     @classmethod
     def find_matching(cls, cfg) -> RunDir | None:
-        """The newest run under ``cfg.output_root`` with a checkpoint whose stored config
-        equals ``cfg`` (resume=auto). Both are compared unresolved, so ``${now:...}`` and
-        environment lookups do not make equal configs differ."""
-        target = _comparable(cfg)
+        """The run under ``cfg.output_root`` with a checkpoint whose stored config equals
+        ``cfg`` but for RESUME_FREE_KEYS (resume=auto): an interrupted one (its last.pt newer
+        than its eval.json) before a finished one, the newest first. Both configs are
+        compared unresolved, so ``${now:...}`` and environment lookups do not differ."""
+        match, _ = cls.nearest(cfg)
+        return match
+
+    @classmethod
+    def nearest(cls, cfg) -> tuple[RunDir | None, tuple[RunDir, list[str]] | None]:
+        """(the matching run, None), or (None, (the run that differs in the fewest keys, those
+        keys as "key: stored -> asked")) when nothing matches; (None, None) without runs."""
+        target = _flat(cfg)
         runs = [
             cls(p.parent.parent) for p in Path(str(cfg.output_root)).glob("**/.hydra/config.yaml")
         ]
-        runs.sort(key=RunDir.newest_checkpoint_time, reverse=True)
+        runs = [run for run in runs if run.newest_checkpoint_time() > 0.0]
+        runs.sort(key=lambda run: (run.finished(), -run.newest_checkpoint_time()))
+        closest: tuple[RunDir, list[str]] | None = None
         for run in runs:
-            if run.newest_checkpoint_time() == 0.0:
-                continue
-            if _comparable(OmegaConf.load(run.config_file)) == target:
-                return run
-        return None
+            stored = _flat(OmegaConf.load(run.config_file))
+            keys = sorted(
+                k for k in stored.keys() | target.keys() if stored.get(k) != target.get(k)
+            )
+            if not keys:
+                return run, None
+            if closest is None or len(keys) < len(closest[1]):
+                closest = (run, [f"{k}: {stored.get(k)} -> {target.get(k)}" for k in keys])
+        return None, closest
+
+    def finished(self) -> bool:
+        """Tested after its last checkpoint: eval.json is newer than last.pt."""
+        last, result = self.checkpoint(LAST), self.eval_json()
+        return result.exists() and last.exists() and result.stat().st_mtime >= last.stat().st_mtime
 
 
 def _is_dead(holder: str) -> bool:
@@ -221,8 +248,19 @@ def _is_dead(holder: str) -> bool:
     return False
 
 
-def _comparable(cfg) -> dict:
-    data = OmegaConf.to_container(cfg, resolve=False)
-    for key in IGNORED_KEYS:
-        data.pop(key, None)
-    return data
+def _flat(cfg) -> dict[str, object]:
+    """The unresolved config as dotted keys, without RESUME_FREE_KEYS."""
+    out: dict[str, object] = {}
+
+    def walk(node, prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if any(name == free or name.startswith(free + ".") for free in RESUME_FREE_KEYS):
+                continue
+            if isinstance(value, dict):
+                walk(value, name + ".")
+            else:
+                out[name] = value
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return out

@@ -78,11 +78,16 @@ class RunLogger:
             )
 
     def drop_records_after(self, step: int) -> None:
-        """A resumed or rolled-back run repeats the steps after ``step``: drop their records."""
+        """A resumed or rolled-back run repeats the steps after ``step``, and tests again at
+        its end: drop those records, and a test record at ``step`` (no duplicate results)."""
         if not self.write or not self.path.exists():
             return
+
+        def stale(record: dict) -> bool:
+            return record["step"] > step or (record["split"] == "test" and record["step"] == step)
+
         lines = self.path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        kept = [line for line in lines if line.strip() and not stale(json.loads(line))]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def log_image(self, step: int, key: str, path: Path) -> None:
