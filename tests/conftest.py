@@ -85,6 +85,11 @@ def run_dirs(root: Path) -> list[Path]:
     return sorted(p.parent.parent for p in root.glob("outputs/**/.hydra/config.yaml"))
 
 
+def read_records(run_dir: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def last_json_line(stdout: str) -> dict:
     lines = [line for line in stdout.splitlines() if line.strip()]
     return json.loads(lines[-1])

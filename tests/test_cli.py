@@ -5,11 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,17 +14,13 @@ from conftest import (
     MODEL_TINY,
     RUN_TINY,
     TINY,
-    genflow_env,
     last_json_line,
+    read_records,
     run_dirs,
     run_genflow,
 )
 
 from genflow.cli import main
-
-
-def _records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_train_eval_sample_end_to_end(workdir):
@@ -46,7 +37,7 @@ def test_train_eval_sample_end_to_end(workdir):
         "samples/step_0000020.png",
     ):
         assert (run_dir / name).is_file(), name
-    records = _records(run_dir)
+    records = read_records(run_dir)
     assert {r["split"] for r in records} == {"train", "val", "test"}
     assert all("step" in r and "split" in r for r in records)
     assert [r["step"] for r in records if r["split"] == "val"] == [10, 20]
@@ -96,160 +87,6 @@ def test_train_eval_sample_end_to_end(workdir):
     assert torch.equal(
         torch.load(last_json_line(proc.stdout)["tensor"], weights_only=True), samples
     )
-
-
-def test_resume_run_dir_continues_the_step_count(workdir):
-    run_genflow(["train", *TINY], workdir)
-    [run_dir] = run_dirs(workdir)
-    proc = run_genflow(["train", f"resume={run_dir}", "trainer.max_steps=30"], workdir)
-    assert run_dirs(workdir) == [run_dir]  # continued in place, no new run directory
-    assert "resumed from" in proc.stdout + proc.stderr
-    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["trainer"]["step"] == 30
-    train_steps = [r["step"] for r in _records(run_dir) if r["split"] == "train"]
-    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 30
-
-
-KILL_RUN = [
-    *TINY,
-    "trainer.max_steps=300",
-    "trainer.ckpt_every=10",
-    "trainer.eval_every=50",
-    "trainer.log_every=1",
-    "trainer.sample_every=0",
-    "optimizer.lr=3e-3",
-]
-
-
-def _final_params(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("uninterrupted")
-    run_genflow(["train", *KILL_RUN], root)
-    [run_dir] = run_dirs(root)
-    return _final_params(run_dir)
-
-
-@pytest.mark.parametrize(
-    ("sig", "stop_at"),
-    [
-        (signal.SIGKILL, 37),
-        (signal.SIGKILL, 171),
-        (signal.SIGKILL, 263),
-        (signal.SIGTERM, 88),
-        (signal.SIGUSR1, 205),
-    ],
-    ids=["kill-9@37", "kill-9@171", "kill-9@263", "sigterm@88", "sigusr1@205"],
-)
-def test_stopped_run_resumed_with_resume_auto_reproduces_uninterrupted_run(
-    workdir, uninterrupted, sig, stop_at
-):
-    """kill -9 loses at most the steps since the last checkpoint; SIGTERM / SIGUSR1 (what SLURM
-    sends) finish the step, write last.pt and exit with 128 + signal. Either way, resume=auto
-    ends with parameters bit-identical to a run that was never stopped."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "genflow", "train", *KILL_RUN],
-        cwd=workdir,
-        env=genflow_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        metrics = list(workdir.glob("outputs/**/metrics.jsonl"))
-        if metrics and metrics[0].read_text().count('"split": "train"') >= stop_at:
-            os.kill(proc.pid, sig)
-            break
-        time.sleep(0.005)
-    _, stderr = proc.communicate(timeout=120)
-    [run_dir] = run_dirs(workdir)
-    stopped_at = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["trainer"][
-        "step"
-    ]
-    if sig == signal.SIGKILL:
-        assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-        assert 0 < stopped_at < 300
-    else:
-        assert proc.returncode == 128 + sig, stderr
-        assert f"stopped on {signal.Signals(sig).name} after step {stopped_at}; saved" in stderr
-        assert "Traceback" not in stderr and stop_at <= stopped_at < 300
-
-    out = run_genflow(["train", *KILL_RUN, "resume=auto"], workdir)
-    assert run_dirs(workdir) == [run_dir]
-    assert f"at step {stopped_at}" in out.stdout + out.stderr
-    resumed = _final_params(run_dir)
-    assert resumed.keys() == uninterrupted.keys()
-    for name, value in uninterrupted.items():
-        assert torch.equal(resumed[name], value), name
-    train_steps = [r["step"] for r in _records(run_dir) if r["split"] == "train"]
-    assert train_steps == list(range(1, 301))  # stale records of the lost steps were dropped
-
-
-def test_truncated_last_checkpoint_falls_back_to_the_previous_one(workdir):
-    run_genflow(["train", *TINY], workdir)
-    [run_dir] = run_dirs(workdir)
-    last = run_dir / "checkpoints" / "last.pt"
-    last.write_bytes(last.read_bytes()[:2048])
-    out = run_genflow(["train", *TINY, "resume=auto"], workdir)
-    log = out.stdout + out.stderr
-    assert "last.pt is truncated or corrupted" in log and "last.prev.pt at step 10" in log
-    assert torch.load(last, weights_only=True)["trainer"]["step"] == 20
-    # the good step-10 checkpoint was not rotated away by the corrupt file
-    previous = torch.load(last.with_name("last.prev.pt"), weights_only=True)
-    assert previous["trainer"]["step"] == 10 and "moved the unreadable" in log
-
-
-def test_injected_nan_is_skipped_and_the_run_completes(workdir):
-    proc = run_genflow(["train", *TINY, "trainer.fault_injection.nan_loss_at_steps=[7]"], workdir)
-    [run_dir] = run_dirs(workdir)
-    skipped = [r for r in _records(run_dir) if r.get("skipped_step")]
-    assert [r["step"] for r in skipped] == [7] and skipped[0]["loss"] == "nan"
-    assert "step 7: non-finite loss or gradient" in proc.stdout + proc.stderr
-    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["trainer"]["step"] == 20 and ckpt["trainer"]["skipped_steps"] == 1
-    assert (run_dir / "eval.json").is_file()
-
-
-def test_a_run_diverging_before_its_first_checkpoint_rolls_back_and_completes(workdir):
-    nan_steps = "trainer.fault_injection.nan_loss_at_steps=[3,4,5,6,7]"  # ckpt_every=10
-    proc = run_genflow(["train", *TINY, nan_steps], workdir)
-    [run_dir] = run_dirs(workdir)
-    [rollback] = [r for r in _records(run_dir) if r.get("rollback")]
-    assert rollback["from_step"] == 7 and rollback["step"] == 0 and rollback["lr_scale"] == 0.5
-    assert "the state kept in memory" in proc.stdout + proc.stderr
-    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["trainer"]["step"] == 20 and ckpt["trainer"]["rollbacks"] == 1
-    assert (run_dir / "eval.json").is_file()
-
-
-def test_resume_auto_without_a_matching_run_starts_fresh(workdir):
-    proc = run_genflow(["train", *TINY, "trainer.max_steps=5", "resume=auto"], workdir)
-    assert "starting fresh" in proc.stdout + proc.stderr
-    [first] = run_dirs(workdir)
-    # a different batch size: a new run, and the message names what differed
-    proc = run_genflow(
-        ["train", *TINY, "trainer.max_steps=5", "trainer.batch_size=16", "resume=auto"], workdir
-    )
-    nearest = first.relative_to(workdir)
-    assert f"the nearest, {nearest}, differs in trainer.batch_size: 32 -> 16" in proc.stderr
-    assert len(run_dirs(workdir)) == 2
-
-
-def test_resume_auto_continues_a_finished_run_to_more_steps_without_duplicate_results(workdir):
-    run_genflow(["train", *TINY, "trainer.max_steps=10"], workdir)
-    [run_dir] = run_dirs(workdir)
-    # the progress bar, the logger and the step budget do not make a run different
-    more = ["trainer.max_steps=20", "trainer.progress_bar=true", "resume=auto"]
-    run_genflow(["train", *TINY, *more], workdir)
-    again = run_genflow(["train", *TINY, *more], workdir)  # finished: tests again, no more
-    assert run_dirs(workdir) == [run_dir] and "at step 20" in again.stdout + again.stderr
-    tests = [r for r in _records(run_dir) if r["split"] == "test"]
-    # one test record, at the end, as a run to 20 steps that never stopped would have
-    assert [r["step"] for r in tests] == [20]
 
 
 def test_four_run_sweep_makes_one_run_dir_each_in_one_wandb_group(workdir):
@@ -449,46 +286,3 @@ def test_realnvp_on_real_mnist_trains_evaluates_and_samples(workdir):
     assert summary["num_examples"] == 10000 and math.isfinite(summary["bpd"]) and summary["bpd"] > 0
     result = last_json_line(run_genflow(["sample", f"run={run_dir}", "sample.n=4"], workdir).stdout)
     assert torch.load(result["tensor"], weights_only=True).shape == (4, 1, 28, 28)
-
-
-def test_a_refused_start_changes_nothing_in_an_existing_run(workdir):
-    """A resume that cannot continue the run, and a fresh run pointed at an existing run
-    directory, are refused before anything in that directory changes; train.log says why."""
-    run_genflow(["train", *TINY], workdir)
-    [run_dir] = run_dirs(workdir)
-    files = ["eval.json", "metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml"]
-    files += ["checkpoints/last.pt", "checkpoints/best.pt"]
-    before = {name: (run_dir / name).read_bytes() for name in files}
-    refused = run_genflow(["train", f"resume={run_dir}", "model=maf"], workdir, check=False)
-    assert refused.returncode == 2 and "and this command line do not compose" in refused.stderr
-    wider = [f"resume={run_dir}", "model.hidden_channels=16"]
-    refused = run_genflow(["train", *wider], workdir, check=False)
-    assert refused.returncode == 2 and "does not fit this model config" in refused.stderr
-    again = run_genflow(["train", *TINY, f"hydra.run.dir={run_dir}"], workdir, check=False)
-    assert again.returncode == 2 and "already holds a run; continue it with" in again.stderr
-    assert {name: (run_dir / name).read_bytes() for name in files} == before
-    assert "already holds a run" in (run_dir / "train.log").read_text()
-
-
-def test_a_second_process_cannot_train_in_a_run_directory_in_use(workdir):
-    """Two resumes of one run at once would overwrite each other's checkpoints: the run
-    directory is locked while a process trains there; the lock goes when it stops."""
-    args = ["train", *TINY, "trainer.max_steps=100000", "trainer.eval_every=100000"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "genflow", *args],
-        cwd=workdir,
-        env=genflow_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(workdir.glob("outputs/**/checkpoints/last.pt")):
-        time.sleep(0.05)
-    [run_dir] = run_dirs(workdir)
-    second = run_genflow(["train", f"resume={run_dir}"], workdir, check=False)
-    os.kill(proc.pid, signal.SIGTERM)
-    proc.communicate(timeout=120)
-    assert second.returncode == 2, second.stderr
-    assert f"run directory {run_dir} is in use by process {proc.pid}" in second.stderr
-    assert proc.returncode == 128 + signal.SIGTERM and not (run_dir / ".lock").exists()
