@@ -138,6 +138,60 @@ def _alive(pid: int) -> bool:
     return True
 
 
+PAPER_COLUMNS = ("preset", "run", "status", "steps", "minutes", "published", "ours", "gap")
+PAPER_COLUMNS += ("citation",)
+# the figure of eval.json each kind of published number compares with
+OURS = {
+    "bpd": lambda test: test.get("bpd"),
+    "nll": lambda test: test.get("nll"),
+    "neg_elbo": lambda test: -test["elbo"] if "elbo" in test else None,
+}
+
+
+def paper_presets() -> dict[str, dict[str, Any]]:
+    """conf/experiment presets that carry a published figure (a ``paper:`` block)."""
+    from genflow.config import config_dir
+
+    presets = {}
+    for path in sorted((config_dir() / "experiment").glob("*.yaml")):
+        paper = OmegaConf.load(path).get("paper")
+        if paper is not None:
+            presets[path.stem] = OmegaConf.to_container(paper)
+    return presets
+
+
+def against_papers(rows: list[RunRow], cells: list[dict[str, str]]) -> list[dict[str, str]]:
+    """One row per paper preset: each run of it beside the published figure (ours, the
+    gap), and a blank row for a preset not run yet."""
+    out = []
+    for preset, paper in paper_presets().items():
+        runs = [(r, c) for r, c in zip(rows, cells, strict=True) if _preset(r) == preset]
+        metric, value = paper.get("metric"), paper.get("value")
+        note = f" ({paper['note']})" if paper.get("note") else ""
+        for row, cell in runs or [(None, dict.fromkeys(COLUMNS, ""))]:
+            ours = OURS[metric](row.test) if row is not None and metric in OURS else None
+            gap = ours - value if ours is not None and value is not None else None
+            out.append(
+                {
+                    **cell,
+                    "status": cell["status"] or "not run",
+                    "preset": preset,
+                    "published": "" if value is None else f"{value:g} {metric}",
+                    "ours": _format(ours),
+                    "gap": "" if gap is None else f"{gap:+.4f}",
+                    "citation": paper.get("citation", "") + note,
+                }
+            )
+    return out
+
+
+def _preset(row: RunRow) -> str | None:
+    for override in row.run.stored_overrides():
+        if override.startswith("experiment="):
+            return override.split("=", 1)[1]
+    return None
+
+
 def differing(rows: list[RunRow]) -> None:
     """Keep, per run, only the overrides whose value is not the same in every run."""
     parsed = [dict(o.split("=", 1) for o in r.overrides if "=" in o) for r in rows]
@@ -180,17 +234,17 @@ def table(rows: list[RunRow], base: Path) -> list[dict[str, str]]:
     return out
 
 
-def markdown(rows: list[dict[str, str]], metric: str) -> str:
-    header = [c if c != "best_val" else f"best val {metric}" for c in COLUMNS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(r[c].replace("|", "\\|") for c in COLUMNS) + " |" for r in rows]
+def markdown(rows: list[dict[str, str]], metric: str, columns=COLUMNS) -> str:
+    header = [c if c != "best_val" else f"best val {metric}" for c in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(r[c].replace("|", "\\|") for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def terminal(rows: list[dict[str, str]]) -> str:
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in COLUMNS}
-    lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS)]
-    lines += ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS) for r in rows]
+def terminal(rows: list[dict[str, str]], columns=COLUMNS) -> str:
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(r[c].ljust(widths[c]) for c in columns) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -222,6 +276,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--out", default="report", help="folder for report.md, report.csv, curves.png"
     )
+    parser.add_argument(
+        "--against",
+        choices=["papers"],
+        help="papers: a row per paper preset (experiment=...): ours beside the published figure",
+    )
     args = parser.parse_args(argv)
     runs = find_runs(args.paths)
     rows = [read_run(run) for run in runs]
@@ -233,16 +292,19 @@ def main(argv: list[str]) -> int:
     base = Path(os.path.commonpath([str(r.run.path.resolve()) for r in rows]))
     base = base if len(rows) > 1 else base.parent
     cells = table(rows, base)
+    labels = [f"{c['run']} {c['differs']}".strip() for c in cells]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(markdown(cells, metric))
+    columns: tuple[str, ...] = COLUMNS
+    if args.against == "papers":
+        columns, cells = PAPER_COLUMNS, against_papers(rows, cells)
+    (out / "report.md").write_text(markdown(cells, metric, columns))
     with open(out / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(cells)
-    labels = [f"{c['run']} {c['differs']}".strip() for c in cells]
     png = curves(rows, labels, out / "curves.png", metric)
-    print(terminal(cells))
+    print(terminal(cells, columns))
     print(
         f"\n{len(rows)} runs under {base}; written {out / 'report.md'}, {out / 'report.csv'}, {png}"
     )

@@ -8,7 +8,8 @@ import os
 import shutil
 import socket
 
-from conftest import RUN_TINY, run_dirs, run_genflow
+import pytest
+from conftest import REPO, RUN_TINY, run_dirs, run_genflow
 
 from genflow.cli import main
 
@@ -50,3 +51,25 @@ def test_report_of_nothing_says_so(workdir, capsys):
     (workdir / "empty").mkdir()
     assert main(["report", str(workdir / "empty")]) == 2
     assert "no run directories" in capsys.readouterr().err
+
+
+def test_report_against_papers_puts_our_figure_beside_the_published_one(workdir, capsys):
+    tiny = ["model.hidden_features=16", "model.latent_features=4", "model.dropout=0"]
+    short = ["trainer.max_steps=4", "trainer.eval_every=4", "trainer.sample_every=0"]
+    run_genflow(
+        ["train", "experiment=vae_digits", *tiny, *short, "eval.iw_samples=2", "logger=none"],
+        workdir,
+    )
+    out = workdir / "papers"
+    assert main(["report", str(workdir / "outputs"), "--against", "papers", "--out", str(out)]) == 0
+    rows = {r["preset"]: r for r in csv.DictReader((out / "report.csv").open())}
+    assert set(rows) == {p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")} - {
+        "realnvp_checkerboard"  # no paper behind it
+    }
+    ours = rows["vae_digits"]
+    assert ours["status"] == "finished" and ours["published"] == "100.54 neg_elbo"
+    assert float(ours["gap"]) == pytest.approx(float(ours["ours"]) - 100.54, abs=1e-3)
+    assert rows["glow_cifar10"]["status"] == "not run" and rows["glow_cifar10"]["ours"] == ""
+    assert "Kingma & Dhariwal, 2018" in rows["glow_cifar10"]["citation"]
+    assert "| preset | run | status |" in (out / "report.md").read_text()
+    capsys.readouterr()
