@@ -15,6 +15,18 @@ import torch
 from conftest import TINY, genflow_env, read_records, run_dirs, run_genflow
 
 
+def start_genflow(args: list[str], cwd: Path) -> subprocess.Popen:
+    """genflow in the background, to be stopped or raced while it trains."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "genflow", *args],
+        cwd=cwd,
+        env=genflow_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_resume_run_dir_continues_the_step_count(workdir):
     run_genflow(["train", *TINY], workdir)
     [run_dir] = run_dirs(workdir)
@@ -67,14 +79,7 @@ def test_stopped_run_resumed_with_resume_auto_reproduces_uninterrupted_run(
     """kill -9 loses at most the steps since the last checkpoint; SIGTERM / SIGUSR1 (what SLURM
     sends) finish the step, write last.pt and exit with 128 + signal. Either way, resume=auto
     ends with parameters bit-identical to a run that was never stopped."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "genflow", "train", *KILL_RUN],
-        cwd=workdir,
-        env=genflow_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_genflow(["train", *KILL_RUN], workdir)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         metrics = list(workdir.glob("outputs/**/metrics.jsonl"))
@@ -192,14 +197,7 @@ def test_a_second_process_cannot_train_in_a_run_directory_in_use(workdir):
     """Two resumes of one run at once would overwrite each other's checkpoints: the run
     directory is locked while a process trains there; the lock goes when it stops."""
     args = ["train", *TINY, "trainer.max_steps=100000", "trainer.eval_every=100000"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "genflow", *args],
-        cwd=workdir,
-        env=genflow_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_genflow(args, workdir)
     deadline = time.time() + 120
     while time.time() < deadline and not list(workdir.glob("outputs/**/checkpoints/last.pt")):
         time.sleep(0.05)
