@@ -25,6 +25,7 @@ from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError
 from genflow.models.base import GenerativeModel
 from genflow.tasks.common import load_model_from_checkpoint
+from genflow.validation import EVAL_SPLITS
 
 
 @dataclass
@@ -42,8 +43,10 @@ class Run:
     def data(self, split: str = "test", root: str | Path | None = None) -> Tensor:
         """A split of the run's dataset as evaluation scores it, on the run's device;
         ``root`` if the data moved since training."""
-        if split not in ("train", "val", "test"):
-            raise GenflowError(f"split={split} is not a split; valid splits: train, val, test")
+        if split not in EVAL_SPLITS:
+            raise GenflowError(
+                f"split={split} is not a split; valid splits: {', '.join(EVAL_SPLITS)}"
+            )
         dataset_cfg = self.config.dataset.copy()
         if root is not None:
             dataset_cfg.root = str(root)

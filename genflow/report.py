@@ -16,7 +16,6 @@ import glob
 import json
 import math
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,26 +115,13 @@ def _minutes(run: RunDir) -> float | None:
 
 
 def _status(run: RunDir, row: RunRow) -> str:
-    lock = run.path / ".lock"
-    if lock.is_file():
-        host, _, pid = lock.read_text().strip().partition(" ")
-        if host != socket.gethostname() or (pid.isdigit() and _alive(int(pid))):
-            return "running"
+    if run.in_use():
+        return "running"
     if row.test:
         return "finished"
     if row.steps is not None or run.last_checkpoints():
         return "stopped"
     return "failed"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 PAPER_COLUMNS = ("preset", "run", "status", "steps", "minutes", "published", "ours", "gap")

@@ -78,7 +78,7 @@ class RunDir:
         The lock is released on exit; one left by a process that died on this machine is
         stale and taken over."""
         self.path.mkdir(parents=True, exist_ok=True)
-        lock = self.path / ".lock"
+        lock = self.lock_file
         me = f"{socket.gethostname()} {os.getpid()}"
         while True:
             try:
@@ -102,6 +102,15 @@ class RunDir:
         finally:
             if lock.exists() and lock.read_text().strip() == me:
                 lock.unlink()
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / ".lock"
+
+    def in_use(self) -> bool:
+        """A process holds the lock: a live one here, or one on another machine."""
+        holder = self.lock_file.read_text().strip() if self.lock_file.is_file() else ""
+        return bool(holder) and not _is_dead(holder)
 
     def holds_run(self) -> bool:
         """A run was trained here: a checkpoint or training records exist."""

@@ -21,9 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from genflow.data.batches import EpochBatches
 from genflow.data.datasets import DataSplits
-from genflow.engine.checkpoint import (
-    remove_stale_temporaries,
-)
+from genflow.engine.checkpoint import remove_stale_temporaries
 from genflow.engine.distributed import (
     DistContext,
     broadcast_module,
