@@ -15,6 +15,7 @@ from genflow.bijections.conv1x1 import InvertibleConv1x1
 from genflow.bijections.coupling import (
     AdditiveCoupling,
     ChannelCoupling,
+    CheckerboardCoupling,
     alternating_mask,
     channel_mask,
     checkerboard_mask,
@@ -71,6 +72,11 @@ CASES = {
         (2, 4, 4),
         "normal",
     ),
+    "coupling_checkerboard_gathered": (
+        lambda: CheckerboardCoupling(2, ResNet(3, 4, hidden_channels=8, num_blocks=1), parity=1),
+        (2, 3, 4),
+        "normal",
+    ),
     "coupling_channel": (lambda: _image_coupling(channel_mask(4, 2, 2, 0)), (4, 2, 2), "normal"),
     "factor_out": (
         lambda: FactorOut(AffineCoupling(alternating_mask(2), MLP(2, 4, 8, 1)).float(), split=1),
@@ -84,6 +90,11 @@ CASES = {
     ),
     "realnvp_vector": (lambda: vector_flow(4, 4, 16, 2, 0.0), (4,), "normal"),
     "realnvp_multiscale": (lambda: multiscale_flow((1, 4, 4), 2, 8, 1, 0.0), (1, 4, 4), "normal"),
+    "realnvp_multiscale_gathered": (
+        lambda: multiscale_flow((1, 4, 4), 2, 8, 1, 0.0, checkerboard="gathered"),
+        (1, 4, 4),
+        "normal",
+    ),
     "additive_coupling": (
         lambda: AdditiveCoupling(alternating_mask(5), MLP(5, 5, 16, 2)),
         (5,),
@@ -192,6 +203,34 @@ def test_coupling_starts_as_identity():
     y, logdet = layer(x)
     torch.testing.assert_close(y, x)
     torch.testing.assert_close(logdet, torch.zeros(2))
+
+
+@pytest.mark.parametrize("parity", [0, 1])
+def test_gathered_checkerboard_keeps_the_mask_pixels_and_moves_the_others(parity):
+    """The gathered coupling is a checkerboard coupling: the pixels that checkerboard_mask
+    marks pass unchanged, each other pixel is scaled by itself alone and shifted by the fixed
+    pixels (a triangular Jacobian with a diagonal moved block)."""
+    torch.manual_seed(0)
+    net = ResNet(3, 4, hidden_channels=8, num_blocks=1)
+    layer = _perturbed(CheckerboardCoupling(2, net, parity).double())
+    x = torch.randn(1, 2, 4, 6, dtype=torch.float64)
+    fixed = checkerboard_mask(2, 4, 6, parity).reshape(-1).bool()
+    jacobian = torch.autograd.functional.jacobian(
+        lambda v: layer(v.view_as(x))[0].reshape(-1), x.reshape(-1)
+    )
+    eye = torch.eye(len(fixed), dtype=torch.float64)
+    torch.testing.assert_close(jacobian[fixed], eye[fixed])
+    moved_block = jacobian[~fixed][:, ~fixed]
+    torch.testing.assert_close(moved_block, torch.diag(torch.diagonal(moved_block)))
+    assert (jacobian[~fixed][:, fixed] != 0).any()
+
+
+def test_gathered_checkerboard_halves_the_conditioner_input():
+    seen = []
+    net = ResNet(2, 2, hidden_channels=4, num_blocks=1)
+    net.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    CheckerboardCoupling(1, net)(torch.randn(2, 1, 8, 8))
+    assert seen == [torch.Size([2, 2, 8, 4])]
 
 
 def test_masks_partition_the_input():

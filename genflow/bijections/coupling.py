@@ -17,7 +17,9 @@ class AffineCoupling(Bijection):
     The log-scale is ``scale * tanh(raw)``, a bounded and learnably widened parameterisation
     that keeps early training stable (the network's last layer starts at zero, so the
     layer starts as the identity). With ``append_mask`` an image conditioner also sees the
-    mask as an extra input channel, so it knows which pixels it is predicting.
+    mask as an extra input channel, so it knows which pixels it is predicting. A ``context``
+    (a conditional coupling, as in variational dequantization) is concatenated to the
+    conditioner's input along dimension 1.
     References: Dinh et al., 2017, arXiv:1605.08803 (section 3.3-3.4).
     """
 
@@ -33,25 +35,30 @@ class AffineCoupling(Bijection):
 
     has_scale = True
 
-    def _condition(self, x_fixed: Tensor) -> Tensor:
-        h = x_fixed
+    def _condition(self, x_fixed: Tensor, context: Tensor | None = None) -> Tensor:
+        parts = [x_fixed]
         if self.append_mask:
-            board = self.mask[:1].to(h.dtype).expand(h.shape[0], 1, *h.shape[2:])
-            h = torch.cat([h, board], dim=1)
-        return self.conditioner(h)
+            parts.append(
+                self.mask[:1].to(x_fixed.dtype).expand(len(x_fixed), 1, *x_fixed.shape[2:])
+            )
+        if context is not None:
+            parts.append(context.to(x_fixed.dtype))
+        return self.conditioner(torch.cat(parts, dim=1) if len(parts) > 1 else x_fixed)
 
-    def _shift_and_log_scale(self, x_fixed: Tensor) -> tuple[Tensor, Tensor]:
-        raw_log_scale, shift = self._condition(x_fixed).chunk(2, dim=1)
+    def _shift_and_log_scale(
+        self, x_fixed: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        raw_log_scale, shift = self._condition(x_fixed, context).chunk(2, dim=1)
         free = 1.0 - self.mask
         return shift * free, self.scale * torch.tanh(raw_log_scale) * free
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        shift, log_scale = self._shift_and_log_scale(x * self.mask)
+        shift, log_scale = self._shift_and_log_scale(x * self.mask, context)
         y = x * torch.exp(log_scale) + shift
         return y, sum_except_batch(log_scale)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        shift, log_scale = self._shift_and_log_scale(y * self.mask)
+        shift, log_scale = self._shift_and_log_scale(y * self.mask, context)
         x = (y - shift) * torch.exp(-log_scale)
         return x, -sum_except_batch(log_scale)
 
@@ -65,9 +72,73 @@ class AdditiveCoupling(AffineCoupling):
 
     has_scale = False
 
-    def _shift_and_log_scale(self, x_fixed: Tensor) -> tuple[Tensor, Tensor]:
-        shift = self._condition(x_fixed) * (1.0 - self.mask)
+    def _shift_and_log_scale(
+        self, x_fixed: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        shift = self._condition(x_fixed, context) * (1.0 - self.mask)
         return shift, torch.zeros_like(shift)
+
+
+class CheckerboardCoupling(Bijection):
+    """Data -> noise on (B, C, H, W) with W even: RealNVP's checkerboard coupling, with the
+    conditioner run on the fixed half's pixels only.
+
+    Each row's pixels pair up as (2k, 2k + 1); the fixed one of a pair is the one where
+    (i + j + parity) is even, as in ``checkerboard_mask``. The two halves are gathered into
+    (B, C, H, W/2) images, so the conditioner does half the work of a masked coupling, whose
+    network runs on every pixel of a half-zeroed image. The conditioner also sees a channel
+    that is 1 on the rows whose fixed pixel is the left one of its pair, since the gathered
+    layout alone does not tell. The scale is ``scale * tanh(raw)`` per channel, zero-initialised
+    nets start as the identity, and a conditioner of (C + 1) -> 2C channels has the parameters
+    of the masked coupling's.
+    """
+
+    def __init__(self, channels: int, conditioner: nn.Module, parity: int = 0):
+        super().__init__()
+        self.parity = int(parity) % 2
+        self.conditioner = conditioner
+        self.scale = nn.Parameter(torch.ones(channels, 1, 1))
+
+    def _left_fixed(self, x: Tensor) -> Tensor:
+        """(H, 1) bool: rows whose fixed pixel is the left one of each pair (j even)."""
+        rows = torch.arange(x.shape[2], device=x.device).view(-1, 1)
+        return (rows + self.parity) % 2 == 0
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, c, h, w = x.shape
+        if w % 2:
+            raise ValueError(f"checkerboard coupling needs an even width, got {w}")
+        pairs = x.reshape(b, c, h, w // 2, 2)
+        left, right = pairs[..., 0], pairs[..., 1]
+        left_fixed = self._left_fixed(x)
+        return (
+            torch.where(left_fixed, left, right),
+            torch.where(left_fixed, right, left),
+            left_fixed,
+        )
+
+    @staticmethod
+    def _join(fixed: Tensor, moved: Tensor, left_fixed: Tensor) -> Tensor:
+        left = torch.where(left_fixed, fixed, moved)
+        right = torch.where(left_fixed, moved, fixed)
+        return torch.stack((left, right), dim=-1).flatten(-2)
+
+    def _shift_and_log_scale(self, fixed: Tensor, left_fixed: Tensor) -> tuple[Tensor, Tensor]:
+        rows = left_fixed.to(fixed.dtype).expand(fixed.shape[0], 1, *fixed.shape[2:])
+        raw_log_scale, shift = self.conditioner(torch.cat([fixed, rows], dim=1)).chunk(2, dim=1)
+        return shift, self.scale * torch.tanh(raw_log_scale)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        fixed, moved, left_fixed = self._split(x)
+        shift, log_scale = self._shift_and_log_scale(fixed, left_fixed)
+        moved = moved * torch.exp(log_scale) + shift
+        return self._join(fixed, moved, left_fixed), sum_except_batch(log_scale)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        fixed, moved, left_fixed = self._split(y)
+        shift, log_scale = self._shift_and_log_scale(fixed, left_fixed)
+        moved = (moved - shift) * torch.exp(-log_scale)
+        return self._join(fixed, moved, left_fixed), -sum_except_batch(log_scale)
 
 
 COUPLING_SCALES = ("sigmoid", "exp", "additive")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from genflow.bijections.base import Bijection, Compose, Inverted
 from genflow.bijections.coupling import (
     AffineCoupling,
+    CheckerboardCoupling,
     alternating_mask,
     channel_mask,
     checkerboard_mask,
@@ -33,9 +34,31 @@ def vector_flow(
     return Compose(layers)
 
 
+CHECKERBOARDS = ("gathered", "masked")
+
+
 def _image_coupling(mask, channels: int, hidden_channels: int, num_blocks: int, dropout: float):
     conditioner = ResNet(channels + 1, 2 * channels, hidden_channels, num_blocks, dropout)
     return AffineCoupling(mask, conditioner, append_mask=True)
+
+
+def _checkerboard_coupling(
+    shape: tuple[int, int, int],
+    parity: int,
+    checkerboard: str,
+    hidden_channels: int,
+    num_blocks: int,
+    dropout: float,
+) -> Bijection:
+    """``gathered`` runs the conditioner on the fixed half only (an even width is needed;
+    odd widths fall back to ``masked``, which runs it on the whole half-zeroed image)."""
+    c, h, w = shape
+    if checkerboard == "gathered" and w % 2 == 0:
+        conditioner = ResNet(c + 1, 2 * c, hidden_channels, num_blocks, dropout)
+        return CheckerboardCoupling(c, conditioner, parity)
+    return _image_coupling(
+        checkerboard_mask(c, h, w, parity), c, hidden_channels, num_blocks, dropout
+    )
 
 
 def multiscale_flow(
@@ -46,27 +69,35 @@ def multiscale_flow(
     dropout: float,
     couplings_per_scale: int = 3,
     final_couplings: int = 4,
+    checkerboard: str = "masked",
 ) -> Bijection:
     """One scale: checkerboard couplings, squeeze, channel couplings, factor out half, recurse.
 
     The last scale is ``final_couplings`` checkerboard couplings. The result maps an image
     to a latent of the same shape, so the base distribution and sampling stay simple.
+    ``checkerboard`` is ``gathered`` (the conditioner sees the fixed half only, half the
+    work) or ``masked`` (the conditioner runs on the whole half-zeroed image, as in the paper).
     """
+    if checkerboard not in CHECKERBOARDS:
+        raise ValueError(
+            f"unknown checkerboard '{checkerboard}'; valid: {', '.join(CHECKERBOARDS)}"
+        )
     c, h, w = shape
 
-    def coupling(mask, channels):
-        return _image_coupling(mask, channels, hidden_channels, num_blocks, dropout)
+    def board(parity, size):
+        return _checkerboard_coupling(
+            size, parity, checkerboard, hidden_channels, num_blocks, dropout
+        )
 
     if num_scales <= 1 or h % 2 or w % 2:
-        return Compose(
-            coupling(checkerboard_mask(c, h, w, i % 2), c) for i in range(final_couplings)
-        )
-    layers: list[Bijection] = [
-        coupling(checkerboard_mask(c, h, w, i % 2), c) for i in range(couplings_per_scale)
-    ]
+        return Compose(board(i % 2, shape) for i in range(final_couplings))
+    layers: list[Bijection] = [board(i % 2, shape) for i in range(couplings_per_scale)]
     layers.append(Squeeze())
     c2, h2, w2 = 4 * c, h // 2, w // 2
-    layers += [coupling(channel_mask(c2, h2, w2, i % 2), c2) for i in range(couplings_per_scale)]
+    layers += [
+        _image_coupling(channel_mask(c2, h2, w2, i % 2), c2, hidden_channels, num_blocks, dropout)
+        for i in range(couplings_per_scale)
+    ]
     inner = multiscale_flow(
         (c2 - c2 // 2, h2, w2),
         num_scales - 1,
@@ -75,6 +106,7 @@ def multiscale_flow(
         dropout,
         couplings_per_scale,
         final_couplings,
+        checkerboard,
     )
     layers.append(FactorOut(inner, split=c2 // 2))
     layers.append(Inverted(Squeeze()))
@@ -98,6 +130,10 @@ class RealNVP(FlowModel):
         hidden_features: int = 256,
         hidden_layers: int = 2,
         dropout: float = 0.0,
+        checkerboard: str = "masked",
+        dequantization: str = "uniform",
+        dequantizer_hidden: int = 32,
+        dequantizer_couplings: int = 4,
     ):
         event_shape = tuple(event_shape)
         if len(event_shape) == 3:
@@ -109,6 +145,7 @@ class RealNVP(FlowModel):
                 dropout,
                 couplings_per_scale,
                 final_couplings,
+                checkerboard,
             )
         elif len(event_shape) == 1:
             flow = vector_flow(event_shape[0], num_layers, hidden_features, hidden_layers, dropout)
@@ -116,4 +153,12 @@ class RealNVP(FlowModel):
             raise ValueError(
                 f"RealNVP takes vectors (D,) or images (C, H, W); got event shape {event_shape}"
             )
-        super().__init__(flow, event_shape, levels, logit_alpha)
+        super().__init__(
+            flow,
+            event_shape,
+            levels,
+            logit_alpha,
+            dequantization=dequantization,
+            dequantizer_hidden=dequantizer_hidden,
+            dequantizer_couplings=dequantizer_couplings,
+        )
