@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from genflow.bijections.base import Bijection
 from genflow.bijections.logit import Logit
+from genflow.distributions.dequantization import make_dequantizer
 from genflow.distributions.normal import StandardNormal
 from genflow.models.base import GenerativeModel
 
@@ -18,7 +19,9 @@ class FlowModel(GenerativeModel):
 
     For discrete data with ``levels`` values per dimension, uniform dequantization gives
     x_c = (x + u) / levels with u ~ U[0, 1)^D, and log p(x) >= E_u[log p_c(x_c)] - D log(levels)
-    (Theis et al., 2016, arXiv:1511.01844). The scaling to [0, 1) and the logit's log-det are
+    (Theis et al., 2016, arXiv:1511.01844). ``dequantization="variational"`` draws u from a
+    learned q(u | x) instead and subtracts log q(u | x) (Ho et al., 2019; see
+    genflow/distributions/dequantization.py). The scaling to [0, 1) and the logit's log-det are
     counted, so ``nll`` and ``bpd`` are for the discrete data itself. For continuous data
     (``levels=None``) the flow models the values directly.
     """
@@ -32,9 +35,15 @@ class FlowModel(GenerativeModel):
         levels: int | None = None,
         logit_alpha: float | None = 0.05,
         base: nn.Module | None = None,
+        dequantization: str = "uniform",
+        dequantizer_hidden: int = 32,
+        dequantizer_couplings: int = 4,
     ):
         super().__init__(event_shape, levels)
         self.flow = flow
+        self.dequantizer = make_dequantizer(
+            dequantization, self.event_shape, self.levels, dequantizer_hidden, dequantizer_couplings
+        )
         self.logit = Logit(logit_alpha) if (logit_alpha is not None and self.levels) else None
         self.base = base if base is not None else StandardNormal(self.event_shape)
 
@@ -46,7 +55,14 @@ class FlowModel(GenerativeModel):
         y = x.to(self._float_dtype())
         logdet = y.new_zeros(y.shape[0])
         if self.levels:
-            y = (y + (torch.rand_like(y) if noise else 0.5)) / self.levels
+            if not noise:
+                u = 0.5
+            elif self.dequantizer is not None:
+                u, log_q = self.dequantizer(y)
+                logdet = logdet - log_q
+            else:
+                u = torch.rand_like(y)
+            y = (y + u) / self.levels
             logdet = logdet - self.num_dims * math.log(self.levels)
         if self.logit is not None:
             y, ld = self.logit(y)

@@ -78,6 +78,9 @@ class Glow(FlowModel):
         hidden_channels: int = 128,
         additive: bool = False,
         dropout: float = 0.0,
+        dequantization: str = "uniform",
+        dequantizer_hidden: int = 32,
+        dequantizer_couplings: int = 4,
     ):
         event_shape = tuple(event_shape)
         if len(event_shape) != 3:
@@ -87,4 +90,12 @@ class Glow(FlowModel):
         flow = glow_flow(
             event_shape, num_levels, steps_per_level, hidden_channels, additive, dropout
         )
-        super().__init__(flow, event_shape, levels, logit_alpha)
+        super().__init__(
+            flow,
+            event_shape,
+            levels,
+            logit_alpha,
+            dequantization=dequantization,
+            dequantizer_hidden=dequantizer_hidden,
+            dequantizer_couplings=dequantizer_couplings,
+        )

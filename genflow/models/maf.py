@@ -45,6 +45,9 @@ class MAF(FlowModel):
         batch_norm: bool = False,
         seed: int = 0,
         scale: str = "softclamp",
+        dequantization: str = "uniform",
+        dequantizer_hidden: int = 32,
+        dequantizer_couplings: int = 4,
     ):
         if permutation not in PERMUTATIONS:
             raise ValueError(
@@ -67,4 +70,12 @@ class MAF(FlowModel):
                     else Permutation.random(features, seed + i)
                 )
         layers.append(Inverted(Flatten(event_shape)))
-        super().__init__(Compose(layers), event_shape, levels, logit_alpha)
+        super().__init__(
+            Compose(layers),
+            event_shape,
+            levels,
+            logit_alpha,
+            dequantization=dequantization,
+            dequantizer_hidden=dequantizer_hidden,
+            dequantizer_couplings=dequantizer_couplings,
+        )

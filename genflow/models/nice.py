@@ -28,6 +28,9 @@ class NICE(FlowModel):
         hidden_features: int = 512,
         hidden_layers: int = 4,
         dropout: float = 0.0,
+        dequantization: str = "uniform",
+        dequantizer_hidden: int = 32,
+        dequantizer_couplings: int = 4,
     ):
         event_shape = tuple(event_shape)
         features = math.prod(event_shape)
@@ -46,4 +49,12 @@ class NICE(FlowModel):
                 Inverted(Flatten(event_shape)),
             ]
         )
-        super().__init__(flow, event_shape, levels, logit_alpha)
+        super().__init__(
+            flow,
+            event_shape,
+            levels,
+            logit_alpha,
+            dequantization=dequantization,
+            dequantizer_hidden=dequantizer_hidden,
+            dequantizer_couplings=dequantizer_couplings,
+        )
