@@ -22,11 +22,11 @@ def _perturbed(module):
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in module.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+            p.add_(0.1 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
     return module
 
 
-@pytest.mark.parametrize("shape", [(1, 4, 4), (5,)])
+@pytest.mark.parametrize("shape", [(1, 4, 4), (2, 3, 3), (5,)])
 def test_log_q_is_the_density_of_the_drawn_noise(shape):
     """Invert u -> eps by hand (logit, then the couplings backwards) and recompute log q(u | x)
     as log N(eps) + log |d eps / d u| with the autograd Jacobian."""

@@ -90,7 +90,8 @@ class CheckerboardCoupling(Bijection):
     that is 1 on the rows whose fixed pixel is the left one of its pair, since the gathered
     layout alone does not tell. The scale is ``scale * tanh(raw)`` per channel, zero-initialised
     nets start as the identity, and a conditioner of (C + 1) -> 2C channels has the parameters
-    of the masked coupling's.
+    of the masked coupling's. An image ``context`` of (B, K, H, W) is gathered the same way and
+    both of its halves join the conditioner's input (C + 1 + 2K channels).
     """
 
     def __init__(self, channels: int, conditioner: nn.Module, parity: int = 0):
@@ -123,20 +124,25 @@ class CheckerboardCoupling(Bijection):
         right = torch.where(left_fixed, moved, fixed)
         return torch.stack((left, right), dim=-1).flatten(-2)
 
-    def _shift_and_log_scale(self, fixed: Tensor, left_fixed: Tensor) -> tuple[Tensor, Tensor]:
-        rows = left_fixed.to(fixed.dtype).expand(fixed.shape[0], 1, *fixed.shape[2:])
-        raw_log_scale, shift = self.conditioner(torch.cat([fixed, rows], dim=1)).chunk(2, dim=1)
+    def _shift_and_log_scale(
+        self, fixed: Tensor, left_fixed: Tensor, context: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        parts = [fixed, left_fixed.to(fixed.dtype).expand(fixed.shape[0], 1, *fixed.shape[2:])]
+        if context is not None:
+            # an image-shaped context is gathered like the input: both of its halves
+            parts += list(self._split(context.to(fixed.dtype))[:2])
+        raw_log_scale, shift = self.conditioner(torch.cat(parts, dim=1)).chunk(2, dim=1)
         return shift, self.scale * torch.tanh(raw_log_scale)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         fixed, moved, left_fixed = self._split(x)
-        shift, log_scale = self._shift_and_log_scale(fixed, left_fixed)
+        shift, log_scale = self._shift_and_log_scale(fixed, left_fixed, context)
         moved = moved * torch.exp(log_scale) + shift
         return self._join(fixed, moved, left_fixed), sum_except_batch(log_scale)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         fixed, moved, left_fixed = self._split(y)
-        shift, log_scale = self._shift_and_log_scale(fixed, left_fixed)
+        shift, log_scale = self._shift_and_log_scale(fixed, left_fixed, context)
         moved = (moved - shift) * torch.exp(-log_scale)
         return self._join(fixed, moved, left_fixed), -sum_except_batch(log_scale)
 

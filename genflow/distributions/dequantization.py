@@ -19,7 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genflow.bijections.coupling import AffineCoupling, alternating_mask, checkerboard_mask
+from genflow.bijections.coupling import (
+    AffineCoupling,
+    CheckerboardCoupling,
+    alternating_mask,
+    checkerboard_mask,
+)
 from genflow.nn.mlp import MLP
 from genflow.nn.resnet import ResNet
 from genflow.numeric import sum_except_batch
@@ -31,7 +36,8 @@ class VariationalDequantizer(nn.Module):
     """q(u | x) on (0, 1)^D: u = sigmoid(f(eps; x)) with eps ~ N(0, I) and f a stack of affine
     couplings whose conditioners also see x (scaled to [-0.5, 0.5]).
 
-    Images (C, H, W) use checkerboard couplings with small ResNet conditioners, anything
+    Images (C, H, W) use checkerboard couplings with small ResNet conditioners (gathered, on
+    the fixed half of the pixels, where the width is even), anything
     else alternating-mask couplings on the flattened values with MLP conditioners. The
     couplings start as the identity, so q starts as the logistic-normal sigmoid(N(0, I)).
     ``forward(x)`` draws u for a batch of integer data and returns it with log q(u | x).
@@ -50,8 +56,12 @@ class VariationalDequantizer(nn.Module):
         for i in range(couplings):
             if self.image:
                 c, h, w = self.event_shape
-                net = ResNet(2 * c + 1, 2 * c, hidden, num_blocks=1)
-                layers.append(AffineCoupling(checkerboard_mask(c, h, w, i % 2), net, True))
+                if w % 2 == 0:  # the conditioner runs on the fixed half only
+                    net = ResNet(3 * c + 1, 2 * c, hidden, num_blocks=1)
+                    layers.append(CheckerboardCoupling(c, net, i % 2))
+                else:
+                    net = ResNet(2 * c + 1, 2 * c, hidden, num_blocks=1)
+                    layers.append(AffineCoupling(checkerboard_mask(c, h, w, i % 2), net, True))
             else:
                 d = math.prod(self.event_shape)
                 layers.append(AffineCoupling(alternating_mask(d, i % 2), MLP(2 * d, 2 * d, hidden)))
