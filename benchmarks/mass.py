@@ -10,7 +10,8 @@ A flow on dequantized data models a density on R^D; an image is a bin of the dat
 looser than it could be. For each flow this trains the default config (`genflow train
 model=X dataset=Y`, in a fresh process, under a temporary folder), then draws ``--samples``
 samples from the best checkpoint and reports the share whose continuous value (before the
-floor to levels) is inside the box, with the run's test NLL, bpd and worst-example bpd.
+floor to levels) is inside the box, with the run's test NLL, bpd, and the median and worst
+per-example bpd.
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ def measure(run_dir: Path, samples: int) -> dict:
     return {
         "model": ckpt["config"]["model"]["_target_"].rsplit(".", 1)[-1],
         "alpha": ckpt["config"]["model"].get("logit_alpha"),
+        "dequantization": ckpt["config"]["model"].get("dequantization", "uniform"),
         "step": summary["step"],
         "nll": summary["nll"],
         "bpd": summary["bpd"],
+        "bpd_median": summary.get("bpd_median", float("nan")),
         "bpd_max": summary.get("bpd_max", float("nan")),
         "box_mass": model.data_box_mass(samples),
     }
@@ -91,14 +94,18 @@ def main() -> None:
         for run_dir in runs:
             rows.append(measure(run_dir, args.samples))
     print(f"dataset {args.dataset}, overrides: {' '.join(args.set) or '(defaults)'}")
-    header = f"{'model':8} {'alpha':>8} {'step':>6} {'test nll':>9} {'bpd':>7} {'worst bpd':>10} {'in box':>7}"
+    header = (
+        f"{'model':8} {'alpha':>8} {'dequant':>11} {'step':>6} {'test nll':>9} {'bpd':>7} "
+        f"{'median':>7} {'worst bpd':>10} {'in box':>7}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         alpha = "none" if r["alpha"] is None else f"{r['alpha']:g}"
         print(
-            f"{r['model']:8} {alpha:>8} {r['step']:>6} {r['nll']:>9.2f} {r['bpd']:>7.3f} "
-            f"{r['bpd_max']:>10.2f} {100 * r['box_mass']:>6.1f}%"
+            f"{r['model']:8} {alpha:>8} {r['dequantization']:>11} {r['step']:>6} {r['nll']:>9.2f} "
+            f"{r['bpd']:>7.3f} {r['bpd_median']:>7.3f} {r['bpd_max']:>10.2f} "
+            f"{100 * r['box_mass']:>6.1f}%"
         )
 
 

@@ -10,9 +10,10 @@ library's own implementation of the same architecture (benchmarks/baselines.py),
 the parameter counts agree within 2%, and trains every side in one process:
 
 - the same data order (batch i of EpochBatches(seed 0) at step i), batch, optimizer (Adam,
-  constant learning rate ``--lr``, no clipping), step budget, and the same dequantization
-  noise (the RNG is seeded per step before each side's forward) through the same logit with
-  genflow's ``model.logit_alpha``;
+  constant learning rate ``--lr``, no clipping), step budget, and the same uniform
+  dequantization noise (the RNG is seeded per step before each side's forward; genflow's
+  ``model.dequantization=variational``, which the peers lack, is off) through the same logit
+  with genflow's ``model.logit_alpha``;
 - in ``--rounds`` alternating rounds of steps/rounds steps each, so a drift in the machine's
   speed hits every side alike; steps/s is total steps over total time, after ``--warmup``
   untimed steps (where torch.compile compiles) from which every side is reset to its start;
@@ -47,14 +48,16 @@ ARCHITECTURES = {
         "model.hidden_features=1024",
         "model.hidden_layers=1",
         "model.batch_norm=false",
+        "model.dequantization=uniform",
     ],
     "glow": [
         "model.num_levels=2",
         "model.steps_per_level=8",
         "model.hidden_channels=64",
         "model.dropout=0",
+        "model.dequantization=uniform",
     ],
-    "realnvp": ["model.num_scales=2", "model.dropout=0"],
+    "realnvp": ["model.num_scales=2", "model.dropout=0", "model.dequantization=uniform"],
 }
 
 

@@ -40,11 +40,12 @@ STEPS = {"digits": 30, "mnist": 10}
 # normflows' MaskedAffineAutoregressive evaluates log-prob in its sequential direction (one
 # MADE pass per dimension): beyond this many dimensions it takes minutes and gigabytes a step
 SEQUENTIAL_LIMIT = 256
-# the baselines have no dropout and no batch norm: genflow's side matches them
+# the baselines have no dropout, no batch norm and uniform dequantization: genflow's side
+# matches them
 COMPARABLE = {
-    "glow": ["model.dropout=0"],
-    "realnvp": ["model.dropout=0"],
-    "maf": ["model.batch_norm=false"],
+    "glow": ["model.dropout=0", "model.dequantization=uniform"],
+    "realnvp": ["model.dropout=0", "model.dequantization=uniform"],
+    "maf": ["model.batch_norm=false", "model.dequantization=uniform"],
 }
 
 

@@ -149,6 +149,28 @@ def test_maf_config_defaults_to_sigmoid_and_old_checkpoints_keep_softclamp():
     assert {layer.scale for layer in _affine_layers(build_model(old))} == {"softclamp"}
 
 
+@pytest.mark.parametrize("model_name", ["realnvp", "nice", "maf", "glow"])
+def test_flow_configs_default_to_variational_dequantization_old_checkpoints_keep_uniform(
+    model_name,
+):
+    """New runs draw their noise from a learned q(u | x); a config stored before the option
+    existed rebuilds the uniform-noise model (no dequantizer) it was trained with, and an old
+    RealNVP its masked checkerboard couplings."""
+    from genflow.bijections.coupling import CheckerboardCoupling
+
+    cfg = _compose("train", [f"model={model_name}", *SMALL[model_name]])
+    assert build_model(cfg.model).dequantizer is not None
+    old = OmegaConf.to_container(cfg.model, resolve=True)
+    for key in ("dequantization", "dequantizer_hidden", "dequantizer_couplings", "checkerboard"):
+        old.pop(key, None)
+    rebuilt = build_model(old)
+    assert rebuilt.dequantizer is None
+    gathered = [m for m in rebuilt.modules() if isinstance(m, CheckerboardCoupling)]
+    assert not gathered
+    if model_name == "realnvp":
+        assert any(isinstance(m, CheckerboardCoupling) for m in build_model(cfg.model).modules())
+
+
 def _affine_layers(model):
     from genflow.bijections.autoregressive import MaskedAffineAutoregressive
 

@@ -109,8 +109,9 @@ def test_every_flow_trains_with_variational_dequantization(model_name):
     torch.testing.assert_close(model.encode(x), model.encode(x))  # bin centres, no noise
 
 
-def test_unknown_or_continuous_dequantization_is_refused():
+def test_unknown_dequantization_is_refused_and_continuous_data_has_none():
     with pytest.raises(ValueError, match="unknown dequantization 'learned'"):
         make_dequantizer("learned", (4,), 17)
-    with pytest.raises(ValueError, match="needs discrete data"):
-        make_dequantizer("variational", (4,), None)
+    assert make_dequantizer("variational", (2,), None) is None
+    model = build_model(compose_config(["model=realnvp", "dataset=moons"]).model)
+    assert model.dequantizer is None and model.levels is None

@@ -88,11 +88,13 @@ def make_dequantizer(
     hidden: int = 32,
     couplings: int = 4,
 ) -> VariationalDequantizer | None:
-    """``uniform`` -> None (the flow draws U[0, 1) noise itself); ``variational`` -> q(u | x)."""
+    """``uniform`` -> None (the flow draws U[0, 1) noise itself); ``variational`` -> q(u | x).
+
+    Continuous data (``levels`` None: the 2-D toys) is not dequantized at all, so either kind
+    gives None there.
+    """
     if kind not in DEQUANTIZATIONS:
         raise ValueError(f"unknown dequantization '{kind}'; valid: {', '.join(DEQUANTIZATIONS)}")
-    if kind == "uniform":
+    if kind == "uniform" or not levels:
         return None
-    if not levels:
-        raise ValueError("variational dequantization needs discrete data (dataset levels)")
     return VariationalDequantizer(event_shape, levels, hidden, couplings)
