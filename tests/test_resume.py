@@ -208,3 +208,19 @@ def test_a_second_process_cannot_train_in_a_run_directory_in_use(workdir):
     assert second.returncode == 2, second.stderr
     assert f"run directory {run_dir} is in use by process {proc.pid}" in second.stderr
     assert proc.returncode == 128 + signal.SIGTERM and not (run_dir / ".lock").exists()
+
+
+def test_a_resume_with_another_learning_rate_goes_on_at_that_rate(workdir):
+    """optimizer.lr on resume rescales the restored optimizer and schedule (it was silently
+    kept at the old rate), and resume=auto treats optimizer.lr as free, as the NaN-stop
+    message's advice needs."""
+    constant = ["optimizer/scheduler=constant", "optimizer.scheduler.warmup_steps=0"]
+    run_genflow(["train", *TINY, *constant, "trainer.max_steps=10", "trainer.log_every=1"], workdir)
+    [run_dir] = run_dirs(workdir)
+    more = ["trainer.max_steps=14", "trainer.log_every=1", "optimizer.lr=1e-4", "resume=auto"]
+    proc = run_genflow(["train", *TINY, *constant, *more], workdir)
+    assert run_dirs(workdir) == [run_dir]
+    assert "the schedule goes on from 0.0001" in proc.stdout + proc.stderr
+    lrs = {r["step"]: r["lr"] for r in read_records(run_dir) if r["split"] == "train"}
+    assert lrs[10] == pytest.approx(1e-3)
+    assert [lrs[s] for s in range(11, 15)] == pytest.approx([1e-4] * 4)

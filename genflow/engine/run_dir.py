@@ -34,6 +34,7 @@ RESUME_FREE_KEYS = (
     "trainer.log_every",
     "trainer.max_steps",
     "trainer.max_minutes",
+    "optimizer.lr",  # a resume goes on at the new rate (the NaN stop's advice: lower it)
 )
 
 

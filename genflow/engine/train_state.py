@@ -97,10 +97,31 @@ class TrainingCheckpoints:
             else:  # trainer.ema added on resume: the average starts from these weights
                 self.ema.n_averaged.zero_()
         self.state = TrainState(**ckpt["trainer"])
+        self._apply_configured_lr(ckpt, path)
         set_rng_state(ckpt["rng"])
         if self.logger is not None:  # a rollback; on resume, fit drops them
             self.logger.drop_records_after(self.state.step)
         log.info("resumed from %s at step %d", path, self.state.step)
+
+    def _apply_configured_lr(self, ckpt: dict[str, Any], path: Path | str) -> None:
+        """A restored optimizer and scheduler carry the learning rate they were saved with;
+        when ``optimizer.lr`` now differs from the one stored with ``ckpt``, rescale both, so
+        the schedule (and any rollback cuts) go on from the new rate."""
+        stored = (ckpt.get("config") or {}).get("optimizer", {}).get("lr")
+        configured = (self.config or {}).get("optimizer", {}).get("lr")
+        if stored is None or configured is None or float(stored) == float(configured):
+            return
+        ratio = float(configured) / float(stored)
+        self.scheduler.base_lrs = [lr * ratio for lr in self.scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group["lr"] *= ratio
+        log.info(
+            "optimizer.lr is %g where %s was trained with %g: the schedule goes on from %g",
+            configured,
+            path,
+            stored,
+            configured,
+        )
 
     def roll_back_to(self, checkpoints: list[Path], factor: float) -> None:
         """Back to the newest readable of ``checkpoints`` (or, before the first, to the
