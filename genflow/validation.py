@@ -27,7 +27,13 @@ def _integer(value) -> bool:
 def _check(cfg: DictConfig, key: str, ok: Callable[[object], bool], allowed: str) -> None:
     value = OmegaConf.select(cfg, key, default=None)
     if not ok(value):
-        raise GenflowError(f"{key}={value!r} is not valid; {key} must be {allowed}")
+        shown = repr(value)
+        if len(shown) > 60:  # a runaway value would bury the sentence
+            shown = f"{shown[:40]}... ({len(str(value))} characters)"
+        raise GenflowError(f"{key}={shown} is not valid; {key} must be {allowed}")
+
+
+WANDB_NAME_LIMIT = 128
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -113,6 +119,13 @@ def validate_train_config(cfg: DictConfig) -> None:
         _check(cfg, key, ok, allowed)
     if cfg.logger.name == "wandb":
         _check(cfg, "logger.mode", lambda v: v in LOGGER_MODES, f"one of {', '.join(LOGGER_MODES)}")
+        for key in ("logger.run_name", "logger.group", "logger.project"):
+            _check(
+                cfg,
+                key,
+                lambda v: v is None or len(str(v)) <= WANDB_NAME_LIMIT,
+                f"null or at most {WANDB_NAME_LIMIT} characters (what W&B shows and stores)",
+            )
     if cfg.device.type == "ddp":
         _check(cfg, "device.nproc_per_node", *positive_int)
         _check(
@@ -129,6 +142,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         )
         check_n_bits(cfg.dataset)
     _check_sizes(cfg)
+    _check_model_choices(cfg)
     _check_model_fits_data(cfg)
 
 
@@ -140,6 +154,7 @@ SAMPLE_MODES = ("grid", "interpolate")
 POSITIVE_SIZES = (
     "conv_channels",
     "couplings_per_scale",
+    "dequantizer_hidden",
     "first_kernel_size",
     "hidden_channels",
     "hidden_features",
@@ -160,7 +175,7 @@ POSITIVE_SIZES = (
     "skip_channels",
     "steps_per_level",
 )
-NONNEGATIVE_SIZES = ("hidden_layers", "final_couplings", "kl_warmup_steps")
+NONNEGATIVE_SIZES = ("hidden_layers", "final_couplings", "kl_warmup_steps", "dequantizer_couplings")
 DATASET_COUNTS = ("n_train", "n_val", "n_test", "val_size")
 
 
@@ -203,6 +218,29 @@ def validate_sample_config(cfg: DictConfig) -> None:
     _check(cfg, "sample.seed", _integer, "an integer")
     _check(cfg, "sample.temperature", lambda v: _number(v) and v > 0, "a positive number")
     _check_checkpoint(cfg)
+
+
+def _model_choices() -> dict[str, tuple[str, ...]]:
+    from genflow.bijections.autoregressive import AFFINE_SCALES
+    from genflow.distributions.dequantization import DEQUANTIZATIONS
+    from genflow.models.maf import PERMUTATIONS
+    from genflow.models.realnvp import CHECKERBOARDS
+
+    return {
+        "dequantization": DEQUANTIZATIONS,
+        "checkerboard": CHECKERBOARDS,
+        "scale": AFFINE_SCALES,
+        "permutation": PERMUTATIONS,
+    }
+
+
+def _check_model_choices(cfg: DictConfig) -> None:
+    """String options of the model configs, before a run directory exists."""
+    for key, valid in _model_choices().items():
+        if key in cfg.model:
+            _check(
+                cfg, f"model.{key}", lambda v, valid=valid: v in valid, f"one of {', '.join(valid)}"
+            )
 
 
 def _check_checkpoint(cfg: DictConfig) -> None:

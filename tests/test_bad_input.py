@@ -167,6 +167,25 @@ COMMAND_LINE = [
         "logger.mode='onlin' is not valid; logger.mode must be one of offline, online, disabled",
     ),
     (
+        ["train", "logger.run_name=" + "r" * 200],
+        "logger.run_name='rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr... (200 characters) is not valid; "
+        "logger.run_name must be null or at most 128 characters",
+    ),
+    (
+        ["train", "model.dequantizer_hidden=0"],
+        "model.dequantizer_hidden=0 is not valid; model.dequantizer_hidden must be a positive integer",
+    ),
+    (
+        ["train", "model.dequantization=learned"],
+        "model.dequantization='learned' is not valid; model.dequantization must be one of "
+        "uniform, variational",
+    ),
+    (
+        ["train", "model.checkerboard=diagonal"],
+        "model.checkerboard='diagonal' is not valid; model.checkerboard must be one of "
+        "gathered, masked",
+    ),
+    (
         ["train", "trainer.grad_clip=-1"],
         "trainer.grad_clip=-1 is not valid; trainer.grad_clip must be a positive number or null",
     ),
