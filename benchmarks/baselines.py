@@ -64,7 +64,8 @@ def normflows_glow(cfg) -> tuple[Nll, nn.Module]:
     model = nf.MultiscaleFlow(
         q0, flows, merges, transform=nf.transforms.Logit(alpha=_alpha(cfg)), class_cond=False
     )
-    return lambda x: -model.log_prob(_dequantize(x, cfg.dataset.levels)), model
+    # normflows 1.7 takes the class labels positionally, None when not class-conditional
+    return lambda x: -model.log_prob(_dequantize(x, cfg.dataset.levels), None), model
 
 
 def normflows_realnvp(cfg) -> tuple[Nll, nn.Module]:
@@ -102,7 +103,8 @@ def normflows_realnvp(cfg) -> tuple[Nll, nn.Module]:
         transform=nf.transforms.Logit(alpha=_alpha(cfg)),
         class_cond=False,
     )
-    return lambda x: -model.log_prob(_dequantize(x, cfg.dataset.levels)), model
+    # normflows 1.7 takes the class labels positionally, None when not class-conditional
+    return lambda x: -model.log_prob(_dequantize(x, cfg.dataset.levels), None), model
 
 
 def _logit_nll(log_prob: Callable[[Tensor], Tensor], cfg) -> Nll:
