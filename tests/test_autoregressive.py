@@ -6,19 +6,12 @@ import math
 
 import pytest
 import torch
+from conftest import perturbed
 
 from genflow.models.pixelcnn import PixelCNN
 from genflow.models.wavenet import WaveNet
 from genflow.nn.causal_conv import CausalConv1d
 from genflow.nn.masked_conv import MaskedConv2d
-
-
-def _perturbed(model):
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
-    return model
 
 
 def _order_index(shape):
@@ -47,7 +40,7 @@ def _dependency(model_logits, x_scaled_shape, order, make_input):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_pixelcnn_is_causal_in_raster_and_colour_order(channels):
     shape = (channels, 5, 5)
-    model = _perturbed(PixelCNN(shape, levels=4, hidden_channels=12, num_layers=2).double())
+    model = perturbed(PixelCNN(shape, levels=4, hidden_channels=12, num_layers=2).double(), 0.3)
 
     def logits_of_scaled(v):  # the network on a continuous input, to take gradients
         h = model.input(v)
@@ -60,10 +53,11 @@ def test_pixelcnn_is_causal_in_raster_and_colour_order(channels):
 
 def test_wavenet_is_causal():
     torch.manual_seed(0)
-    model = _perturbed(
+    model = perturbed(
         WaveNet(
             (10,), levels=5, residual_channels=8, skip_channels=8, layers_per_block=3, num_blocks=2
-        ).double()
+        ).double(),
+        0.3,
     )
 
     def logits_from_embeddings(e):  # bypass the integer embedding to take gradients
@@ -109,7 +103,7 @@ def test_cached_and_naive_samplers_give_identical_samples(name):
             (2, 4, 3), levels=6, residual_channels=8, skip_channels=8, layers_per_block=3
         ),
     }[name]()
-    model = _perturbed(model).double().eval()
+    model = perturbed(model, 0.3).double().eval()
     torch.manual_seed(7)
     naive = model.sample_naive(6, temperature=0.9)
     torch.manual_seed(7)
@@ -129,7 +123,7 @@ def test_exact_probabilities_sum_to_one(name):
         if name == "pixelcnn"
         else WaveNet((1, 2, 2), levels=3, residual_channels=8, skip_channels=8, layers_per_block=2)
     )
-    model = _perturbed(model).double()
+    model = perturbed(model, 0.3).double()
     images = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 1, 2, 2)
     total = model.log_prob(images).exp().sum()
     torch.testing.assert_close(total, torch.tensor(1.0, dtype=torch.float64))
@@ -190,8 +184,8 @@ def test_discretized_logistic_is_finite_at_the_edges_and_in_the_tails():
 def test_pixelcnnpp_output_sees_only_earlier_pixels():
     from genflow.models.pixelcnnpp import PixelCNNpp
 
-    model = _perturbed(
-        PixelCNNpp((2, 6, 6), levels=4, hidden_channels=6, num_resnet=1, num_resolutions=2)
+    model = perturbed(
+        PixelCNNpp((2, 6, 6), levels=4, hidden_channels=6, num_resnet=1, num_resolutions=2), 0.3
     ).double()
     c, h, w = model.event_shape
     inp = torch.randn(1, c, h, w, dtype=torch.float64, requires_grad=True)
@@ -213,8 +207,8 @@ def test_pixelcnnpp_exact_probabilities_sum_to_one():
     from genflow.models.pixelcnnpp import PixelCNNpp
 
     torch.manual_seed(0)
-    model = _perturbed(
-        PixelCNNpp((1, 2, 2), levels=3, hidden_channels=4, num_resnet=1, num_resolutions=1)
+    model = perturbed(
+        PixelCNNpp((1, 2, 2), levels=3, hidden_channels=4, num_resnet=1, num_resolutions=1), 0.3
     ).double()
     images = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 1, 2, 2)
     torch.testing.assert_close(

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import perturbed
 
 from genflow.bijections import AffineCoupling, Compose, FactorOut, Inverted, Logit, Squeeze
 from genflow.bijections.actnorm import ActNorm
@@ -30,15 +31,6 @@ from genflow.models.realnvp import multiscale_flow, vector_flow
 from genflow.nn import MLP, ResNet
 from genflow.nn.conv_net import ConvNet, zero_conv
 from genflow.nn.made import MADE
-
-
-def _perturbed(module: torch.nn.Module) -> torch.nn.Module:
-    """Zero-initialised last layers make couplings the identity; perturb to test real maps."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
-    return module
 
 
 def _batch_norm_in_eval_mode():
@@ -150,7 +142,7 @@ CASES = {
 def _case(name):
     factory, shape, sampler = CASES[name]
     torch.manual_seed(1)
-    layer = _perturbed(factory().double())
+    layer = perturbed(factory().double(), 0.2)
     batch = 3
     if sampler == "unit":
         x = torch.rand(batch, *shape, dtype=torch.float64) * 0.98 + 0.01
@@ -212,7 +204,7 @@ def test_gathered_checkerboard_keeps_the_mask_pixels_and_moves_the_others(parity
     pixels (a triangular Jacobian with a diagonal moved block)."""
     torch.manual_seed(0)
     net = ResNet(3, 4, hidden_channels=8, num_blocks=1)
-    layer = _perturbed(CheckerboardCoupling(2, net, parity).double())
+    layer = perturbed(CheckerboardCoupling(2, net, parity).double(), 0.2)
     x = torch.randn(1, 2, 4, 6, dtype=torch.float64)
     fixed = checkerboard_mask(2, 4, 6, parity).reshape(-1).bool()
     jacobian = torch.autograd.functional.jacobian(
@@ -254,7 +246,7 @@ def test_logit_rejects_bad_alpha():
 def test_made_is_autoregressive(ordering, hidden_degrees):
     """Output block k of feature i has zero gradient w.r.t. every input at or after i."""
     features = 6
-    made = _perturbed(
+    made = perturbed(
         MADE(
             features,
             24,
@@ -264,7 +256,8 @@ def test_made_is_autoregressive(ordering, hidden_degrees):
             hidden_degrees=hidden_degrees,
             context_features=2,
             seed=4,
-        ).double()
+        ).double(),
+        0.2,
     )
     x = torch.randn(features, dtype=torch.float64)
     context = torch.randn(1, 2, dtype=torch.float64)
@@ -280,7 +273,9 @@ def test_made_is_autoregressive(ordering, hidden_degrees):
 
 def test_maf_sequential_sampler_inverts_its_density_pass():
     torch.manual_seed(0)
-    model = _perturbed(MAF((5,), num_layers=3, hidden_features=16, permutation="random").double())
+    model = perturbed(
+        MAF((5,), num_layers=3, hidden_features=16, permutation="random").double(), 0.2
+    )
     z = torch.randn(4, 5, dtype=torch.float64)
     x, inverse_logdet = model.flow.inverse(z)
     z_again, logdet = model.flow(x)
@@ -305,7 +300,7 @@ def test_actnorm_initialises_from_data_once_and_persists():
 
 
 def test_conv1x1_weight_is_invertible_and_logdet_is_slogdet():
-    layer = _perturbed(InvertibleConv1x1(5).double())
+    layer = perturbed(InvertibleConv1x1(5).double(), 0.2)
     sign, logabsdet = torch.linalg.slogdet(layer.weight())
     assert sign != 0
     torch.testing.assert_close(layer.log_s.sum(), logabsdet)
@@ -314,13 +309,13 @@ def test_conv1x1_weight_is_invertible_and_logdet_is_slogdet():
 def test_sigmoid_affine_layer_never_expands_by_more_than_its_bound():
     """scale=sigmoid: data -> noise multiplies each coordinate's offset by at most 1.001, so
     the log-det of the density pass is at most D log 1.001 even far off the data."""
-    layer = _perturbed(MaskedAffineAutoregressive(MADE(6, 16, 2), scale="sigmoid"))
+    layer = perturbed(MaskedAffineAutoregressive(MADE(6, 16, 2), scale="sigmoid"), 0.2)
     with torch.no_grad():
         layer.made.output.bias.add_(-50.0)  # pushes every raw scale towards expansion
     x = 1000.0 * torch.randn(64, 6)
     _, logdet = layer(x)
     assert (logdet <= 6 * math.log(1.001) + 1e-5).all()
-    softclamp = _perturbed(MaskedAffineAutoregressive(MADE(6, 16, 2)))
+    softclamp = perturbed(MaskedAffineAutoregressive(MADE(6, 16, 2)), 0.2)
     with torch.no_grad():
         softclamp.made.output.bias.add_(-50.0)
     # the soft clamp lets the same push expand each coordinate by up to e^5

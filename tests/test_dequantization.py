@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, perturbed
 from torch.distributions import Normal
 
 from genflow.bijections.base import Compose
@@ -18,20 +18,12 @@ from genflow.models.flow import FlowModel
 from genflow.tasks.common import build_model
 
 
-def _perturbed(module):
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
-    return module
-
-
 @pytest.mark.parametrize("shape", [(1, 4, 4), (2, 3, 3), (5,)])
 def test_log_q_is_the_density_of_the_drawn_noise(shape):
     """Invert u -> eps by hand (logit, then the couplings backwards) and recompute log q(u | x)
     as log N(eps) + log |d eps / d u| with the autograd Jacobian."""
     levels = 5
-    deq = _perturbed(VariationalDequantizer(shape, levels, hidden=8, couplings=3).double())
+    deq = perturbed(VariationalDequantizer(shape, levels, hidden=8, couplings=3).double(), 0.1)
     x = torch.randint(0, levels, (2, *shape)).double()
     torch.manual_seed(3)
     u, log_q = deq(x)

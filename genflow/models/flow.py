@@ -23,7 +23,9 @@ class FlowModel(GenerativeModel):
     learned q(u | x) instead and subtracts log q(u | x) (Ho et al., 2019; see
     genflow/distributions/dequantization.py). The scaling to [0, 1) and the logit's log-det are
     counted, so ``nll`` and ``bpd`` are for the discrete data itself. For continuous data
-    (``levels=None``) the flow models the values directly.
+    (``levels=None``) the flow models the values directly. The families (NICE, RealNVP, MAF,
+    Glow) pass their ``**flow_options`` (``dequantization``, ``dequantizer_hidden``,
+    ``dequantizer_couplings``) through to this constructor.
     """
 
     can_encode = True

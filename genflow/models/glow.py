@@ -6,6 +6,8 @@ Convolutions", arXiv:1807.03039.
 
 from __future__ import annotations
 
+from typing import Any
+
 from genflow.bijections.actnorm import ActNorm
 from genflow.bijections.base import Bijection, Compose, Inverted
 from genflow.bijections.conv1x1 import InvertibleConv1x1
@@ -78,9 +80,7 @@ class Glow(FlowModel):
         hidden_channels: int = 128,
         additive: bool = False,
         dropout: float = 0.0,
-        dequantization: str = "uniform",
-        dequantizer_hidden: int = 32,
-        dequantizer_couplings: int = 4,
+        **flow_options: Any,
     ):
         event_shape = tuple(event_shape)
         if len(event_shape) != 3:
@@ -90,12 +90,4 @@ class Glow(FlowModel):
         flow = glow_flow(
             event_shape, num_levels, steps_per_level, hidden_channels, additive, dropout
         )
-        super().__init__(
-            flow,
-            event_shape,
-            levels,
-            logit_alpha,
-            dequantization=dequantization,
-            dequantizer_hidden=dequantizer_hidden,
-            dequantizer_couplings=dequantizer_couplings,
-        )
+        super().__init__(flow, event_shape, levels, logit_alpha, **flow_options)

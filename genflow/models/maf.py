@@ -7,6 +7,7 @@ arXiv:1705.07057; Germain et al., 2015, arXiv:1502.03509 (MADE).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from genflow.bijections.autoregressive import MaskedAffineAutoregressive
 from genflow.bijections.base import Bijection, Compose, Inverted
@@ -45,9 +46,7 @@ class MAF(FlowModel):
         batch_norm: bool = False,
         seed: int = 0,
         scale: str = "softclamp",
-        dequantization: str = "uniform",
-        dequantizer_hidden: int = 32,
-        dequantizer_couplings: int = 4,
+        **flow_options: Any,
     ):
         if permutation not in PERMUTATIONS:
             raise ValueError(
@@ -70,12 +69,4 @@ class MAF(FlowModel):
                     else Permutation.random(features, seed + i)
                 )
         layers.append(Inverted(Flatten(event_shape)))
-        super().__init__(
-            Compose(layers),
-            event_shape,
-            levels,
-            logit_alpha,
-            dequantization=dequantization,
-            dequantizer_hidden=dequantizer_hidden,
-            dequantizer_couplings=dequantizer_couplings,
-        )
+        super().__init__(Compose(layers), event_shape, levels, logit_alpha, **flow_options)

@@ -7,6 +7,7 @@ arXiv:1410.8516.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from genflow.bijections.base import Compose, Inverted
 from genflow.bijections.coupling import AdditiveCoupling, alternating_mask
@@ -28,9 +29,7 @@ class NICE(FlowModel):
         hidden_features: int = 512,
         hidden_layers: int = 4,
         dropout: float = 0.0,
-        dequantization: str = "uniform",
-        dequantizer_hidden: int = 32,
-        dequantizer_couplings: int = 4,
+        **flow_options: Any,
     ):
         event_shape = tuple(event_shape)
         features = math.prod(event_shape)
@@ -49,12 +48,4 @@ class NICE(FlowModel):
                 Inverted(Flatten(event_shape)),
             ]
         )
-        super().__init__(
-            flow,
-            event_shape,
-            levels,
-            logit_alpha,
-            dequantization=dequantization,
-            dequantizer_hidden=dequantizer_hidden,
-            dequantizer_couplings=dequantizer_couplings,
-        )
+        super().__init__(flow, event_shape, levels, logit_alpha, **flow_options)

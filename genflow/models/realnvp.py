@@ -5,6 +5,8 @@ References: Dinh et al., 2017, "Density estimation using Real NVP", arXiv:1605.0
 
 from __future__ import annotations
 
+from typing import Any
+
 from genflow.bijections.base import Bijection, Compose, Inverted
 from genflow.bijections.coupling import (
     AffineCoupling,
@@ -131,9 +133,7 @@ class RealNVP(FlowModel):
         hidden_layers: int = 2,
         dropout: float = 0.0,
         checkerboard: str = "masked",
-        dequantization: str = "uniform",
-        dequantizer_hidden: int = 32,
-        dequantizer_couplings: int = 4,
+        **flow_options: Any,
     ):
         event_shape = tuple(event_shape)
         if len(event_shape) == 3:
@@ -153,12 +153,4 @@ class RealNVP(FlowModel):
             raise ValueError(
                 f"RealNVP takes vectors (D,) or images (C, H, W); got event shape {event_shape}"
             )
-        super().__init__(
-            flow,
-            event_shape,
-            levels,
-            logit_alpha,
-            dequantization=dequantization,
-            dequantizer_hidden=dequantizer_hidden,
-            dequantizer_couplings=dequantizer_couplings,
-        )
+        super().__init__(flow, event_shape, levels, logit_alpha, **flow_options)
