@@ -152,9 +152,10 @@ def _explain(err: Exception, overrides: list[str], root: Path, command: str = "t
             + f" (to add a new key write +{key}=...)"
         )
     nested = re.search(r"Could not override '([^']+)'\. No match in the defaults list", message)
-    if nested and nested.group(1) == "model/posterior":
+    if nested and nested.group(1) in ("model/posterior", "model/prior"):
         model = value_of(overrides, "model") or "the default model"
-        return f"model/posterior is a part of model=vae; {model} has no posterior (add model=vae)"
+        part = nested.group(1).split("/")[1]
+        return f"model/{part} is a part of model=vae; {model} has no {part} (add model=vae)"
     return message.strip().splitlines()[0]
 
 

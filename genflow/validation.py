@@ -147,10 +147,11 @@ def validate_train_config(cfg: DictConfig) -> None:
 
 
 EVAL_SPLITS = ("train", "val", "test")
+VAE_PARTS = ("posterior", "prior")  # the nested groups model/posterior and model/prior
 SAMPLE_MODES = ("grid", "interpolate")
 
 
-# integer sizes in model (and model.posterior) configs: at least 1, or at least 0
+# integer sizes in model (and model.posterior, model.prior) configs: at least 1, or at least 0
 POSITIVE_SIZES = (
     "conv_channels",
     "couplings_per_scale",
@@ -163,6 +164,7 @@ POSITIVE_SIZES = (
     "latent_features",
     "layers_per_block",
     "num_blocks",
+    "num_components",
     "num_flows",
     "num_householder",
     "num_layers",
@@ -183,8 +185,9 @@ def _check_sizes(cfg: DictConfig) -> None:
     """Layer, channel and example counts: a zero or negative one builds a degenerate model
     (or fails deep inside torch) instead of saying what is wrong."""
     sections = [("model", cfg.model)]
-    if isinstance(cfg.model.get("posterior"), DictConfig):
-        sections.append(("model.posterior", cfg.model.posterior))
+    for part in VAE_PARTS:
+        if isinstance(cfg.model.get(part), DictConfig):
+            sections.append((f"model.{part}", cfg.model[part]))
     for prefix, section in sections:
         for key in section:
             if key in POSITIVE_SIZES:
@@ -274,20 +277,22 @@ def _check_model_fits_data(cfg: DictConfig) -> None:
             f"model {name} models discrete values but dataset '{cfg.dataset.name}' is continuous "
             "(dataset.levels is null); use a flow (model=realnvp, maf, nice) for 2-D toys"
         )
-    posterior = OmegaConf.select(cfg, "model.posterior", default=None)
-    if posterior is not None:
+    for part in VAE_PARTS:
+        node = OmegaConf.select(cfg, f"model.{part}", default=None)
+        if node is None:
+            continue
         if not model_class.takes_posterior:
             name = target.rsplit(".", 1)[-1]
             raise GenflowError(
-                f"model/posterior is a part of model=vae; model {name} has no posterior "
-                "(drop the model/posterior override or add model=vae)"
+                f"model/{part} is a part of model=vae; model {name} has no {part} "
+                f"(drop the model/{part} override or add model=vae)"
             )
         from hydra.utils import instantiate
 
         try:  # small: build it now, so a bad setting fails before any run directory exists
-            instantiate(posterior)
+            instantiate(node)
         except Exception as err:
-            raise GenflowError(f"model/posterior: {first_cause(err)}") from err
+            raise GenflowError(f"model/{part}: {first_cause(err)}") from err
     try:
         model_class.check_config(cfg.model)
     except ValueError as err:

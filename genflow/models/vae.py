@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from genflow.bijections.base import Bijection, Compose
 from genflow.distributions.likelihoods import build_likelihood
-from genflow.distributions.normal import StandardNormal
 from genflow.models.base import GenerativeModel, Output
+from genflow.models.priors import Prior, StandardPrior
 from genflow.nn.vae_networks import build_networks, check_network
 from genflow.numeric import full_precision
 
@@ -36,14 +36,16 @@ def gaussian_kl(mean: Tensor, log_scale: Tensor) -> Tensor:
 
 
 class VAE(GenerativeModel):
-    """p(z) = N(0, I), p(x|z) a decoder likelihood, q(z|x) = a flow of N(mean(x), scale(x)).
+    """p(z) a prior (N(0, I) unless ``prior`` is given, see priors.py), p(x|z) a decoder
+    likelihood, q(z|x) = a flow of N(mean(x), scale(x)).
 
-    Training minimises -ELBO = recon + beta * KL (bits per dim), one posterior sample per
-    example; KL is in closed form for the Gaussian posterior and a one-sample Monte Carlo
-    estimate log q(z_K|x) - log p(z_K) with log q(z_K|x) = log q(z_0|x) - sum log|det| for
-    flows. beta rises linearly from 0 to 1 over ``kl_warmup_steps``; ``free_bits`` (nats per
+    Training minimises -ELBO = recon + beta * KL (bits per dim), averaged over
+    ``mc_samples`` posterior samples per example; KL is in closed form for the Gaussian
+    posterior under the standard prior, and otherwise the Monte Carlo estimate
+    log q(z_K|x) - log p(z_K) with log q(z_K|x) = log q(z_0|x) - sum log|det| for flows.
+    beta rises linearly from 0 to 1 over ``kl_warmup_steps``; ``free_bits`` (nats per
     latent dimension) floors the KL term as in Kingma et al. (2016): per dimension for the
-    Gaussian posterior, on the whole KL for flows. ``evaluate`` reports the ELBO, its recon
+    closed form, on the whole KL otherwise. ``evaluate`` reports the ELBO, its recon
     and kl terms, and nll / bpd from the importance-weighted bound with ``iw_samples``
     samples, chunked to about ``iw_chunk_elements`` decoder outputs at a time.
     """
@@ -66,12 +68,14 @@ class VAE(GenerativeModel):
         num_mixtures: int = 5,
         gaussian_scale: float | str | None = "learned",
         posterior: Bijection | None = None,
+        prior: Prior | None = None,
+        mc_samples: int = 1,
         kl_warmup_steps: int = 0,
         free_bits: float = 0.0,
         iw_samples: int = 128,
         iw_chunk_elements: int = 2**24,
     ):
-        check_settings(kl_warmup_steps, free_bits, iw_samples, latent_features)
+        check_settings(kl_warmup_steps, free_bits, iw_samples, latent_features, mc_samples)
         super().__init__(event_shape, levels)
         self.latent_features = int(latent_features)
         self.image_shape = image_layout(self.event_shape)
@@ -94,7 +98,11 @@ class VAE(GenerativeModel):
         self.has_flow = not (
             isinstance(self.posterior, Compose) and len(self.posterior.layers) == 0
         )
-        self.prior = StandardNormal((latent_features,))
+        self.prior = prior if prior is not None else StandardPrior(latent_features)
+        check_prior(self.prior, self.latent_features)
+        # the KL of a diagonal Gaussian from N(0, I) in closed form; Monte Carlo otherwise
+        self.analytic_kl = not self.has_flow and self.prior.standard
+        self.mc_samples = int(mc_samples)
         self.kl_warmup_steps = int(kl_warmup_steps)
         self.free_bits = float(free_bits)
         self.iw_samples = int(iw_samples)
@@ -109,6 +117,7 @@ class VAE(GenerativeModel):
             model_cfg.get("free_bits", 0.0),
             model_cfg.get("iw_samples", 1),
             model_cfg.get("latent_features", 1),
+            model_cfg.get("mc_samples", 1),
         )
         shape = image_layout(tuple(model_cfg.event_shape))
         build_likelihood(
@@ -132,13 +141,26 @@ class VAE(GenerativeModel):
 
     def q_params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(mean, log_scale, context) of q(z_0|x); context feeds the flow posterior."""
-        dtype = self.q_mean.weight.dtype
-        inputs = self._layout(x).to(dtype)
+        inputs = self._layout(x).to(self.q_mean.weight.dtype)
         if self.levels is not None:
             inputs = inputs / (self.levels - 1)
-        context = full_precision(self.encoder(inputs))
+        return self._encode_inputs(inputs)
+
+    def _encode_inputs(self, inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q(z_0|.) of encoder inputs (B, C, H, W) already in the encoder's scale."""
+        context = full_precision(self.encoder(inputs.to(self.q_mean.weight.dtype)))
         scale = F.softplus(full_precision(self.q_scale(context))) + 1e-4
         return full_precision(self.q_mean(context)), torch.log(scale), context
+
+    def _q_gaussian(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, log_scale) of q(z_0|.): what the VampPrior's components are built from."""
+        return self._encode_inputs(inputs)[:2]
+
+    def prior_log_prob(self, z: Tensor) -> Tensor:
+        return self.prior.log_prob(z, encode=self._q_gaussian)
+
+    def prior_sample(self, n: int, temperature: float = 1.0) -> Tensor:
+        return self.prior.sample(n, temperature, encode=self._q_gaussian)
 
     def draw_posterior(
         self, mean: Tensor, log_scale: Tensor, context: Tensor, k: int
@@ -161,7 +183,7 @@ class VAE(GenerativeModel):
         params = full_precision(self.decoder(flat))
         targets = self._layout(x).repeat_interleave(k, dim=0)
         log_px_z = self.likelihood.log_prob(params, targets).view(b, k)
-        return log_px_z, self.prior.log_prob(flat).view(b, k), log_q
+        return log_px_z, self.prior_log_prob(flat).view(b, k), log_q
 
     # -- the objective -------------------------------------------------------------------
     def kl_weight(self) -> Tensor:
@@ -172,22 +194,22 @@ class VAE(GenerativeModel):
 
     def forward(self, x: Tensor) -> Output:
         mean, log_scale, context = self.q_params(x)
-        log_px_z, log_pz, log_q = self._log_terms(x, mean, log_scale, context, 1)
-        recon = -log_px_z.squeeze(1)
-        if self.has_flow:
-            kl = (log_q - log_pz).squeeze(1)
-            kl_term = kl.mean()
-            if self.free_bits > 0:
-                kl_term = kl_term.clamp(min=self.free_bits * self.latent_features)
-        else:
+        log_px_z, log_pz, log_q = self._log_terms(x, mean, log_scale, context, self.mc_samples)
+        recon = -log_px_z.mean(1)
+        if self.analytic_kl:
             kl_dims = gaussian_kl(mean, log_scale)
             kl = kl_dims.sum(1)
             kl_term = kl_dims.mean(0).clamp(min=self.free_bits).sum()
+        else:
+            kl = (log_q - log_pz).mean(1)
+            kl_term = kl.mean()
+            if self.free_bits > 0:
+                kl_term = kl_term.clamp(min=self.free_bits * self.latent_features)
         beta = self.kl_weight()
         loss = self.bpd(recon.mean() + beta * kl_term)
         elbo = -(recon + kl).mean().detach()
         metrics = {
-            "bpd": self.bpd(-elbo),  # training: the -ELBO bound, one sample
+            "bpd": self.bpd(-elbo),  # training: the -ELBO bound, mc_samples samples
             "elbo": elbo,
             "recon": recon.mean().detach(),
             "kl": kl.mean().detach(),
@@ -216,7 +238,7 @@ class VAE(GenerativeModel):
             recon -= log_px_z.double().sum(1)
             kl_mc += (log_q - log_pz).double().sum(1)
         recon, kl_mc = recon / k, kl_mc / k
-        kl = kl_mc if self.has_flow else gaussian_kl(mean, log_scale).double().sum(1)
+        kl = gaussian_kl(mean, log_scale).double().sum(1) if self.analytic_kl else kl_mc
         nll = -(log_sum.double() - math.log(k))
         return {
             "nll": nll,
@@ -237,7 +259,7 @@ class VAE(GenerativeModel):
     # -- sampling and pictures -----------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        z = self.prior.sample(n, temperature).to(self.q_mean.weight.dtype)
+        z = self.prior_sample(n, temperature).to(self.q_mean.weight.dtype)
         return self.likelihood.sample(self.decoder(z)).reshape(n, *self.event_shape)
 
     def encode(self, x: Tensor) -> Tensor:
@@ -260,7 +282,7 @@ class VAE(GenerativeModel):
         mean, log_scale, context = self.q_params(x)
         z = self.posterior(mean, context)[0]  # what encode gives, for the whole batch
         recon = self.decode(z[:n])
-        prior = self.decode(self.prior.sample(64).to(self.q_mean.weight.dtype))
+        prior = self.decode(self.prior_sample(64).to(self.q_mean.weight.dtype))
         usage = gaussian_kl(mean, log_scale).mean(0)
         dims = usage.argsort(descending=True)[: min(8, self.latent_features)]
         values = torch.linspace(-3, 3, 9, dtype=mean.dtype, device=mean.device)
@@ -274,8 +296,22 @@ class VAE(GenerativeModel):
         }
 
 
+def check_prior(prior: Prior, latent_features: int) -> None:
+    if not isinstance(prior, Prior):
+        raise ValueError(f"model.prior must build a genflow Prior, got {type(prior).__name__}")
+    if prior.features != latent_features:
+        raise ValueError(
+            f"model.prior is over {prior.features} latents but model.latent_features is "
+            f"{latent_features}; leave model.prior.features at ${{model.latent_features}}"
+        )
+
+
 def check_settings(
-    kl_warmup_steps: int, free_bits: float, iw_samples: int, latent_features: int
+    kl_warmup_steps: int,
+    free_bits: float,
+    iw_samples: int,
+    latent_features: int,
+    mc_samples: int = 1,
 ) -> None:
     if not (isinstance(kl_warmup_steps, int) and kl_warmup_steps >= 0):
         raise ValueError(f"model.kl_warmup_steps must be an integer >= 0, got {kl_warmup_steps}")
@@ -289,3 +325,5 @@ def check_settings(
         )
     if not (isinstance(latent_features, int) and latent_features >= 1):
         raise ValueError(f"model.latent_features must be a positive integer, got {latent_features}")
+    if not (isinstance(mc_samples, int) and mc_samples >= 1):
+        raise ValueError(f"model.mc_samples must be a positive integer, got {mc_samples}")
