@@ -123,6 +123,30 @@ COMMAND_LINE = [
         "model/posterior is a part of model=vae; maf has no posterior (add model=vae)",
     ),
     (
+        ["train", "model=vae", "model/prior=vamp"],
+        "unknown model/prior 'vamp'; valid choices: flow, mog, standard, vampprior",
+    ),
+    (
+        ["train", "model=glow", "model/prior=mog"],
+        "model/prior is a part of model=vae; glow has no prior (add model=vae)",
+    ),
+    (
+        ["train", "model=vae", "model/prior=mog", "model.prior.num_components=0"],
+        "model.prior.num_components=0 is not valid; model.prior.num_components must be a positive",
+    ),
+    (
+        ["train", "model=vae", "model/prior=flow", "model.prior.kind=glow"],
+        "model/prior: unknown flow prior kind 'glow'; valid: realnvp, maf",
+    ),
+    (
+        ["train", "model=vae", "model/prior=flow", "model.latent_features=1"],
+        "model/prior: a flow prior needs model.latent_features >= 2, got 1",
+    ),
+    (
+        ["train", "model=vae", "model.mc_samples=0"],
+        "model.mc_samples must be a positive integer, got 0",
+    ),
+    (
         ["train", "model=vae", "model.likelihood=bernoulli"],
         "model.likelihood=bernoulli needs binary data (dataset.levels=2), but the dataset has 17 levels",
     ),

@@ -273,3 +273,28 @@ def test_bad_settings_are_named():
         VAE((1, 8, 8), 17, kl_warmup_steps=-1)
     with pytest.raises(ValueError, match="likelihood=poisson"):
         VAE((1, 8, 8), 17, likelihood="poisson")
+
+
+@pytest.mark.parametrize("prior", ["standard", "mog"])
+def test_mc_samples_average_independent_draws_in_the_training_elbo(prior):
+    """model.mc_samples = L: the training -ELBO is the mean over L posterior draws per
+    example, so its expectation is unchanged and its variance falls by L (closed-form KL
+    under the standard prior, the Monte Carlo KL under a mixture)."""
+    from genflow.models.priors import mog
+
+    torch.manual_seed(6)
+    weight, bias = torch.randn(D, DZ, dtype=torch.float64), torch.randn(D, dtype=torch.float64)
+    x = torch.randn(1, D, dtype=torch.float64)
+    losses = {}
+    for samples in (1, 16):
+        vae = _linear_gaussian(weight, bias)
+        if prior == "mog":
+            vae.prior = mog(DZ, 3).double()
+            vae.analytic_kl = False
+        vae.mc_samples = samples
+        _use_posterior(vae, torch.zeros(1, DZ, dtype=torch.float64), torch.zeros(1, DZ) - 0.5)
+        with torch.no_grad():
+            losses[samples] = torch.stack([-vae(x).metrics["elbo"] for _ in range(600)])
+    error = (losses[1].var() / 600 + losses[16].var() / 600).sqrt()
+    assert (losses[1].mean() - losses[16].mean()).abs() < 4 * error
+    assert 8 < losses[1].var() / losses[16].var() < 32
