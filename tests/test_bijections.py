@@ -27,7 +27,7 @@ from genflow.bijections.reshape import Flatten
 from genflow.models.glow import glow_flow
 from genflow.models.maf import MAF
 from genflow.models.nice import NICE
-from genflow.models.realnvp import multiscale_flow, vector_flow
+from genflow.models.realnvp import RealNVP, multiscale_flow, vector_flow
 from genflow.nn import MLP, ResNet
 from genflow.nn.conv_net import ConvNet, zero_conv
 from genflow.nn.made import MADE
@@ -38,6 +38,13 @@ def _batch_norm_in_eval_mode():
     layer = BatchNormFlow(4)
     layer.running_mean.copy_(torch.tensor([0.5, -1.0, 0.0, 2.0]))
     layer.running_var.copy_(torch.tensor([0.3, 2.0, 1.0, 0.7]))
+    return layer.eval()
+
+
+def _image_batch_norm_in_eval_mode():
+    layer = BatchNormFlow(3)
+    layer.running_mean.copy_(torch.tensor([0.5, -1.0, 0.2]))
+    layer.running_var.copy_(torch.tensor([0.3, 2.0, 0.7]))
     return layer.eval()
 
 
@@ -96,6 +103,12 @@ CASES = {
     "flatten": (lambda: Flatten((2, 2, 2)), (2, 2, 2), "normal"),
     "permutation": (lambda: Permutation.random(6, seed=3), (6,), "normal"),
     "batch_norm_eval": (_batch_norm_in_eval_mode, (4,), "normal"),
+    "batch_norm_image_eval": (_image_batch_norm_in_eval_mode, (3, 2, 2), "normal"),
+    "realnvp_multiscale_batch_norm": (
+        lambda: multiscale_flow((1, 4, 4), 2, 8, 1, 0.0, batch_norm=True).eval(),
+        (1, 4, 4),
+        "normal",
+    ),
     "made_affine": (
         lambda: MaskedAffineAutoregressive(MADE(5, 16, 2, ordering="random")),
         (5,),
@@ -103,6 +116,11 @@ CASES = {
     ),
     "made_affine_sigmoid": (
         lambda: MaskedAffineAutoregressive(MADE(5, 16, 2, ordering="random"), scale="sigmoid"),
+        (5,),
+        "normal",
+    ),
+    "made_affine_gated": (
+        lambda: MaskedAffineAutoregressive(MADE(5, 16, 2, ordering="random"), scale="gated"),
         (5,),
         "normal",
     ),
@@ -320,6 +338,42 @@ def test_sigmoid_affine_layer_never_expands_by_more_than_its_bound():
         softclamp.made.output.bias.add_(-50.0)
     # the soft clamp lets the same push expand each coordinate by up to e^5
     assert (softclamp(torch.randn(64, 6))[1] > 6 * 4.0).all()
+
+
+def test_gated_affine_layer_is_iafs_gated_update():
+    """scale=gated: the one-pass direction is y = g * x + (1 - g) * m with (m, raw) the MADE's
+    two outputs and g = sigmoid(raw + 2) (Kingma et al. 2016, eq. 14), log-det sum log g."""
+    torch.manual_seed(0)
+    layer = perturbed(MaskedAffineAutoregressive(MADE(6, 16, 2), scale="gated"), 0.3).double()
+    x = torch.randn(8, 6, dtype=torch.float64)
+    m, raw = layer.made(x).chunk(2, dim=1)
+    gate = torch.sigmoid(raw + 2.0)
+    y, logdet = layer(x)
+    torch.testing.assert_close(y, gate * x + (1 - gate) * m)
+    torch.testing.assert_close(logdet, gate.log().sum(1))
+
+
+def test_batch_norm_on_images_normalises_each_channel_while_training():
+    """In training the image batch norm uses each channel's statistics over batch and
+    positions, and moves its running averages towards them; RealNVP with batch_norm trains
+    and scores in evaluation mode on those running averages."""
+    torch.manual_seed(0)
+    layer = BatchNormFlow(2)
+    x = torch.randn(16, 2, 3, 3) * torch.tensor([3.0, 0.5]).view(1, 2, 1, 1) + 4.0
+    y, logdet = layer(x)
+    torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var((0, 2, 3), unbiased=False), torch.ones(2), atol=1e-3, rtol=0)
+    var = x.var((0, 2, 3), unbiased=False)
+    torch.testing.assert_close(logdet, (-0.5 * (var + 1e-5).log().sum() * 9).expand(16))
+    torch.testing.assert_close(layer.running_mean, 0.05 * x.mean((0, 2, 3)))
+    model = RealNVP((1, 8, 8), 17, hidden_channels=8, num_blocks=1, batch_norm=True)
+    couplings = sum(isinstance(m, (AffineCoupling, CheckerboardCoupling)) for m in model.modules())
+    assert sum(isinstance(m, BatchNormFlow) for m in model.modules()) == couplings == 10
+    loss = model(torch.randint(0, 17, (8, 1, 8, 8))).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    with torch.no_grad():
+        assert torch.isfinite(model.eval().log_prob(torch.randint(0, 17, (4, 1, 8, 8)))).all()
 
 
 def test_logit_without_alpha_stays_finite_at_the_box_edges():

@@ -19,6 +19,9 @@ CASES = {
     "radial": lambda: posteriors.radial(FEATURES, CONTEXT, num_flows=3),
     "householder": lambda: posteriors.householder(FEATURES, CONTEXT, num_flows=3),
     "iaf": lambda: posteriors.iaf(FEATURES, CONTEXT, num_flows=2, hidden_features=16),
+    "iaf_gated": lambda: posteriors.iaf(
+        FEATURES, CONTEXT, num_flows=2, hidden_features=16, gated=True
+    ),
     "sylvester_orthogonal": lambda: posteriors.sylvester(
         FEATURES, CONTEXT, num_flows=3, variant="orthogonal", num_ortho_vectors=3
     ),
@@ -29,7 +32,7 @@ CASES = {
         FEATURES, CONTEXT, num_flows=3, variant="triangular"
     ),
 }
-INVERTIBLE = {"householder", "iaf"}
+INVERTIBLE = {"householder", "iaf", "iaf_gated"}
 
 
 def _case(name, batch=4):

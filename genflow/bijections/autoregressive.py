@@ -15,7 +15,7 @@ def soft_clamp(x: Tensor, bound: float) -> Tensor:
     return bound * torch.tanh(x / bound)
 
 
-AFFINE_SCALES = ("softclamp", "sigmoid")
+AFFINE_SCALES = ("softclamp", "sigmoid", "gated")
 
 
 class MaskedAffineAutoregressive(Bijection):
@@ -46,6 +46,12 @@ class MaskedAffineAutoregressive(Bijection):
             # contracts, never expands an example's distance from its shift by more than
             # 0.1%, so no layer can raise one example's density by orders of magnitude
             return shift, -torch.log(torch.sigmoid(raw + 2.0) + 1e-3)
+        if self.scale == "gated":
+            # IAF's gated update (Kingma et al., 2016, eq. 14): y = g * x + (1 - g) * m with
+            # g = sigmoid(raw + 2), the "shift" output read as m, i.e. (x - c) * g with
+            # c = -(1 - g) / g * m; the +2 starts g near 1, as the paper advises
+            gate = torch.sigmoid(raw + 2.0)
+            return -(1.0 - gate) / gate * shift, -torch.log(gate)
         return shift, soft_clamp(raw, self.log_scale_bound)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

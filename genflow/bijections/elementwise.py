@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -27,12 +29,14 @@ class DiagonalScaling(Bijection):
 
 
 class BatchNormFlow(Bijection):
-    """Data -> noise: y = (x - m) / sqrt(v + eps) * exp(gamma) + beta on (B, D) vectors.
+    """Data -> noise: y = (x - m) / sqrt(v + eps) * exp(gamma) + beta, per feature of (B, D)
+    vectors or per channel of (B, C, H, W) images (statistics over batch and positions, the
+    log-det counted once per position).
 
     In training, (m, v) are the batch statistics and running averages are updated; in
     evaluation and in ``inverse`` the running averages are used, so the map is a fixed
     bijection there. References: Papamakarios et al., 2017, arXiv:1705.07057 (section 3.4);
-    Dinh et al., 2017, arXiv:1605.08803.
+    Dinh et al., 2017, arXiv:1605.08803 (section 3.7).
     """
 
     def __init__(self, features: int, momentum: float = 0.05, eps: float = 1e-5):
@@ -43,9 +47,14 @@ class BatchNormFlow(Bijection):
         self.register_buffer("running_mean", torch.zeros(features))
         self.register_buffer("running_var", torch.ones(features))
 
+    @staticmethod
+    def _per_feature(t: Tensor, x: Tensor) -> Tensor:
+        return t.view(1, -1, *([1] * (x.dim() - 2)))
+
     def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.training and x.shape[0] > 1:
-            mean, var = x.mean(0), x.var(0, unbiased=False)
+            dims = [0, *range(2, x.dim())]
+            mean, var = x.mean(dims), x.var(dims, unbiased=False)
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach(), self.momentum)
                 self.running_var.lerp_(var.detach(), self.momentum)
@@ -54,12 +63,18 @@ class BatchNormFlow(Bijection):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mean, var = self._stats(x)
-        y = (x - mean) * torch.rsqrt(var + self.eps) * torch.exp(self.log_gamma) + self.beta
-        logdet = (self.log_gamma - 0.5 * torch.log(var + self.eps)).sum()
+        scale = torch.rsqrt(var + self.eps) * torch.exp(self.log_gamma)
+        y = (x - self._per_feature(mean, x)) * self._per_feature(scale, x)
+        y = y + self._per_feature(self.beta, x)
+        positions = math.prod(x.shape[2:])
+        logdet = (self.log_gamma - 0.5 * torch.log(var + self.eps)).sum() * positions
         return y, logdet.expand(x.shape[0])
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mean, var = self.running_mean, self.running_var
-        x = (y - self.beta) * torch.exp(-self.log_gamma) * torch.sqrt(var + self.eps) + mean
-        logdet = (0.5 * torch.log(var + self.eps) - self.log_gamma).sum()
+        scale = torch.exp(-self.log_gamma) * torch.sqrt(var + self.eps)
+        x = (y - self._per_feature(self.beta, y)) * self._per_feature(scale, y)
+        x = x + self._per_feature(mean, y)
+        positions = math.prod(y.shape[2:])
+        logdet = (0.5 * torch.log(var + self.eps) - self.log_gamma).sum() * positions
         return x, logdet.expand(y.shape[0])

@@ -51,10 +51,15 @@ def iaf(
     num_flows: int = 4,
     hidden_features: int = 256,
     num_layers: int = 1,
+    gated: bool = False,
 ) -> Compose:
     """Kingma et al., 2016: MADE-driven affine steps, the context entering each MADE, the
     order reversed between steps. The one-pass direction of the MAF layer is the noise ->
-    latent map here, so sampling z_K (and scoring it) is one pass per step."""
+    latent map here, so sampling z_K (and scoring it) is one pass per step. ``gated``: the
+    paper's LSTM-type update z = g * z + (1 - g) * m with a sigmoid gate g (log-det
+    sum log g) instead of the soft-clamped affine step."""
+    if not isinstance(gated, bool):
+        raise ValueError(f"model.posterior.gated must be true or false, got {gated}")
     n = _check_num_flows(num_flows)
     steps = []
     for i in range(n):
@@ -67,7 +72,7 @@ def iaf(
             context_features=context_features,
             seed=i,
         )
-        steps.append(MaskedAffineAutoregressive(made))
+        steps.append(MaskedAffineAutoregressive(made, scale="gated" if gated else "softclamp"))
     return Compose(steps)
 
 

@@ -15,6 +15,7 @@ from genflow.bijections.coupling import (
     channel_mask,
     checkerboard_mask,
 )
+from genflow.bijections.elementwise import BatchNormFlow
 from genflow.bijections.factor_out import FactorOut
 from genflow.bijections.squeeze import Squeeze
 from genflow.models.flow import FlowModel
@@ -22,18 +23,30 @@ from genflow.nn.mlp import MLP
 from genflow.nn.resnet import ResNet
 
 
+def _normed(layers: list[Bijection], features: int, batch_norm: bool) -> list[Bijection]:
+    """The layers, each followed by a batch-normalisation bijection when ``batch_norm``."""
+    if not batch_norm:
+        return layers
+    return [part for layer in layers for part in (layer, BatchNormFlow(features))]
+
+
 def vector_flow(
-    features: int, num_layers: int, hidden_features: int, hidden_layers: int, dropout: float
+    features: int,
+    num_layers: int,
+    hidden_features: int,
+    hidden_layers: int,
+    dropout: float,
+    batch_norm: bool = False,
 ) -> Bijection:
     """Affine couplings with alternating masks and MLP conditioners."""
-    layers = [
+    layers: list[Bijection] = [
         AffineCoupling(
             alternating_mask(features, parity=i % 2),
             MLP(features, 2 * features, hidden_features, hidden_layers, dropout),
         )
         for i in range(num_layers)
     ]
-    return Compose(layers)
+    return Compose(_normed(layers, features, batch_norm))
 
 
 CHECKERBOARDS = ("gathered", "masked")
@@ -72,6 +85,7 @@ def multiscale_flow(
     couplings_per_scale: int = 3,
     final_couplings: int = 4,
     checkerboard: str = "masked",
+    batch_norm: bool = False,
 ) -> Bijection:
     """One scale: checkerboard couplings, squeeze, channel couplings, factor out half, recurse.
 
@@ -79,6 +93,8 @@ def multiscale_flow(
     to a latent of the same shape, so the base distribution and sampling stay simple.
     ``checkerboard`` is ``gathered`` (the conditioner sees the fixed half only, half the
     work) or ``masked`` (the conditioner runs on the whole half-zeroed image, as in the paper).
+    ``batch_norm`` follows every coupling with a per-channel batch-normalisation bijection
+    (the paper's section 3.7).
     """
     if checkerboard not in CHECKERBOARDS:
         raise ValueError(
@@ -92,14 +108,16 @@ def multiscale_flow(
         )
 
     if num_scales <= 1 or h % 2 or w % 2:
-        return Compose(board(i % 2, shape) for i in range(final_couplings))
-    layers: list[Bijection] = [board(i % 2, shape) for i in range(couplings_per_scale)]
+        final = [board(i % 2, shape) for i in range(final_couplings)]
+        return Compose(_normed(final, c, batch_norm))
+    layers = _normed([board(i % 2, shape) for i in range(couplings_per_scale)], c, batch_norm)
     layers.append(Squeeze())
     c2, h2, w2 = 4 * c, h // 2, w // 2
-    layers += [
+    channel_couplings: list[Bijection] = [
         _image_coupling(channel_mask(c2, h2, w2, i % 2), c2, hidden_channels, num_blocks, dropout)
         for i in range(couplings_per_scale)
     ]
+    layers += _normed(channel_couplings, c2, batch_norm)
     inner = multiscale_flow(
         (c2 - c2 // 2, h2, w2),
         num_scales - 1,
@@ -109,6 +127,7 @@ def multiscale_flow(
         couplings_per_scale,
         final_couplings,
         checkerboard,
+        batch_norm,
     )
     layers.append(FactorOut(inner, split=c2 // 2))
     layers.append(Inverted(Squeeze()))
@@ -116,7 +135,8 @@ def multiscale_flow(
 
 
 class RealNVP(FlowModel):
-    """RealNVP preset: a multi-scale conv flow for images, an MLP coupling stack for vectors."""
+    """RealNVP preset: a multi-scale conv flow for images, an MLP coupling stack for vectors;
+    ``batch_norm`` puts a batch-normalisation bijection after every coupling."""
 
     def __init__(
         self,
@@ -133,8 +153,11 @@ class RealNVP(FlowModel):
         hidden_layers: int = 2,
         dropout: float = 0.0,
         checkerboard: str = "masked",
+        batch_norm: bool = False,
         **flow_options: Any,
     ):
+        if not isinstance(batch_norm, bool):
+            raise ValueError(f"model.batch_norm must be true or false, got {batch_norm}")
         event_shape = tuple(event_shape)
         if len(event_shape) == 3:
             flow = multiscale_flow(
@@ -146,9 +169,12 @@ class RealNVP(FlowModel):
                 couplings_per_scale,
                 final_couplings,
                 checkerboard,
+                batch_norm,
             )
         elif len(event_shape) == 1:
-            flow = vector_flow(event_shape[0], num_layers, hidden_features, hidden_layers, dropout)
+            flow = vector_flow(
+                event_shape[0], num_layers, hidden_features, hidden_layers, dropout, batch_norm
+            )
         else:
             raise ValueError(
                 f"RealNVP takes vectors (D,) or images (C, H, W); got event shape {event_shape}"
