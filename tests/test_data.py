@@ -36,6 +36,13 @@ def test_digits_split_follows_file_order():
     assert torch.equal(splits.val, raw[1000:1350])
     assert torch.equal(splits.test, raw[1350:])
     assert splits.train.dtype == torch.uint8 and int(splits.train.max()) == 16
+    # the class labels travel with their images
+    target = torch.from_numpy(load_digits().target.astype(np.int64))
+    assert torch.equal(splits.labels_of("val"), target[1000:1350])
+    assert torch.equal(splits.labels_of("test"), target[1350:])
+    assert (
+        len(splits.labels_of("train")) == 1000 and splits.to("cpu").labels_of("train") is not None
+    )
 
 
 @pytest.mark.parametrize("name", sorted(TOYS))
@@ -73,6 +80,12 @@ def test_real_mnist_holds_out_last_10k_of_train():
     splits = load_dataset(cfg)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (50000, 10000, 10000)
     assert splits.train.dtype == torch.uint8 and splits.train.shape[1:] == (1, 28, 28)
+    labels = {name: splits.labels_of(name) for name in ("train", "val", "test")}
+    assert [len(v) for v in labels.values()] == [50000, 10000, 10000]
+    assert labels["test"][:4].tolist() == [7, 2, 1, 0]  # MNIST's first test digits
+    assert torch.equal(
+        load_dataset(_mnist_cfg(n_bits=4, levels=16)).labels_of("val"), labels["val"]
+    )
 
 
 def test_epoch_batches_are_a_pure_function_of_step():
@@ -114,6 +127,8 @@ def test_binarized_mnist_static_and_dynamic():
     assert set(scored.unique().tolist()) == {0, 1} and torch.equal(scored, dynamic.scored("train"))
     assert abs(scored.float().mean() - expected) < 1e-3
     assert dynamic.scored("val") is dynamic.val and static.scored("train") is static.train
+    for splits in (static, dynamic):
+        assert torch.equal(splits.labels_of("test"), intensities.labels_of("test"))
     with pytest.raises(GenflowError, match="binarize"):
         load_dataset(_mnist_cfg(**binarized, binarize="sometimes"))
 

@@ -261,7 +261,7 @@ def test_every_posterior_trains_on_binary_and_categorical_images(posterior, netw
         assert (metrics["elbo"] <= -metrics["nll"] + 1.0).all()  # up to Monte Carlo noise
         assert vae.sample(3).shape == (3, *shape)
         pictures = vae.pictures(x)
-        assert set(pictures) == {"reconstructions", "prior_means", "traversal"}
+        assert set(pictures) == {"reconstructions", "prior_means", "traversal", "posterior_draws"}
 
 
 def test_bad_settings_are_named():
@@ -298,3 +298,29 @@ def test_mc_samples_average_independent_draws_in_the_training_elbo(prior):
     error = (losses[1].var() / 600 + losses[16].var() / 600).sqrt()
     assert (losses[1].mean() - losses[16].mean()).abs() < 4 * error
     assert 8 < losses[1].var() / losses[16].var() < 32
+
+
+def test_two_latent_vae_draws_its_manifold_posterior_draws_and_codes():
+    """With latent_features=2: the manifold decodes a 15 x 15 grid spanning the prior's 2% to
+    98% quantiles (z[0] along a row, z[1] down the rows); posterior_draws puts the input first,
+    then 63 decodings of z ~ q(z|x); latent_points are the posterior means encode gives."""
+    from genflow.models.priors import mog
+
+    torch.manual_seed(0)
+    vae = VAE((1, 8, 8), 17, 2, hidden_features=16, prior=mog(2, 3)).eval()
+    x = torch.randint(0, 17, (12, 1, 8, 8))
+    pictures = vae.pictures(x)
+    manifold, nrow = pictures["manifold"]
+    assert manifold.shape == (225, 1, 8, 8) and nrow == 15
+    torch.manual_seed(1)
+    grid = vae.manifold()
+    torch.manual_seed(1)
+    low, high = torch.quantile(vae.prior_sample(10_000), torch.tensor([0.02, 0.98]), dim=0)
+    corners = torch.stack([low, torch.stack([high[0], low[1]]), high])
+    torch.testing.assert_close(grid[[0, 14, 224]], vae.decode(corners))
+    draws, nrow = pictures["posterior_draws"]
+    assert draws.shape == (64, 1, 8, 8) and nrow == 8 and torch.equal(draws[0], x[0].float())
+    assert draws[1:].std(0).sum() > 0  # different draws decode differently
+    torch.testing.assert_close(vae.latent_points(x), vae.encode(x))
+    three = VAE((1, 8, 8), 17, 3, hidden_features=16)
+    assert three.latent_points(x) is None and "manifold" not in three.pictures(x)

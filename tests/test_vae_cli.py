@@ -41,8 +41,19 @@ def test_every_posterior_trains_on_digits_and_reports_the_bounds(workdir):
 PRIORS = ["mog", "vampprior", "flow"]
 
 
-def test_every_learnable_prior_trains_on_digits_and_reports_the_bounds(workdir):
-    run_genflow(["train", "-m", *VAE_TINY, f"model/prior={','.join(PRIORS)}", *RUN_TINY], workdir)
+def test_every_learnable_prior_trains_on_digits_with_latent_pictures(workdir):
+    # two latents: the manifold and the scatter of validation codes by class are drawn too
+    run_genflow(
+        [
+            "train",
+            "-m",
+            *VAE_TINY,
+            "model.latent_features=2",
+            f"model/prior={','.join(PRIORS)}",
+            *RUN_TINY,
+        ],
+        workdir,
+    )
     dirs = run_dirs(workdir)
     priors = {}
     for run_dir in dirs:
@@ -53,7 +64,8 @@ def test_every_learnable_prior_trains_on_digits_and_reports_the_bounds(workdir):
         summary = json.loads((run_dir / "eval.json").read_text())
         assert summary["recon"] > 0 and summary["nll"] > 0
         assert summary["elbo"] <= -summary["nll"] + 1.0  # (up to Monte Carlo noise)
-        assert (run_dir / "samples" / "prior_means_0000020.png").stat().st_size > 100
+        for picture in ("prior_means", "posterior_draws", "manifold", "latent_scatter"):
+            assert (run_dir / "samples" / f"{picture}_0000020.png").stat().st_size > 100
     # the VampPrior samples through the encoder at its pseudo-inputs, from a reloaded run too
     grid = last_json_line(
         run_genflow(["sample", f"run={priors['vampprior']}", "sample.n=5"], workdir).stdout

@@ -7,7 +7,7 @@ float32 tensors of shape (N, 2). Nothing here downloads unless ``download`` is t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +27,22 @@ class DataSplits:
     train_transform: Callable[[Tensor], Tensor] | None = None
     # the training split as it is scored (one fixed draw where train_transform draws afresh)
     fixed_train: Callable[[Tensor], Tensor] | None = None
+    # class labels per split name (int64, one per example) where the dataset has them; used
+    # for pictures (the VAE's latent scatter), never by the likelihoods
+    labels: dict[str, Tensor] | None = None
 
     def to(self, device: torch.device | str) -> DataSplits:
-        return DataSplits(
-            self.train.to(device),
-            self.val.to(device),
-            self.test.to(device),
-            self.train_transform,
-            self.fixed_train,
+        labels = None if self.labels is None else {k: v.to(device) for k, v in self.labels.items()}
+        return replace(
+            self,
+            train=self.train.to(device),
+            val=self.val.to(device),
+            test=self.test.to(device),
+            labels=labels,
         )
+
+    def labels_of(self, split: str) -> Tensor | None:
+        return None if self.labels is None else self.labels.get(split)
 
     def scored(self, split: str) -> Tensor:
         """The split as evaluation scores it: values in [0, levels). The stored training split
@@ -52,10 +59,13 @@ def _digits(cfg) -> DataSplits:
     """
     from sklearn.datasets import load_digits
 
-    x = torch.from_numpy(load_digits().data.astype(np.uint8)).view(-1, 1, 8, 8)
+    digits = load_digits()
+    x = torch.from_numpy(digits.data.astype(np.uint8)).view(-1, 1, 8, 8)
+    y = torch.from_numpy(digits.target.astype(np.int64))
     check_digits_split(cfg)
     n_train, n_val = int(cfg.get("n_train", 1000)), int(cfg.get("n_val", 350))
-    return DataSplits(x[:n_train], x[n_train : n_train + n_val], x[n_train + n_val :])
+    cut = lambda t: (t[:n_train], t[n_train : n_train + n_val], t[n_train + n_val :])  # noqa: E731
+    return DataSplits(*cut(x), labels=dict(zip(("train", "val", "test"), cut(y), strict=True)))
 
 
 DIGITS_EXAMPLES = 1797  # scikit-learn's digits
@@ -92,7 +102,13 @@ def _torchvision(cls_name: str, folder: str, files_hint: str) -> Callable:
                 f"environment variable) at the folder that holds '{folder}', "
                 "or pass dataset.download=true to download it"
             ) from err
-        return _hold_out(_as_nchw(train.data), _as_nchw(test.data), int(cfg.val_size))
+        return _hold_out(
+            _as_nchw(train.data),
+            _as_nchw(test.data),
+            int(cfg.val_size),
+            torch.as_tensor(train.targets, dtype=torch.int64),
+            torch.as_tensor(test.targets, dtype=torch.int64),
+        )
 
     return load
 
@@ -104,11 +120,21 @@ def _as_nchw(data) -> Tensor:
     return x.permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) colour
 
 
-def _hold_out(train: Tensor, test: Tensor, val_size: int) -> DataSplits:
+def _hold_out(
+    train: Tensor,
+    test: Tensor,
+    val_size: int,
+    train_labels: Tensor | None = None,
+    test_labels: Tensor | None = None,
+) -> DataSplits:
     """The validation split is the last ``val_size`` training examples."""
     if not 0 < val_size < len(train):
         raise GenflowError(f"dataset.val_size must be in (0, {len(train)}), got {val_size}")
-    return DataSplits(train[:-val_size], train[-val_size:], test)
+    labels = None
+    if train_labels is not None and test_labels is not None:
+        labels = {"train": train_labels[:-val_size], "val": train_labels[-val_size:]}
+        labels["test"] = test_labels
+    return DataSplits(train[:-val_size], train[-val_size:], test, labels=labels)
 
 
 BINARIZATIONS = ("static", "dynamic")
@@ -138,8 +164,10 @@ def _binarized(cfg, intensities: DataSplits) -> DataSplits:
             test,
             train_transform=bernoulli_draw,
             fixed_train=lambda x: bernoulli_draw(x, torch.Generator().manual_seed(seed)),
+            labels=intensities.labels,
         )
-    return DataSplits(bernoulli_draw(intensities.train, generator), val, test)
+    train = bernoulli_draw(intensities.train, generator)
+    return DataSplits(train, val, test, labels=intensities.labels)
 
 
 def _image_folder(cfg) -> DataSplits:
@@ -164,10 +192,11 @@ def _image_folder(cfg) -> DataSplits:
         raise GenflowError(f"image folder {folder} holds {len(images)} images; need at least 3")
     x = torch.stack([images[i][0] for i in range(len(images))])
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(cfg.split_seed)))
-    x = x[perm]
+    x, y = x[perm], torch.as_tensor(images.targets, dtype=torch.int64)[perm]
     n_test = max(1, int(len(x) * float(cfg.test_fraction)))
     n_val = max(1, int(len(x) * float(cfg.val_fraction)))
-    return DataSplits(x[: -(n_val + n_test)], x[-(n_val + n_test) : -n_test], x[-n_test:])
+    cut = lambda t: (t[: -(n_val + n_test)], t[-(n_val + n_test) : -n_test], t[-n_test:])  # noqa: E731
+    return DataSplits(*cut(x), labels=dict(zip(("train", "val", "test"), cut(y), strict=True)))
 
 
 def _toy(cfg) -> DataSplits:
@@ -222,11 +251,10 @@ def load_dataset(cfg) -> DataSplits:
     n_bits = cfg.get("n_bits")
     splits = LOADERS[cfg.name](cfg)
     if n_bits is not None:
-        splits = DataSplits(
-            *(reduce_bits(s, int(n_bits)) for s in (splits.train, splits.val, splits.test)),
-            train_transform=splits.train_transform,
-            fixed_train=splits.fixed_train,
+        train, val, test = (
+            reduce_bits(s, int(n_bits)) for s in (splits.train, splits.val, splits.test)
         )
+        splits = replace(splits, train=train, val=val, test=test)
     expected = tuple(cfg.shape)
     if tuple(splits.train.shape[1:]) != expected:
         raise GenflowError(

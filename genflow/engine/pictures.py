@@ -99,14 +99,64 @@ def save_strip(rows: Tensor, path: Path, levels: int | None) -> Path:
     return path
 
 
+def save_latent_scatter(
+    points: Tensor, labels: Tensor | None, path: Path, title: str, max_points: int = 2000
+) -> Path:
+    """2-D latent codes (N, 2) as a scatter, coloured by class where ``labels`` are given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    points = points.detach().cpu().float()[:max_points]
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    if labels is None:
+        ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=4, alpha=0.6)
+    else:
+        labels = labels.detach().cpu()[:max_points]
+        classes = sorted(int(c) for c in labels.unique())
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        for i, c in enumerate(classes):
+            chosen = labels == c
+            ax.scatter(
+                points[chosen, 0].numpy(),
+                points[chosen, 1].numpy(),
+                s=4,
+                alpha=0.7,
+                color=cmap(i % cmap.N),
+                label=str(c),
+            )
+        ax.legend(
+            title="class", markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5)
+        )
+    ax.set_xlabel("z[0]")
+    ax.set_ylabel("z[1]")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_step_pictures(
-    model, val: Tensor, run_dir, step: int, n: int, seed: int, logger=None
+    model,
+    val: Tensor,
+    run_dir,
+    step: int,
+    n: int,
+    seed: int,
+    logger=None,
+    val_labels: Tensor | None = None,
+    scatter_points: int = 2000,
 ) -> Path:
     """The pictures of a training step: ``n`` samples (``step_<step>.png``), the model's own
-    extra grids (reconstructions, traversals ...), and for 2-D data the density. Drawn in
-    eval mode on an RNG stream seeded with ``seed`` (the caller's stream is untouched), so
-    the grids of successive steps show the same noise. ``run_dir`` (a RunDir) names the files;
-    each is logged to ``logger``."""
+    extra grids (reconstructions, traversals ...), for 2-D data the density, and for a model
+    with a 2-D latent space the codes of up to ``scatter_points`` validation examples,
+    coloured by ``val_labels`` when the dataset has labels. Drawn in eval mode on an RNG
+    stream seeded with ``seed`` (the caller's stream is untouched), so the grids of
+    successive steps show the same noise. ``run_dir`` (a RunDir) names the files; each is
+    logged to ``logger``."""
     from genflow.engine.evaluate import seeded_rng
 
     was_training = model.training
@@ -114,6 +164,7 @@ def write_step_pictures(
     with seeded_rng(seed, val.device):
         samples = model.sample(n)
         extra = model.pictures(val[:n])
+        codes = model.latent_points(val[:scatter_points])
     model.train(was_training)
     two_d = val.dim() == 2
     written = {
@@ -125,6 +176,13 @@ def write_step_pictures(
         written[name] = save_samples(images, run_dir.picture(name, step), model.levels, nrow=nrow)
     if two_d:
         written["density"] = save_density(model, val, run_dir.picture("density", step))
+    if codes is not None:
+        written["latent_scatter"] = save_latent_scatter(
+            codes,
+            None if val_labels is None else val_labels[: len(codes)],
+            run_dir.picture("latent_scatter", step),
+            f"validation posterior means, step {step}",
+        )
     if logger is not None:
         for key, path in written.items():
             logger.log_image(step, key, path)

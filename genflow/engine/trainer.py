@@ -399,4 +399,5 @@ class Trainer(TrainingCheckpoints):
             self.tcfg.sample_n,
             self.seed,
             self.logger,
+            val_labels=self.splits.labels_of("val"),
         )

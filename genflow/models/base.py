@@ -99,6 +99,10 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
         name -> (images (N, C, H, W) in data units, images per row). None by default."""
         return {}
 
+    def latent_points(self, x: Tensor) -> Tensor | None:
+        """2-D latent codes (N, 2) of a batch for a scatter picture; None: no 2-D latent."""
+        return None
+
     @torch.no_grad()
     def initialize(self, batch: Tensor) -> None:
         """Data-dependent initialisation (ActNorm); done once, before any wrapper."""

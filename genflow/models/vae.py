@@ -272,9 +272,29 @@ class VAE(GenerativeModel):
         return self.likelihood.mean(self.decoder(z)).reshape(z.shape[0], *self.event_shape)
 
     @torch.no_grad()
+    def latent_points(self, x: Tensor) -> Tensor | None:
+        """With ``latent_features == 2``: the posterior means (through the flow), as encode."""
+        if self.latent_features != 2:
+            return None
+        return torch.cat([self.encode(chunk) for chunk in x.split(1024)])
+
+    @torch.no_grad()
+    def manifold(self, n: int = 15) -> Tensor:
+        """With a 2-D latent: decoder means on an n x n grid spanning the prior's central 96%
+        per axis (2% to 98% quantiles of 10,000 prior draws), z[1] rising down the rows."""
+        draws = self.prior_sample(10_000).to(self.q_mean.weight.dtype)
+        low, high = torch.quantile(draws.float(), torch.tensor([0.02, 0.98]), dim=0)
+        axes = [torch.linspace(low[i].item(), high[i].item(), n) for i in range(2)]
+        z1, z0 = torch.meshgrid(axes[1], axes[0], indexing="ij")
+        z = torch.stack([z0.flatten(), z1.flatten()], dim=1).to(draws)
+        return self.decode(z)
+
+    @torch.no_grad()
     def pictures(self, x: Tensor) -> dict[str, tuple[Tensor, int]]:
-        """Reconstructions under their inputs, decoder means of prior samples, and a
-        traversal of the most used latent dimensions (rows) from -3 to 3 (columns)."""
+        """Reconstructions under their inputs, decoder means of prior samples, a traversal
+        of the most used latent dimensions (rows) from -3 to 3 (columns), the decoder means
+        of 63 posterior draws z ~ q(z|x) around the first input (which comes first), and with
+        a 2-D latent the decoded manifold."""
         if len(self.event_shape) != 3:
             return {}
         n = min(len(x), 10)
@@ -289,11 +309,17 @@ class VAE(GenerativeModel):
         grid = z[0].repeat(len(dims), len(values), 1)
         grid[torch.arange(len(dims)), :, dims] = values
         traversal = self.decode(grid.flatten(0, 1))
-        return {
+        draws, _ = self.draw_posterior(mean[:1], log_scale[:1], context[:1], 63)
+        around = self.decode(draws[0].to(self.q_mean.weight.dtype))
+        pictures = {
             "reconstructions": (torch.cat([inputs, recon]), n),
             "prior_means": (prior, 8),
             "traversal": (traversal, len(values)),
+            "posterior_draws": (torch.cat([inputs[:1], around]), 8),
         }
+        if self.latent_features == 2:
+            pictures["manifold"] = (self.manifold(), 15)
+        return pictures
 
 
 def check_prior(prior: Prior, latent_features: int) -> None:
