@@ -169,3 +169,11 @@ def test_importance_weights_average_to_the_evidence_under_each_prior(name):
     assert ((estimate - 1).abs() < 4 * error + 0.005).all(), (estimate, error)
     wrong, wrong_error = mean_ratio(log_pz_standard)  # the prior term matters: the test can tell
     assert ((wrong - 1).abs() > 4 * wrong_error + 0.05).any(), wrong
+
+
+def test_vampprior_pseudo_inputs_start_at_the_first_training_images():
+    vae = VAE((1, 8, 8), 17, 4, hidden_features=8, prior=priors.vampprior(4, (1, 8, 8), 5))
+    batch = torch.randint(0, 17, (3, 1, 8, 8))
+    vae.initialize(batch)
+    expected = batch[[0, 1, 2, 0, 1]].float() / 16  # cycling through a batch smaller than K
+    torch.testing.assert_close(vae.prior.pseudo_inputs.detach(), expected)

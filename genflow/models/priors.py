@@ -114,7 +114,8 @@ class VampPrior(Prior):
     """p(z) = sum_k w_k q(z_0 | u_k): the posterior's Gaussian at K learned pseudo-inputs u_k
     (Tomczak & Welling, 2018), with learned weights w = softmax(logits) (equal at the start,
     as in the paper). The pseudo-inputs live where the encoder reads images (values in
-    [0, 1]; they start as uniform noise) and are trained with the VAE.
+    [0, 1]; they start as uniform noise, and at training images once ``initialize`` sees the
+    first batch) and are trained with the VAE.
 
     With a flow posterior the components are the flow's base Gaussians q(z_0 | u_k), not
     the flowed q(z_K | u_k) (planar, radial and Sylvester steps cannot be inverted to score
@@ -135,6 +136,14 @@ class VampPrior(Prior):
         shape = image_layout(tuple(event_shape))
         self.pseudo_inputs = nn.Parameter(torch.rand(num_components, *shape, generator=generator))
         self.logits = nn.Parameter(torch.zeros(num_components))
+
+    @torch.no_grad()
+    def initialize(self, inputs: Tensor) -> None:
+        """Start the pseudo-inputs at training images (encoder scale), cycling through the
+        batch when it holds fewer than K; a fresh run's first batch, before training."""
+        k = self.pseudo_inputs.shape[0]
+        index = torch.arange(k, device=inputs.device) % len(inputs)
+        self.pseudo_inputs.copy_(inputs[index].reshape(self.pseudo_inputs.shape))
 
     def components(self, encode: Encode | None) -> tuple[Tensor, Tensor]:
         if encode is None:

@@ -141,10 +141,12 @@ class VAE(GenerativeModel):
 
     def q_params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(mean, log_scale, context) of q(z_0|x); context feeds the flow posterior."""
+        return self._encode_inputs(self._encoder_inputs(x))
+
+    def _encoder_inputs(self, x: Tensor) -> Tensor:
+        """Data -> what the encoder reads: (B, C, H, W), discrete levels scaled to [0, 1]."""
         inputs = self._layout(x).to(self.q_mean.weight.dtype)
-        if self.levels is not None:
-            inputs = inputs / (self.levels - 1)
-        return self._encode_inputs(inputs)
+        return inputs / (self.levels - 1) if self.levels is not None else inputs
 
     def _encode_inputs(self, inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q(z_0|.) of encoder inputs (B, C, H, W) already in the encoder's scale."""
@@ -184,6 +186,12 @@ class VAE(GenerativeModel):
         targets = self._layout(x).repeat_interleave(k, dim=0)
         log_px_z = self.likelihood.log_prob(params, targets).view(b, k)
         return log_px_z, self.prior_log_prob(flat).view(b, k), log_q
+
+    @torch.no_grad()
+    def initialize(self, batch: Tensor) -> None:
+        """Data-dependent start: a VampPrior's pseudo-inputs become the first batch's images."""
+        if hasattr(self.prior, "initialize"):
+            self.prior.initialize(self._encoder_inputs(batch))
 
     # -- the objective -------------------------------------------------------------------
     def kl_weight(self) -> Tensor:
