@@ -227,6 +227,7 @@ def _model_choices() -> dict[str, tuple[str, ...]]:
     from genflow.bijections.autoregressive import AFFINE_SCALES
     from genflow.distributions.dequantization import DEQUANTIZATIONS
     from genflow.models.maf import PERMUTATIONS
+    from genflow.models.pixelrnn import PIXELRNN_VARIANTS
     from genflow.models.realnvp import CHECKERBOARDS
 
     return {
@@ -234,6 +235,7 @@ def _model_choices() -> dict[str, tuple[str, ...]]:
         "checkerboard": CHECKERBOARDS,
         "scale": AFFINE_SCALES,
         "permutation": PERMUTATIONS,
+        "variant": PIXELRNN_VARIANTS,
     }
 
 

@@ -9,6 +9,7 @@ import torch
 from conftest import perturbed
 
 from genflow.models.pixelcnn import PixelCNN
+from genflow.models.pixelrnn import PixelRNN, skew, unskew
 from genflow.models.wavenet import WaveNet
 from genflow.nn.causal_conv import CausalConv1d
 from genflow.nn.masked_conv import MaskedConv2d
@@ -49,6 +50,84 @@ def test_pixelcnn_is_causal_in_raster_and_colour_order(channels):
         return model._to_logits(model.head_out(torch.relu(model.head_hidden(torch.relu(h)))))
 
     _dependency(logits_of_scaled, shape, _order_index(shape), lambda v: v)
+
+
+def _pixelrnn(variant, shape, levels=4, layers=2, hidden=6):
+    model = PixelRNN(shape, levels, variant, hidden_channels=hidden, num_layers=layers)
+    return perturbed(model.double(), 0.3)
+
+
+def _pixelrnn_logits_of_scaled(model):
+    def logits(v):  # the network on a continuous input, to take gradients
+        h = model.input(v)
+        for layer in model.layers:
+            h = layer(h)
+        return model._to_logits(model._head(h))
+
+    return logits
+
+
+@pytest.mark.parametrize("variant", ["row_lstm", "diagonal_bilstm"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pixelrnn_is_causal_in_raster_and_colour_order(variant, channels):
+    shape = (channels, 5, 5)
+    model = _pixelrnn(variant, shape, hidden=5)  # units split 2, 2, 1 among R, G, B
+    _dependency(_pixelrnn_logits_of_scaled(model), shape, _order_index(shape), lambda v: v)
+
+
+def _hidden_earlier_pixels(variant, shape, pixel):
+    """The earlier pixels the logits at ``pixel`` do not depend on (one layer)."""
+    model = _pixelrnn(variant, shape, layers=1)
+    v = torch.randn(1, *shape, dtype=torch.float64, requires_grad=True)
+    out = _pixelrnn_logits_of_scaled(model)(v).sum(1)[0, 0]
+    grad = torch.autograd.grad(out[pixel], v)[0][0, 0]
+    _, h, w = shape
+    before = lambda a, b: a * w + b < pixel[0] * w + pixel[1]  # noqa: E731
+    return {(a, b) for a in range(h) for b in range(w) if before(a, b) and grad[a, b] == 0}
+
+
+def test_diagonal_bilstm_sees_the_whole_context_and_the_row_lstm_a_triangle():
+    """One Diagonal BiLSTM layer sees every earlier pixel (no blind spot), but for the last
+    pixel of the row above from the first columns: after the mask-A 7x7 input convolution
+    that value reaches the stream only from column W - 4 of the next row on. One Row LSTM
+    layer sees a triangle: the top right of the rows above and the far left of its own row
+    stay hidden."""
+    shape = (1, 4, 9)
+    assert _hidden_earlier_pixels("diagonal_bilstm", shape, (3, 6)) == set()
+    assert _hidden_earlier_pixels("diagonal_bilstm", shape, (2, 0)) == {(1, 8)}
+    row = _hidden_earlier_pixels("row_lstm", shape, (2, 0))
+    assert {(0, 5), (0, 8), (1, 4), (1, 8)} <= row
+    assert _hidden_earlier_pixels("row_lstm", shape, (3, 6)) == {(2, 0), (3, 0), (3, 1)}
+
+
+def test_skew_shifts_each_row_right_by_its_index_and_unskew_inverts_it():
+    x = torch.arange(12.0).view(1, 1, 3, 4)
+    skewed = skew(x)
+    assert skewed.shape == (1, 1, 3, 6)
+    for r in range(3):
+        assert torch.equal(skewed[0, 0, r, r : r + 4], x[0, 0, r])
+        assert skewed[0, 0, r].count_nonzero() == (4 if r else 3)  # x[0, 0, 0, 0] is 0
+    assert torch.equal(unskew(skewed, 4), x)
+
+
+@pytest.mark.parametrize("variant", ["row_lstm", "diagonal_bilstm"])
+def test_pixelrnn_row_by_row_recurrence_equals_the_whole_image_pass(variant):
+    """The sampler's row step (each layer's state carried from the row above) gives the
+    training pass's logits, for grey and colour images."""
+    import torch.nn.functional as F
+
+    for shape in ((1, 5, 6), (3, 4, 4)):
+        model = _pixelrnn(variant, shape)
+        images = torch.randint(0, 4, (3, *shape))
+        pad = model.input.kernel_size[0] // 2
+        padded = F.pad(model.scale(images), (pad,) * 4)
+        first = torch.zeros(3, 12, shape[2], dtype=torch.float64)
+        above = [layer.initial_state(first) for layer in model.layers]
+        rows = []
+        for r in range(shape[1]):
+            logits, above = model._row(padded, r, above)
+            rows.append(logits)
+        torch.testing.assert_close(torch.stack(rows, dim=3), model.logits(images))
 
 
 def test_wavenet_is_causal():
@@ -93,7 +172,18 @@ def test_masks_and_causal_conv_shapes():
     assert conv(torch.randn(1, 2, 9)).shape == (1, 3, 9) and conv.history == 5
 
 
-@pytest.mark.parametrize("name", ["pixelcnn_grey", "pixelcnn_colour", "wavenet"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "pixelcnn_grey",
+        "pixelcnn_colour",
+        "wavenet",
+        "row_lstm_grey",
+        "row_lstm_colour",
+        "diagonal_bilstm_grey",
+        "diagonal_bilstm_colour",
+    ],
+)
 def test_cached_and_naive_samplers_give_identical_samples(name):
     torch.manual_seed(0)
     model = {
@@ -102,6 +192,10 @@ def test_cached_and_naive_samplers_give_identical_samples(name):
         "wavenet": lambda: WaveNet(
             (2, 4, 3), levels=6, residual_channels=8, skip_channels=8, layers_per_block=3
         ),
+        "row_lstm_grey": lambda: PixelRNN((1, 6, 5), 5, "row_lstm", 6, 2),
+        "row_lstm_colour": lambda: PixelRNN((3, 4, 4), 4, "row_lstm", 6, 2),
+        "diagonal_bilstm_grey": lambda: PixelRNN((1, 6, 5), 5, "diagonal_bilstm", 6, 2),
+        "diagonal_bilstm_colour": lambda: PixelRNN((3, 4, 4), 4, "diagonal_bilstm", 6, 2),
     }[name]()
     model = perturbed(model, 0.3).double().eval()
     torch.manual_seed(7)
@@ -112,17 +206,20 @@ def test_cached_and_naive_samplers_give_identical_samples(name):
     assert naive.unique().numel() > 1  # not a degenerate constant sample
 
 
-@pytest.mark.parametrize("name", ["pixelcnn", "wavenet"])
+@pytest.mark.parametrize("name", ["pixelcnn", "wavenet", "row_lstm", "diagonal_bilstm"])
 def test_exact_probabilities_sum_to_one(name):
     """All 3^4 images of a 1x2x2, 3-level model: sum_x p(x) = 1 exactly (no bound involved)."""
     import itertools
 
     torch.manual_seed(0)
-    model = (
-        PixelCNN((1, 2, 2), levels=3, hidden_channels=8, num_layers=1)
-        if name == "pixelcnn"
-        else WaveNet((1, 2, 2), levels=3, residual_channels=8, skip_channels=8, layers_per_block=2)
-    )
+    model = {
+        "pixelcnn": lambda: PixelCNN((1, 2, 2), levels=3, hidden_channels=8, num_layers=1),
+        "wavenet": lambda: WaveNet(
+            (1, 2, 2), levels=3, residual_channels=8, skip_channels=8, layers_per_block=2
+        ),
+        "row_lstm": lambda: PixelRNN((1, 2, 2), 3, "row_lstm", 4, 2),
+        "diagonal_bilstm": lambda: PixelRNN((1, 2, 2), 3, "diagonal_bilstm", 4, 2),
+    }[name]()
     model = perturbed(model, 0.3).double()
     images = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 1, 2, 2)
     total = model.log_prob(images).exp().sum()

@@ -16,7 +16,7 @@ COMMAND_LINE = [
     (["trian"], "unknown command 'trian'; valid commands: train, eval, sample"),
     (
         ["train", "model=realnvpp"],
-        "unknown model 'realnvpp'; valid choices: glow, maf, nice, pixelcnn, pixelcnnpp, realnvp, vae, wavenet",
+        "unknown model 'realnvpp'; valid choices: glow, maf, nice, pixelcnn, pixelcnnpp, pixelrnn, realnvp, vae, wavenet",
     ),
     (
         ["train", "dataset=mnsit"],
@@ -141,6 +141,10 @@ COMMAND_LINE = [
     (
         ["train", "model=vae", "model/prior=flow", "model.latent_features=1"],
         "model/prior: a flow prior needs model.latent_features >= 2, got 1",
+    ),
+    (
+        ["train", "model=pixelrnn", "model.variant=gru"],
+        "model.variant='gru' is not valid; model.variant must be one of row_lstm, diagonal_bilstm",
     ),
     (
         ["train", "model=vae", "model.mc_samples=0"],

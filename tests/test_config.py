@@ -58,7 +58,7 @@ def test_expected_groups_exist():
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_every_group_option_composes(group, option):
     overrides = [f"{group}={option}"]
-    if group == "model/posterior":  # a part of the VAE
+    if group in ("model/posterior", "model/prior"):  # parts of the VAE
         overrides.insert(0, "model=vae")
     if option == "image_folder":
         overrides.append("dataset.path=somewhere")
@@ -75,10 +75,11 @@ SMALL = {
     "pixelcnn": ["model.hidden_channels=4", "model.num_layers=1"],
     "wavenet": ["model.residual_channels=4", "model.skip_channels=4", "model.layers_per_block=1"],
     "pixelcnnpp": ["model.hidden_channels=4", "model.num_resnet=1"],
+    "pixelrnn": ["model.hidden_channels=4", "model.num_layers=1"],
     "vae": ["model.hidden_features=8", "model.latent_features=2"],
 }
-IMAGE_ONLY = {"glow", "pixelcnn", "pixelcnnpp"}
-DISCRETE_ONLY = {"pixelcnn", "pixelcnnpp", "wavenet"}
+IMAGE_ONLY = {"glow", "pixelcnn", "pixelcnnpp", "pixelrnn"}
+DISCRETE_ONLY = {"pixelcnn", "pixelcnnpp", "wavenet", "pixelrnn"}
 
 
 @pytest.mark.parametrize("model", sorted(GROUPS["model"]))

@@ -74,15 +74,17 @@ def mnist():
 
 CONFIGS = [m for m in sorted(GROUPS["model"]) if m != "vae"]
 CONFIGS += [f"vae:{p}" for p in sorted(GROUPS["model/posterior"])]
+CONFIGS += [f"vae:gaussian:{p}" for p in sorted(GROUPS["model/prior"]) if p != "standard"]
 
 
 @pytest.mark.parametrize("choice", CONFIGS)
 def test_every_default_model_trains_on_real_mnist(choice, mnist):
     """`genflow train model=X dataset=mnist` as composed, at its default size: a few
     optimizer steps with finite losses and gradients, then finite test bpd."""
-    model_name, _, posterior = choice.partition(":")
+    model_name, posterior, prior = (choice.split(":") + ["", ""])[:3]
     overrides = [f"model={model_name}", "dataset=mnist"]
     overrides += [f"model/posterior={posterior}"] if posterior else []
+    overrides += [f"model/prior={prior}"] if prior else []
     cfg = _compose(overrides)
     validate_train_config(cfg)
     torch.manual_seed(0)

@@ -32,7 +32,23 @@ class MaskedResidualBlock(nn.Module):
         return h + self.expand(F.relu(t))
 
 
-class PixelCNN(AutoregressiveModel):
+class PixelARM(AutoregressiveModel):
+    """An image ARM over (C, H, W) in raster order, then R, G, B within a pixel, with
+    ``levels`` logits per pixel and channel from a head of C * levels output channels."""
+
+    image_only = True
+
+    def positions(self):
+        c, h, w = self.event_shape
+        return ((ch, i, j) for i, j, ch in itertools.product(range(h), range(w), range(c)))
+
+    def _to_logits(self, out: Tensor) -> Tensor:
+        b, _, *spatial = out.shape
+        c = self.event_shape[0]
+        return out.view(b, c, self.levels, *spatial).transpose(1, 2)
+
+
+class PixelCNN(PixelARM):
     """A mask-A ``first_kernel_size`` convolution, ``num_layers`` masked residual blocks and a
     1x1 head giving ``levels`` logits per pixel and channel (channels in R, G, B order).
 
@@ -61,17 +77,6 @@ class PixelCNN(AutoregressiveModel):
         )
         self.head_hidden = MaskedConv2d(hidden_channels, hidden_channels, 1, "B", c)
         self.head_out = MaskedConv2d(hidden_channels, c * self.levels, 1, "B", c)
-
-    image_only = True
-
-    def positions(self):
-        c, h, w = self.event_shape
-        return ((ch, i, j) for i, j, ch in itertools.product(range(h), range(w), range(c)))
-
-    def _to_logits(self, out: Tensor) -> Tensor:
-        b, _, *spatial = out.shape
-        c = self.event_shape[0]
-        return out.view(b, c, self.levels, *spatial).transpose(1, 2)
 
     def logits(self, x: Tensor) -> Tensor:
         h = self.input(self.scale(x))
