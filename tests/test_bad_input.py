@@ -16,7 +16,7 @@ COMMAND_LINE = [
     (["trian"], "unknown command 'trian'; valid commands: train, eval, sample"),
     (
         ["train", "model=realnvpp"],
-        "unknown model 'realnvpp'; valid choices: glow, maf, nice, pixelcnn, pixelcnnpp, pixelrnn, realnvp, vae, wavenet",
+        "unknown model 'realnvpp'; valid choices: energy_flow, glow, maf, nice, pixelcnn, pixelcnnpp, pixelrnn, realnvp, vae, wavenet",
     ),
     (
         ["train", "dataset=mnsit"],
@@ -145,6 +145,14 @@ COMMAND_LINE = [
     (
         ["train", "model=pixelrnn", "model.variant=gru"],
         "model.variant='gru' is not valid; model.variant must be one of row_lstm, diagonal_bilstm",
+    ),
+    (
+        ["train", "model=energy_flow", "dataset=moons"],
+        "model=energy_flow fits one of the target densities u1, u2, u3, u4; use dataset=u1 (..u4), not dataset=moons",
+    ),
+    (
+        ["train", "model=energy_flow", "dataset=u2", "model.flow=glow"],
+        "unknown energy flow 'glow'; valid: planar, radial, sylvester, iaf, realnvp, maf",
     ),
     (
         ["train", "model=vae", "model.mc_samples=0"],

@@ -48,6 +48,17 @@ def _two_spirals(n: int, rng: np.random.Generator) -> np.ndarray:
     return (d1 * sign + 0.5 * rng.standard_normal((n, 2))) / 3.0
 
 
+def _energy(name: str):
+    """Draws from one of Rezende & Mohamed's 2-D targets exp(-U) / Z (via a fine grid)."""
+
+    def draw(n: int, rng: np.random.Generator) -> np.ndarray:
+        from genflow.distributions.energies import ENERGIES, sample_from_grid
+
+        return sample_from_grid(ENERGIES[name], n, rng, size=600)
+
+    return draw
+
+
 TOYS = {
     "moons": _moons,
     "circles": _circles,
@@ -55,6 +66,7 @@ TOYS = {
     "checkerboard": _checkerboard,
     "pinwheel": _pinwheel,
     "two_spirals": _two_spirals,
+    **{name: _energy(name) for name in ("u1", "u2", "u3", "u4")},
 }
 
 

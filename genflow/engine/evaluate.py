@@ -73,7 +73,7 @@ def evaluate(
     sums = ctx.all_reduce(torch.cat([sums, sums.new_tensor([len(shard)])]))
     count = sums[-1]
     means = {name: (total / count).item() for name, total in zip(names, sums, strict=False)}
-    if tails:
+    if tails and "bpd" in totals:  # the tail of the per-example bpd, where there is one
         means.update(tail_statistics(per_example, len(data), ctx, data.device))
     return means
 

@@ -175,7 +175,9 @@ def write_step_pictures(
     for name, (images, nrow) in extra.items():
         written[name] = save_samples(images, run_dir.picture(name, step), model.levels, nrow=nrow)
     if two_d:
-        written["density"] = save_density(model, val, run_dir.picture("density", step))
+        path = run_dir.picture("density", step)
+        own = getattr(model, "density_picture", None)  # models that cannot score a grid
+        written["density"] = own(val, path) if own else save_density(model, val, path)
     if codes is not None:
         written["latent_scatter"] = save_latent_scatter(
             codes,

@@ -223,7 +223,8 @@ class Trainer(TrainingCheckpoints):
                     "steps_per_sec": window_steps / max(elapsed, 1e-9),
                 }
                 logger.log(step, "train", metrics)
-                bar.set_postfix(loss=f"{loss.item():.4f}", bpd=f"{metrics['bpd'].item():.3f}")
+                shown = {"bpd": f"{metrics['bpd'].item():.3f}"} if "bpd" in metrics else {}
+                bar.set_postfix(loss=f"{loss.item():.4f}", **shown)
                 window_start, window_steps = time.perf_counter(), 0
             if step % tc.eval_every == 0 or last:
                 self._validate(step)

@@ -79,3 +79,14 @@ def evaluation_summary(
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """The main figures of an evaluation summary, in words."""
+    if "bpd" in summary:
+        return f"bpd {summary['bpd']:.4f}, nll {summary['nll']:.2f} nats"
+    # a flow fitted to an energy (model=energy_flow): the bound on log Z and the KL
+    return (
+        f"log Z bound {summary['log_z_bound']:.4f} (grid log Z {summary['log_z']:.4f}), "
+        f"KL(q || p) {summary['kl']:.4f} nats"
+    )

@@ -10,7 +10,12 @@ from omegaconf import OmegaConf
 from genflow.data.datasets import load_dataset
 from genflow.engine.device import resolve_device
 from genflow.engine.run_dir import RunDir
-from genflow.tasks.common import evaluation_summary, load_model_from_checkpoint, write_json
+from genflow.tasks.common import (
+    evaluation_summary,
+    headline,
+    load_model_from_checkpoint,
+    write_json,
+)
 from genflow.validation import validate_eval_config
 
 
@@ -42,7 +47,7 @@ def run(cfg) -> dict[str, Any]:
         else ""
     )
     print(
-        f"{cfg.split} bpd {summary['bpd']:.4f}, nll {summary['nll']:.2f} nats{bound} over "
+        f"{cfg.split} {headline(summary)}{bound} over "
         f"{summary['num_examples']} examples, {checkpoint.name} at step {summary['step']}; "
         f"written to {path}",
         flush=True,

@@ -23,7 +23,13 @@ from genflow.engine.train_state import load_weights
 from genflow.engine.trainer import Trainer
 from genflow.engine.trainer_config import TrainerConfig
 from genflow.errors import GenflowError
-from genflow.tasks.common import build_model, evaluation_summary, output_dir, write_json
+from genflow.tasks.common import (
+    build_model,
+    evaluation_summary,
+    headline,
+    output_dir,
+    write_json,
+)
 from genflow.validation import validate_train_config
 
 log = logging.getLogger(__name__)
@@ -39,6 +45,8 @@ TEST_RECORD_KEYS = (
     "bpd_p99",
     "bpd_max",
     "worst_index",
+    "log_z_bound",
+    "log_z",
 )
 
 
@@ -157,8 +165,8 @@ def result_lines(summary, state, last_value, tcfg, run_dir: Path, logger_cfg) ->
         else ""
     )
     lines = [
-        f"test bpd {summary['bpd']:.4f}, nll {summary['nll']:.2f} nats{bound} (best checkpoint, "
-        f"step {summary['step']} of {state.step}); run directory {run_dir}"
+        f"test {headline(summary)}{bound} (best checkpoint, step {summary['step']} of "
+        f"{state.step}); run directory {run_dir}"
     ]
     monitor = tcfg.monitor
     if last_value is not None and state.best_step > 0 and state.best_step < state.step:
