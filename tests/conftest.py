@@ -61,6 +61,7 @@ MODEL_TINY = {
     "wavenet": ["model.residual_channels=8", "model.skip_channels=8", "model.layers_per_block=3"],
     "pixelcnnpp": ["model.hidden_channels=8", "model.num_resnet=1", "model.num_mixtures=2"],
     "pixelrnn": ["model.hidden_channels=4", "model.num_layers=1"],
+    "gated_pixelcnn": ["model.hidden_channels=6", "model.num_layers=2"],
     "vae": ["model.hidden_features=16", "model.latent_features=4", "eval.iw_samples=8"],
 }
 TINY = [*MODEL_TINY["realnvp"], *RUN_TINY]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import perturbed
 
+from genflow.models.gated_pixelcnn import GatedPixelCNN
 from genflow.models.pixelcnn import PixelCNN
 from genflow.models.pixelrnn import PixelRNN, skew, unskew
 from genflow.models.wavenet import WaveNet
@@ -130,6 +131,39 @@ def test_pixelrnn_row_by_row_recurrence_equals_the_whole_image_pass(variant):
         torch.testing.assert_close(torch.stack(rows, dim=3), model.logits(images))
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_gated_pixelcnn_is_causal_in_raster_and_colour_order(channels):
+    shape = (channels, 5, 5)
+    model = GatedPixelCNN(shape, 4, hidden_channels=6, num_layers=3)
+    model = perturbed(model.double(), 0.3)
+    _dependency(model._logits_of_scaled, shape, _order_index(shape), lambda v: v)
+
+
+def test_gated_pixelcnn_has_no_blind_spot_where_pixelcnn_has_one():
+    """At (3, 2) of a 6x6 image, four gated layers see every earlier pixel; a PixelCNN of the
+    same depth and kernel misses the triangle above and to the right ((1, 5), (2, 4), (2, 5)),
+    though it lies within its kernels' reach: the blind spot the two stacks remove."""
+    shape, pixel = (1, 6, 6), (3, 2)
+
+    def hidden(logits_of_scaled):
+        v = torch.randn(1, *shape, dtype=torch.float64, requires_grad=True)
+        grad = torch.autograd.grad(logits_of_scaled(v).sum(1)[0, 0][pixel], v)[0][0, 0]
+        return {(a, b) for a in range(6) for b in range(6) if a * 6 + b < 20 and grad[a, b] == 0}
+
+    gated = perturbed(GatedPixelCNN(shape, 4, hidden_channels=6, num_layers=4).double(), 0.3)
+    assert hidden(gated._logits_of_scaled) == set()
+    plain = PixelCNN(shape, 4, hidden_channels=8, num_layers=4, first_kernel_size=3)
+    plain = perturbed(plain.double(), 0.3)
+
+    def plain_logits(v):
+        h = plain.input(v)
+        for block in plain.blocks:
+            h = block(h)
+        return plain._to_logits(plain.head_out(torch.relu(plain.head_hidden(torch.relu(h)))))
+
+    assert hidden(plain_logits) == {(1, 5), (2, 4), (2, 5)}
+
+
 def test_wavenet_is_causal():
     torch.manual_seed(0)
     model = perturbed(
@@ -206,7 +240,9 @@ def test_cached_and_naive_samplers_give_identical_samples(name):
     assert naive.unique().numel() > 1  # not a degenerate constant sample
 
 
-@pytest.mark.parametrize("name", ["pixelcnn", "wavenet", "row_lstm", "diagonal_bilstm"])
+@pytest.mark.parametrize(
+    "name", ["pixelcnn", "wavenet", "row_lstm", "diagonal_bilstm", "gated_pixelcnn"]
+)
 def test_exact_probabilities_sum_to_one(name):
     """All 3^4 images of a 1x2x2, 3-level model: sum_x p(x) = 1 exactly (no bound involved)."""
     import itertools
@@ -219,6 +255,7 @@ def test_exact_probabilities_sum_to_one(name):
         ),
         "row_lstm": lambda: PixelRNN((1, 2, 2), 3, "row_lstm", 4, 2),
         "diagonal_bilstm": lambda: PixelRNN((1, 2, 2), 3, "diagonal_bilstm", 4, 2),
+        "gated_pixelcnn": lambda: GatedPixelCNN((1, 2, 2), 3, hidden_channels=4, num_layers=2),
     }[name]()
     model = perturbed(model, 0.3).double()
     images = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 1, 2, 2)

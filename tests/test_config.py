@@ -76,12 +76,13 @@ SMALL = {
     "wavenet": ["model.residual_channels=4", "model.skip_channels=4", "model.layers_per_block=1"],
     "pixelcnnpp": ["model.hidden_channels=4", "model.num_resnet=1"],
     "pixelrnn": ["model.hidden_channels=4", "model.num_layers=1"],
+    "gated_pixelcnn": ["model.hidden_channels=6", "model.num_layers=1"],
     "vae": ["model.hidden_features=8", "model.latent_features=2"],
     "energy_flow": ["model.num_flows=2"],
 }
 ENERGY_TARGETS = {"u1", "u2", "u3", "u4"}  # what model=energy_flow fits
-IMAGE_ONLY = {"glow", "pixelcnn", "pixelcnnpp", "pixelrnn"}
-DISCRETE_ONLY = {"pixelcnn", "pixelcnnpp", "wavenet", "pixelrnn"}
+IMAGE_ONLY = {"glow", "pixelcnn", "pixelcnnpp", "pixelrnn", "gated_pixelcnn"}
+DISCRETE_ONLY = {"pixelcnn", "pixelcnnpp", "wavenet", "pixelrnn", "gated_pixelcnn"}
 
 
 @pytest.mark.parametrize("model", sorted(GROUPS["model"]))
