@@ -216,6 +216,9 @@ def test_masks_and_causal_conv_shapes():
         "row_lstm_colour",
         "diagonal_bilstm_grey",
         "diagonal_bilstm_colour",
+        "gated_grey",
+        "gated_colour",
+        "gated_colour_k5",
     ],
 )
 def test_cached_and_naive_samplers_give_identical_samples(name):
@@ -230,6 +233,9 @@ def test_cached_and_naive_samplers_give_identical_samples(name):
         "row_lstm_colour": lambda: PixelRNN((3, 4, 4), 4, "row_lstm", 6, 2),
         "diagonal_bilstm_grey": lambda: PixelRNN((1, 6, 5), 5, "diagonal_bilstm", 6, 2),
         "diagonal_bilstm_colour": lambda: PixelRNN((3, 4, 4), 4, "diagonal_bilstm", 6, 2),
+        "gated_grey": lambda: GatedPixelCNN((1, 6, 5), 5, hidden_channels=6, num_layers=3),
+        "gated_colour": lambda: GatedPixelCNN((3, 4, 4), 4, hidden_channels=6, num_layers=3),
+        "gated_colour_k5": lambda: GatedPixelCNN((3, 5, 4), 4, 6, num_layers=2, kernel_size=5),
     }[name]()
     model = perturbed(model, 0.3).double().eval()
     torch.manual_seed(7)

@@ -14,7 +14,8 @@ from genflow.config import config_dir
 from genflow.models.base import GenerativeModel
 from genflow.tasks.common import build_model
 
-MODELS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
+# every model of data (energy_flow fits a 2-D energy; its contract is in test_energy_flow.py)
+MODELS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml") if p.stem != "energy_flow")
 X = torch.from_numpy(load_digits().data[:6]).to(torch.long).view(6, 1, 8, 8)
 
 

@@ -89,3 +89,28 @@ def test_energy_flow_trains_from_the_command_line_and_draws_target_and_flow(work
     assert summary["kl"] == pytest.approx(summary["log_z"] - summary["log_z_bound"], rel=1e-9)
     assert "bpd" not in summary and summary["kl"] > 0
     assert (run_dir / "samples" / "density_0000020.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("flow", ["planar", "realnvp"])
+def test_energy_flow_keeps_the_model_contract(flow):
+    """What test_contract.py checks of the data models, for the energy flow on U1: declared
+    metrics, a state_dict round trip, eval mode everywhere, float64, samples of the shape."""
+
+    def build(seed):
+        torch.manual_seed(seed)
+        return perturbed(EnergyFlow((2,), None, "u1", flow, num_flows=3, hidden_features=8), 0.2)
+
+    def seeded_bound(model):
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(5)
+            return model.evaluate(torch.zeros(50, 2))["log_z_bound"]
+
+    trained, fresh = build(0).eval(), build(1).eval()
+    assert set(trained.evaluate(torch.zeros(4, 2))) == set(EnergyFlow.eval_metrics)
+    assert not any(m.training for m in trained.modules())
+    before = seeded_bound(fresh)
+    fresh.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(seeded_bound(fresh), seeded_bound(trained))
+    assert not torch.allclose(before, seeded_bound(fresh))
+    assert trained.double().sample(3).dtype == torch.float64
+    assert trained.sample(7).shape == (7, 2)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genflow.models.arm import draw
 from genflow.models.pixelcnn import PixelARM
 from genflow.nn.masked_conv import MaskedConv2d, pixelcnn_mask
 
@@ -69,8 +70,8 @@ class GatedLayer(nn.Module):
 class GatedPixelCNN(PixelARM):
     """``num_layers`` gated layers of ``hidden_channels`` channels (kernel ``kernel_size``;
     the first layer's input is the scaled image), then two masked 1x1 convolutions giving
-    ``levels`` logits per pixel and channel (R, G, B order). Samples naively (one full pass
-    per value)."""
+    ``levels`` logits per pixel and channel (R, G, B order). ``sample`` is cached: the
+    vertical stack advances a row at a time, the horizontal stack a pixel at a time."""
 
     def __init__(
         self,
@@ -104,3 +105,101 @@ class GatedPixelCNN(PixelARM):
         for layer in self.layers:
             v, h = layer(v, h)
         return self._to_logits(self.head_out(F.relu(self.head_hidden(F.relu(h)))))
+
+    # -- cached sampling ------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+        return self.sample_cached(n, temperature)
+
+    @torch.no_grad()
+    def sample_cached(self, n: int, temperature: float = 1.0) -> Tensor:
+        """Raster order, carrying each layer's vertical map of the rows above and its
+        horizontal values to the left: a new value costs one pixel of each layer (and each
+        finished row one row of the vertical stack); the naive sampler's images exactly."""
+        c, height, width = self.event_shape
+        device, dtype = self.embed.weight.device, self.dtype
+        first = self.layers[0]
+        k_rows, k_cols = first.vertical.kernel_size
+        half = k_cols // 2
+        channels = self.embed.out_channels
+        out = torch.zeros(n, c, height, width, dtype=torch.long, device=device)
+        pixel = torch.zeros(n, c, device=device, dtype=dtype)  # the scaled values so far
+        # vertical inputs of every layer, padded like the training pass: (k_rows - 1) rows on
+        # top, half columns each side; row r + k_rows - 1 holds row r
+        maps = [
+            torch.zeros(
+                n, channels, height + k_rows - 1, width + 2 * half, device=device, dtype=dtype
+            )
+            for _ in range(len(self.layers))
+        ]
+        # each layer's link into the horizontal stack of the current row: row 0 has no row
+        # above, so only the link's bias (the training pass links a zero row)
+        links = [
+            layer.link.bias[None, :, None].expand(n, -1, width).to(dtype).clone()
+            for layer in self.layers
+        ]
+        embed_weight = (self.embed.weight * self.embed.mask)[:, :, 0, 0]
+        for i in range(height):
+            if i > 0:
+                self._vertical_row(out, i - 1, maps, links, embed_weight)
+            # the horizontal inputs of every layer along this row, half columns of zeros on the left
+            rows = [
+                torch.zeros(n, channels, width + half, device=device, dtype=dtype)
+                for _ in range(len(self.layers) + 1)
+            ]
+            for j in range(width):
+                pixel.zero_()
+                for ch in range(c):  # channel ch may read channels < ch of this pixel
+                    h = self._horizontal_pixel(pixel, j, rows, links, embed_weight, store=False)
+                    logits = self._to_logits(self._head_vector(h)[:, :, None, None])[:, :, ch, 0, 0]
+                    value = draw(logits, temperature)
+                    out[:, ch, i, j] = value
+                    pixel[:, ch] = self.scale(value)
+                self._horizontal_pixel(pixel, j, rows, links, embed_weight, store=True)
+        return out
+
+    def _head_vector(self, h: Tensor) -> Tensor:
+        hidden = self.head_hidden.forward_vector(F.relu(h))
+        return self.head_out.forward_vector(F.relu(hidden))
+
+    def _vertical_row(self, out, r, maps, links, embed_weight) -> None:
+        """Row r (complete) through the vertical stack of every layer: each layer's input map
+        gets row r, and ``links`` the row's link into the horizontal stack of row r + 1."""
+        k_rows = self.layers[0].vertical.kernel_size[0]
+        half = self.layers[0].vertical.kernel_size[1] // 2
+        width = self.event_shape[2]
+        v = (
+            torch.einsum("oc,bcw->bow", embed_weight, self.scale(out[:, :, r]))
+            + self.embed.bias[:, None]
+        )
+        for layer, cache, link in zip(self.layers, maps, links, strict=True):
+            cache[:, :, r + k_rows - 1, half : half + width] = v
+            window = cache[:, :, r : r + k_rows]  # rows r - k_rows + 1 .. r, padded
+            v_pre = F.conv2d(window, layer.vertical.weight, layer.vertical.bias)[:, :, 0]
+            link.copy_(torch.einsum("oc,bcw->bow", layer.link.weight[:, :, 0, 0], v_pre))
+            link.add_(layer.link.bias[:, None])
+            v = gate(v_pre)
+
+    def _horizontal_pixel(self, pixel, j, rows, links, embed_weight, store: bool) -> Tensor:
+        """The horizontal stack of every layer at column j of the current row, from the values
+        to its left in ``rows`` and this pixel's scaled channels; with ``store`` the results
+        go into ``rows`` for the pixels to the right."""
+        half = self.layers[0].horizontal.kernel_size[1] - 1
+        h = F.linear(pixel, embed_weight, self.embed.bias)
+        if store:
+            rows[0][:, :, half + j] = h
+        for index, layer in enumerate(self.layers):
+            weight = layer.horizontal.weight[:, :, 0]  # (2C, C, half + 1)
+            left = rows[index][:, :, j : half + j]  # the half values to the left
+            pre = torch.einsum("ocw,bcw->bo", weight[:, :, :half], left)
+            pre = pre + F.linear(h, weight[:, :, half] * layer.centre_mask, layer.horizontal.bias)
+            pre = pre + links[index][:, :, j]
+            new = F.linear(
+                gate(pre[:, :, None])[:, :, 0],
+                layer.residual.weight[:, :, 0, 0] * layer.residual_mask,
+                layer.residual.bias,
+            )
+            h = new if layer.first else h + new
+            if store:
+                rows[index + 1][:, :, half + j] = h
+        return h
