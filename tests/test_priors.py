@@ -34,11 +34,13 @@ def _tiny_encode(shape=(1, 2, 2)):
 
 
 PRIORS = {
-    "standard": lambda: priors.standard(DZ),
-    "mog": lambda: perturbed(priors.mog(DZ, num_components=5), 0.4),
-    "vampprior": lambda: perturbed(priors.vampprior(DZ, (1, 2, 2), num_components=6), 0.5),
-    "flow_realnvp": lambda: perturbed(priors.flow(DZ, "realnvp", 4, 16), FLOW_NOISE["realnvp"]),
-    "flow_maf": lambda: perturbed(priors.flow(DZ, "maf", 4, 16), FLOW_NOISE["maf"]),
+    "standard": lambda: priors.StandardPrior(DZ),
+    "mog": lambda: perturbed(priors.MixturePrior(DZ, num_components=5), 0.4),
+    "vampprior": lambda: perturbed(priors.VampPrior(DZ, (1, 2, 2), num_components=6), 0.5),
+    "flow_realnvp": lambda: perturbed(
+        priors.FlowPrior(DZ, "realnvp", 4, 16), FLOW_NOISE["realnvp"]
+    ),
+    "flow_maf": lambda: perturbed(priors.FlowPrior(DZ, "maf", 4, 16), FLOW_NOISE["maf"]),
 }
 
 
@@ -78,7 +80,7 @@ def test_every_prior_is_normalised_and_its_samples_follow_its_density(name):
 def test_flow_prior_counts_its_log_det(kind):
     """Without the log-det, or with its sign flipped, the same flow is not normalised: the
     normalisation test above can tell."""
-    prior = perturbed(priors.flow(DZ, kind, 4, 16), FLOW_NOISE[kind]).double()
+    prior = perturbed(priors.FlowPrior(DZ, kind, 4, 16), FLOW_NOISE[kind]).double()
     z, area = _grid()
     with torch.no_grad():
         noise, logdet = prior.flow(z)
@@ -133,10 +135,10 @@ def test_importance_weights_average_to_the_evidence_under_each_prior(name):
     prior's own log-density, and the Monte Carlo KL replaces the closed form."""
     torch.manual_seed(2)
     builders = {
-        "mog": lambda: priors.mog(DZ, 3),
-        "vampprior": lambda: priors.vampprior(DZ, (D,), 4),
-        "flow_realnvp": lambda: priors.flow(DZ, "realnvp", 4, 16),
-        "flow_maf": lambda: priors.flow(DZ, "maf", 4, 16),
+        "mog": lambda: priors.MixturePrior(DZ, 3),
+        "vampprior": lambda: priors.VampPrior(DZ, (D,), 4),
+        "flow_realnvp": lambda: priors.FlowPrior(DZ, "realnvp", 4, 16),
+        "flow_maf": lambda: priors.FlowPrior(DZ, "maf", 4, 16),
     }
     prior = perturbed(builders[name](), FLOW_NOISE.get(name.removeprefix("flow_"), 0.4))
     vae, weight, bias = _linear_vae(prior)
@@ -157,7 +159,7 @@ def test_importance_weights_average_to_the_evidence_under_each_prior(name):
         k = 100_000
         torch.manual_seed(7)
         log_px_z, log_pz, log_q = vae._log_terms(x, mean, log_scale, context, k)
-        vae.prior = priors.standard(DZ).double()  # the same draws, scored under N(0, I)
+        vae.prior = priors.StandardPrior(DZ).double()  # the same draws, scored under N(0, I)
         torch.manual_seed(7)
         _, log_pz_standard, _ = vae._log_terms(x, mean, log_scale, context, k)
 
@@ -172,7 +174,7 @@ def test_importance_weights_average_to_the_evidence_under_each_prior(name):
 
 
 def test_vampprior_pseudo_inputs_start_at_the_first_training_images():
-    vae = VAE((1, 8, 8), 17, 4, hidden_features=8, prior=priors.vampprior(4, (1, 8, 8), 5))
+    vae = VAE((1, 8, 8), 17, 4, hidden_features=8, prior=priors.VampPrior(4, (1, 8, 8), 5))
     batch = torch.randint(0, 17, (3, 1, 8, 8))
     vae.initialize(batch)
     expected = batch[[0, 1, 2, 0, 1]].float() / 16  # cycling through a batch smaller than K

@@ -280,7 +280,7 @@ def test_mc_samples_average_independent_draws_in_the_training_elbo(prior):
     """model.mc_samples = L: the training -ELBO is the mean over L posterior draws per
     example, so its expectation is unchanged and its variance falls by L (closed-form KL
     under the standard prior, the Monte Carlo KL under a mixture)."""
-    from genflow.models.priors import mog
+    from genflow.models.priors import MixturePrior
 
     torch.manual_seed(6)
     weight, bias = torch.randn(D, DZ, dtype=torch.float64), torch.randn(D, dtype=torch.float64)
@@ -289,7 +289,7 @@ def test_mc_samples_average_independent_draws_in_the_training_elbo(prior):
     for samples in (1, 16):
         vae = _linear_gaussian(weight, bias)
         if prior == "mog":
-            vae.prior = mog(DZ, 3).double()
+            vae.prior = MixturePrior(DZ, 3).double()
             vae.analytic_kl = False
         vae.mc_samples = samples
         _use_posterior(vae, torch.zeros(1, DZ, dtype=torch.float64), torch.zeros(1, DZ) - 0.5)
@@ -304,10 +304,10 @@ def test_two_latent_vae_draws_its_manifold_posterior_draws_and_codes():
     """With latent_features=2: the manifold decodes a 15 x 15 grid spanning the prior's 2% to
     98% quantiles (z[0] along a row, z[1] down the rows); posterior_draws puts the input first,
     then 63 decodings of z ~ q(z|x); latent_points are the posterior means encode gives."""
-    from genflow.models.priors import mog
+    from genflow.models.priors import MixturePrior
 
     torch.manual_seed(0)
-    vae = VAE((1, 8, 8), 17, 2, hidden_features=16, prior=mog(2, 3)).eval()
+    vae = VAE((1, 8, 8), 17, 2, hidden_features=16, prior=MixturePrior(2, 3)).eval()
     x = torch.randint(0, 17, (12, 1, 8, 8))
     pictures = vae.pictures(x)
     manifold, nrow = pictures["manifold"]

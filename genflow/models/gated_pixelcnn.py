@@ -82,10 +82,6 @@ class GatedPixelCNN(PixelARM):
         kernel_size: int = 3,
     ):
         super().__init__(event_shape, levels)
-        if len(self.event_shape) != 3:
-            raise ValueError(
-                f"GatedPixelCNN models images (C, H, W); got event shape {self.event_shape}"
-            )
         if kernel_size < 2:
             raise ValueError(f"model.kernel_size must be at least 2, got {kernel_size}")
         c = self.event_shape[0]

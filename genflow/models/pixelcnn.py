@@ -38,6 +38,14 @@ class PixelARM(AutoregressiveModel):
 
     image_only = True
 
+    def __init__(self, event_shape: tuple[int, ...], levels: int):
+        super().__init__(event_shape, levels)
+        if len(self.event_shape) != 3:
+            raise ValueError(
+                f"{type(self).__name__} models images (C, H, W); got event shape "
+                f"{self.event_shape} (try model=wavenet)"
+            )
+
     def positions(self):
         c, h, w = self.event_shape
         return ((ch, i, j) for i, j, ch in itertools.product(range(h), range(w), range(c)))
@@ -66,10 +74,6 @@ class PixelCNN(PixelARM):
         first_kernel_size: int = 7,
     ):
         super().__init__(event_shape, levels)
-        if len(self.event_shape) != 3:
-            raise ValueError(
-                f"PixelCNN models images (C, H, W); got event shape {self.event_shape} (try model=wavenet)"
-            )
         c = self.event_shape[0]
         self.input = MaskedConv2d(c, hidden_channels, first_kernel_size, "A", c)
         self.blocks = nn.ModuleList(

@@ -212,10 +212,6 @@ class PixelRNN(PixelARM):
         first_kernel_size: int = 7,
     ):
         super().__init__(event_shape, levels)
-        if len(self.event_shape) != 3:
-            raise ValueError(
-                f"PixelRNN models images (C, H, W); got event shape {self.event_shape} (try model=wavenet)"
-            )
         if variant not in PIXELRNN_VARIANTS:
             raise ValueError(
                 f"unknown PixelRNN variant '{variant}'; valid: {', '.join(PIXELRNN_VARIANTS)}"

@@ -6,7 +6,7 @@ log-scale of the diagonal Gaussian q(z_0|x); only the VampPrior uses it. ``stand
 the VAE the KL of a Gaussian posterior has a closed form; for every other prior the VAE uses
 the Monte Carlo estimate log q(z|x) - log p(z).
 
-The Hydra group ``model/prior`` names one builder by ``_target_``. References: Tomczak &
+The Hydra group ``model/prior`` names one class by ``_target_``. References: Tomczak &
 Welling, 2018, "VAE with a VampPrior", arXiv:1705.07120; Tomczak, "Deep Generative
 Modeling" (2022), chapter 4.4 (mixture, VampPrior and flow priors on digits).
 """
@@ -93,6 +93,7 @@ class MixturePrior(Prior):
 
     def __init__(self, features: int, num_components: int = 16, seed: int = 0):
         super().__init__(features)
+        num_components = _check_components(num_components)
         generator = torch.Generator().manual_seed(int(seed))
         self.mean = nn.Parameter(torch.randn(num_components, features, generator=generator))
         self.log_scale = nn.Parameter(torch.zeros(num_components, features))
@@ -132,6 +133,7 @@ class VampPrior(Prior):
         super().__init__(features)
         from genflow.models.vae import image_layout
 
+        num_components = _check_components(num_components)
         generator = torch.Generator().manual_seed(int(seed))
         shape = image_layout(tuple(event_shape))
         self.pseudo_inputs = nn.Parameter(torch.rand(num_components, *shape, generator=generator))
@@ -207,37 +209,9 @@ class FlowPrior(Prior):
         return self.flow.inverse(self.normal.sample(n, temperature).to(dtype))[0]
 
 
-# -- builders named by the Hydra group model/prior ---------------------------------------
-
-
 def _check_components(num_components: int) -> int:
     if not (isinstance(num_components, int) and num_components >= 1):
         raise ValueError(
             f"model.prior.num_components must be a positive integer, got {num_components}"
         )
     return num_components
-
-
-def standard(features: int) -> StandardPrior:
-    return StandardPrior(features)
-
-
-def mog(features: int, num_components: int = 16, seed: int = 0) -> MixturePrior:
-    return MixturePrior(features, _check_components(num_components), seed)
-
-
-def vampprior(
-    features: int, event_shape: tuple[int, ...], num_components: int = 64, seed: int = 0
-) -> VampPrior:
-    return VampPrior(features, event_shape, _check_components(num_components), seed)
-
-
-def flow(
-    features: int,
-    kind: str = "realnvp",
-    num_layers: int = 4,
-    hidden_features: int = 128,
-    hidden_layers: int = 2,
-    seed: int = 0,
-) -> FlowPrior:
-    return FlowPrior(features, kind, num_layers, hidden_features, hidden_layers, seed)
