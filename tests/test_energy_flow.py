@@ -89,6 +89,11 @@ def test_energy_flow_trains_from_the_command_line_and_draws_target_and_flow(work
     assert summary["kl"] == pytest.approx(summary["log_z"] - summary["log_z_bound"], rel=1e-9)
     assert "bpd" not in summary and summary["kl"] > 0
     assert (run_dir / "samples" / "density_0000020.png").stat().st_size > 1000
+    # genflow sample draws the flow's own picture too (a planar flow cannot score a grid)
+    result = last_json_line(
+        run_genflow(["sample", f"run={run_dir}", "sample.n=100"], workdir).stdout
+    )
+    assert torch.load(result["tensor"], weights_only=True).shape == (100, 2)
 
 
 @pytest.mark.parametrize("flow", ["planar", "realnvp"])

@@ -99,6 +99,13 @@ def save_strip(rows: Tensor, path: Path, levels: int | None) -> Path:
     return path
 
 
+def density_picture(model, reference: Tensor, path: Path) -> Path:
+    """A 2-D model's density picture: its own where it draws one (a flow fitted to an energy,
+    which may not score a grid), else the heat map of ``save_density``."""
+    own = getattr(model, "density_picture", None)
+    return own(reference, path) if own is not None else save_density(model, reference, path)
+
+
 def save_latent_scatter(
     points: Tensor, labels: Tensor | None, path: Path, title: str, max_points: int = 2000
 ) -> Path:
@@ -175,9 +182,7 @@ def write_step_pictures(
     for name, (images, nrow) in extra.items():
         written[name] = save_samples(images, run_dir.picture(name, step), model.levels, nrow=nrow)
     if two_d:
-        path = run_dir.picture("density", step)
-        own = getattr(model, "density_picture", None)  # models that cannot score a grid
-        written["density"] = own(val, path) if own else save_density(model, val, path)
+        written["density"] = density_picture(model, val, run_dir.picture("density", step))
     if codes is not None:
         written["latent_scatter"] = save_latent_scatter(
             codes,

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from genflow.data.datasets import load_dataset
 from genflow.engine.device import resolve_device
-from genflow.engine.pictures import save_density, save_samples, save_strip
+from genflow.engine.pictures import density_picture, save_samples, save_strip
 from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError
 from genflow.tasks.common import load_model_from_checkpoint
@@ -81,7 +81,7 @@ def run(cfg) -> dict[str, Any]:
     extra = {}
     if samples.dim() == 2:  # 2-D data: draw the data beside the samples, and the density
         reference = load_dataset(OmegaConf.create(ckpt["config"]["dataset"])).val
-        density = save_density(model, reference, out_dir / f"density_{checkpoint.stem}.png")
+        density = density_picture(model, reference, out_dir / f"density_{checkpoint.stem}.png")
         extra["density"] = str(density)
     image = save_samples(samples, out_dir / f"{stem}.png", model.levels, reference)
     summary = {
