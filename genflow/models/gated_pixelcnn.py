@@ -100,13 +100,9 @@ class GatedPixelCNN(PixelARM):
         v = h
         for layer in self.layers:
             v, h = layer(v, h)
-        return self._to_logits(self.head_out(F.relu(self.head_hidden(F.relu(h)))))
+        return self._to_logits(self._head(h))
 
     # -- cached sampling ------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        return self.sample_cached(n, temperature)
-
     @torch.no_grad()
     def sample_cached(self, n: int, temperature: float = 1.0) -> Tensor:
         """Raster order, carrying each layer's vertical map of the rows above and its

@@ -34,7 +34,8 @@ class MaskedResidualBlock(nn.Module):
 
 class PixelARM(AutoregressiveModel):
     """An image ARM over (C, H, W) in raster order, then R, G, B within a pixel, with
-    ``levels`` logits per pixel and channel from a head of C * levels output channels."""
+    ``levels`` logits per pixel and channel from a head (``head_hidden``, ``head_out``: masked
+    1x1 convolutions to C * levels channels); subclasses give ``sample_cached``."""
 
     image_only = True
 
@@ -54,6 +55,16 @@ class PixelARM(AutoregressiveModel):
         b, _, *spatial = out.shape
         c = self.event_shape[0]
         return out.view(b, c, self.levels, *spatial).transpose(1, 2)
+
+    def _head(self, h: Tensor) -> Tensor:
+        return self.head_out(F.relu(self.head_hidden(F.relu(h))))
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+        return self.sample_cached(n, temperature)
+
+    def sample_cached(self, n: int, temperature: float = 1.0) -> Tensor:
+        raise NotImplementedError
 
 
 class PixelCNN(PixelARM):
@@ -86,11 +97,7 @@ class PixelCNN(PixelARM):
         h = self.input(self.scale(x))
         for block in self.blocks:
             h = block(h)
-        return self._to_logits(self.head_out(F.relu(self.head_hidden(F.relu(h)))))
-
-    @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        return self.sample_cached(n, temperature)
+        return self._to_logits(self._head(h))
 
     @torch.no_grad()
     def sample_cached(self, n: int, temperature: float = 1.0) -> Tensor:

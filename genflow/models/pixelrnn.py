@@ -228,9 +228,6 @@ class PixelRNN(PixelARM):
         self.head_hidden = MaskedConv2d(channels, channels, 1, "B", c)
         self.head_out = MaskedConv2d(channels, c * self.levels, 1, "B", c)
 
-    def _head(self, h: Tensor) -> Tensor:
-        return self.head_out(F.relu(self.head_hidden(F.relu(h))))
-
     def logits(self, x: Tensor) -> Tensor:
         h = self.input(self.scale(x))
         for layer in self.layers:
@@ -251,10 +248,6 @@ class PixelRNN(PixelARM):
             h, new_state = layer.row(h, state)
             states.append(new_state)
         return self._to_logits(self._head(h.unsqueeze(2))).squeeze(-2), states
-
-    @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        return self.sample_cached(n, temperature)
 
     @torch.no_grad()
     def sample_cached(self, n: int, temperature: float = 1.0) -> Tensor:
