@@ -119,3 +119,18 @@ def test_energy_flow_keeps_the_model_contract(flow):
     assert not torch.allclose(before, seeded_bound(fresh))
     assert trained.double().sample(3).dtype == torch.float64
     assert trained.sample(7).shape == (7, 2)
+
+
+def test_training_loss_anneals_beta_on_the_energy():
+    """model.anneal_steps: the loss is E_q[log q + beta U] with beta = 0.01 + step / steps, at
+    most 1; the reported bound and KL always use U itself."""
+    model = EnergyFlow((2,), None, "u2", "planar", num_flows=2, anneal_steps=100).double()
+    for step, beta in ((0, 0.01), (50, 0.51), (100, 1.0), (400, 1.0)):
+        model.set_training_step(step)
+        torch.manual_seed(3)
+        out = model(torch.zeros(64, 2))
+        torch.manual_seed(3)
+        z, log_q = model.draw(64)
+        energy = model.energy(z)
+        torch.testing.assert_close(out.loss, (log_q + beta * energy).mean())
+        torch.testing.assert_close(out.metrics["log_z_bound"], -(log_q + energy).mean())

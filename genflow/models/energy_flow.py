@@ -124,10 +124,11 @@ class EnergyFlow(GenerativeModel):
         )
         return z, full_precision(base) - full_precision(logdet)
 
-    def beta(self) -> float:
+    def beta(self) -> Tensor | float:
+        """0.01 + step / anneal_steps, at most 1; a tensor, so no step waits on the host."""
         if self.anneal_steps <= 0:
             return 1.0
-        return min(1.0, 0.01 + self.training_step.item() / self.anneal_steps)
+        return (0.01 + self.training_step.double() / self.anneal_steps).clamp(max=1.0)
 
     def forward(self, x: Tensor) -> Output:
         z, log_q = self.draw(len(x))
