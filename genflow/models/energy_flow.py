@@ -22,6 +22,7 @@ from genflow.bijections.autoregressive import MaskedAffineAutoregressive
 from genflow.bijections.base import Bijection, Compose, Inverted
 from genflow.bijections.permutation import Permutation
 from genflow.distributions.energies import ENERGIES, log_partition
+from genflow.distributions.normal import StandardNormal
 from genflow.models import posteriors
 from genflow.models.base import GenerativeModel, Output
 from genflow.models.realnvp import vector_flow
@@ -29,7 +30,6 @@ from genflow.nn.made import MADE
 from genflow.numeric import full_precision
 
 ENERGY_FLOWS = ("planar", "radial", "sylvester", "iaf", "realnvp", "maf")
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 @functools.cache
@@ -91,6 +91,7 @@ class EnergyFlow(GenerativeModel):
         self.anneal_steps = int(anneal_steps)
         self.register_buffer("training_step", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+        self.base = StandardNormal((2,))
 
     @staticmethod
     def check_config(model_cfg) -> None:
@@ -105,7 +106,7 @@ class EnergyFlow(GenerativeModel):
     def set_training_step(self, step: int) -> None:
         self.training_step.fill_(int(step))
 
-    def _context(self, n: int) -> Tensor | None:
+    def _context(self) -> Tensor | None:
         """The amortised layers' one constant context; the others take none."""
         if self.flow_name in ("realnvp", "maf"):
             return None
@@ -118,11 +119,10 @@ class EnergyFlow(GenerativeModel):
     def draw(self, n: int, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
         """n draws z ~ q and log q(z) (of the temperature-scaled base)."""
         eps = temperature * torch.randn(n, 2, device=self._anchor.device, dtype=self._dtype)
-        z, logdet = self.flow(eps, self._context(n))
-        base = (
-            -0.5 * (eps / temperature).pow(2).sum(1) - 2 * HALF_LOG_2PI - 2 * math.log(temperature)
-        )
-        return z, full_precision(base) - full_precision(logdet)
+        z, logdet = self.flow(eps, self._context())
+        # the base N(0, T^2 I): N(0, I) at eps / T, and the 1 / T^2 of the 2-D rescaling
+        base = self.base.log_prob(eps / temperature) - 2 * math.log(temperature)
+        return z, base - full_precision(logdet)
 
     def beta(self) -> Tensor | float:
         """0.01 + step / anneal_steps, at most 1; a tensor, so no step waits on the host."""
@@ -159,9 +159,8 @@ class EnergyFlow(GenerativeModel):
                 f"a {self.flow_name} flow has no inverse, so q cannot score given points; "
                 "its density is shown by the histogram of its samples"
             )
-        noise, logdet = self.flow.inverse(x.to(self._dtype), self._context(len(x)))
-        base = -0.5 * noise.pow(2).sum(1) - 2 * HALF_LOG_2PI
-        return full_precision(base) + full_precision(logdet)
+        noise, logdet = self.flow.inverse(x.to(self._dtype), self._context())
+        return self.base.log_prob(noise) + full_precision(logdet)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:

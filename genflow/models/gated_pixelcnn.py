@@ -130,10 +130,9 @@ class GatedPixelCNN(PixelARM):
             layer.link.bias[None, :, None].expand(n, -1, width).to(dtype).clone()
             for layer in self.layers
         ]
-        embed_weight = (self.embed.weight * self.embed.mask)[:, :, 0, 0]
         for i in range(height):
             if i > 0:
-                self._vertical_row(out, i - 1, maps, links, embed_weight)
+                self._vertical_row(out, i - 1, maps, links)
             # the horizontal inputs of every layer along this row, half columns of zeros on the left
             rows = [
                 torch.zeros(n, channels, width + half, device=device, dtype=dtype)
@@ -142,42 +141,34 @@ class GatedPixelCNN(PixelARM):
             for j in range(width):
                 pixel.zero_()
                 for ch in range(c):  # channel ch may read channels < ch of this pixel
-                    h = self._horizontal_pixel(pixel, j, rows, links, embed_weight, store=False)
+                    h = self._horizontal_pixel(pixel, j, rows, links, store=False)
                     logits = self._to_logits(self._head_vector(h)[:, :, None, None])[:, :, ch, 0, 0]
                     value = draw(logits, temperature)
                     out[:, ch, i, j] = value
                     pixel[:, ch] = self.scale(value)
-                self._horizontal_pixel(pixel, j, rows, links, embed_weight, store=True)
+                self._horizontal_pixel(pixel, j, rows, links, store=True)
         return out
 
-    def _head_vector(self, h: Tensor) -> Tensor:
-        hidden = self.head_hidden.forward_vector(F.relu(h))
-        return self.head_out.forward_vector(F.relu(hidden))
-
-    def _vertical_row(self, out, r, maps, links, embed_weight) -> None:
+    def _vertical_row(self, out, r, maps, links) -> None:
         """Row r (complete) through the vertical stack of every layer: each layer's input map
         gets row r, and ``links`` the row's link into the horizontal stack of row r + 1."""
         k_rows = self.layers[0].vertical.kernel_size[0]
         half = self.layers[0].vertical.kernel_size[1] // 2
         width = self.event_shape[2]
-        v = (
-            torch.einsum("oc,bcw->bow", embed_weight, self.scale(out[:, :, r]))
-            + self.embed.bias[:, None]
-        )
+        v = self.embed(self.scale(out[:, :, r]).unsqueeze(2)).squeeze(2)  # 1x1 on the row
         for layer, cache, link in zip(self.layers, maps, links, strict=True):
             cache[:, :, r + k_rows - 1, half : half + width] = v
             window = cache[:, :, r : r + k_rows]  # rows r - k_rows + 1 .. r, padded
             v_pre = F.conv2d(window, layer.vertical.weight, layer.vertical.bias)[:, :, 0]
-            link.copy_(torch.einsum("oc,bcw->bow", layer.link.weight[:, :, 0, 0], v_pre))
-            link.add_(layer.link.bias[:, None])
+            link.copy_(layer.link(v_pre.unsqueeze(2)).squeeze(2))
             v = gate(v_pre)
 
-    def _horizontal_pixel(self, pixel, j, rows, links, embed_weight, store: bool) -> Tensor:
+    def _horizontal_pixel(self, pixel, j, rows, links, store: bool) -> Tensor:
         """The horizontal stack of every layer at column j of the current row, from the values
         to its left in ``rows`` and this pixel's scaled channels; with ``store`` the results
         go into ``rows`` for the pixels to the right."""
         half = self.layers[0].horizontal.kernel_size[1] - 1
-        h = F.linear(pixel, embed_weight, self.embed.bias)
+        h = self.embed.forward_vector(pixel)
         if store:
             rows[0][:, :, half + j] = h
         for index, layer in enumerate(self.layers):
@@ -187,7 +178,7 @@ class GatedPixelCNN(PixelARM):
             pre = pre + F.linear(h, weight[:, :, half] * layer.centre_mask, layer.horizontal.bias)
             pre = pre + links[index][:, :, j]
             new = F.linear(
-                gate(pre[:, :, None])[:, :, 0],
+                gate(pre),
                 layer.residual.weight[:, :, 0, 0] * layer.residual_mask,
                 layer.residual.bias,
             )

@@ -59,6 +59,10 @@ class PixelARM(AutoregressiveModel):
     def _head(self, h: Tensor) -> Tensor:
         return self.head_out(F.relu(self.head_hidden(F.relu(h))))
 
+    def _head_vector(self, h: Tensor) -> Tensor:
+        """The head on one pixel's channel vector (B, C): what cached samplers call."""
+        return self.head_out.forward_vector(F.relu(self.head_hidden.forward_vector(F.relu(h))))
+
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
         return self.sample_cached(n, temperature)
@@ -128,10 +132,7 @@ class PixelCNN(PixelARM):
                         cache[:, :, i + pk, j + pk] = t
                         t = block.conv.forward_at(cache, i, j)
                         h = h + block.expand.forward_vector(F.relu(t))
-                    head = self.head_out.forward_vector(
-                        F.relu(self.head_hidden.forward_vector(F.relu(h)))
-                    )
-                    logits = head.view(n, c, self.levels)[:, ch]
+                    logits = self._head_vector(h).view(n, c, self.levels)[:, ch]
                     value = draw(logits, temperature)
                     out[:, ch, i, j] = value
                     image[:, ch, i + p0, j + p0] = self.scale(value)
