@@ -57,7 +57,12 @@ ARCHITECTURES = {
         "model.dropout=0",
         "model.dequantization=uniform",
     ],
-    "realnvp": ["model.num_scales=2", "model.dropout=0", "model.dequantization=uniform"],
+    "realnvp": [
+        "model.num_scales=2",
+        "model.io_kernel_size=1",
+        "model.dropout=0",
+        "model.dequantization=uniform",
+    ],
 }
 
 

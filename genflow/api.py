@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from genflow.data.datasets import load_dataset
+from genflow.data.datasets import DataSplits, load_dataset
 from genflow.engine.evaluate import evaluate, seeded_rng
 from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError
@@ -40,9 +40,7 @@ class Run:
     step: int
     device: torch.device
 
-    def data(self, split: str = "test", root: str | Path | None = None) -> Tensor:
-        """A split of the run's dataset as evaluation scores it, on the run's device;
-        ``root`` if the data moved since training."""
+    def _splits(self, split: str, root: str | Path | None) -> DataSplits:
         if split not in EVAL_SPLITS:
             raise GenflowError(
                 f"split={split} is not a split; valid splits: {', '.join(EVAL_SPLITS)}"
@@ -50,7 +48,12 @@ class Run:
         dataset_cfg = self.config.dataset.copy()
         if root is not None:
             dataset_cfg.root = str(root)
-        return load_dataset(dataset_cfg).scored(split).to(self.device)
+        return load_dataset(dataset_cfg)
+
+    def data(self, split: str = "test", root: str | Path | None = None) -> Tensor:
+        """A split of the run's dataset as evaluation scores it, on the run's device;
+        ``root`` if the data moved since training."""
+        return self._splits(split, root).scored(split).to(self.device)
 
     def check(self, x: Tensor) -> Tensor:
         """``x`` as the model takes it, or one sentence saying why it cannot be scored."""
@@ -70,28 +73,61 @@ class Run:
                 raise GenflowError(f"x holds values outside [0, {levels}), the model's levels")
         return x.to(self.device)
 
+    def labels(self, split: str = "test", root: str | Path | None = None) -> Tensor | None:
+        """A split's class labels on the run's device (None where the dataset has none)."""
+        labels = self._splits(split, root).labels_of(split)
+        return None if labels is None else labels.to(self.device)
+
+    def _labels_for(self, n: int, y) -> Tensor | None:
+        """``y`` as a class-conditional model takes it, or one sentence saying why not."""
+        num_classes = self.model.num_classes
+        if num_classes is None:
+            if y is not None:
+                raise GenflowError(
+                    f"this run's {type(self.model).__name__} is not class-conditional; leave y out"
+                )
+            return None
+        if y is None:
+            raise GenflowError(
+                f"this run's model is class-conditional (model.num_classes={num_classes}): "
+                "pass the class labels y"
+            )
+        try:
+            return self.model.labels(n, y, self.device)
+        except ValueError as err:
+            raise GenflowError(str(err)) from err
+
     @torch.no_grad()
-    def log_prob(self, x: Tensor, seed: int | None = 0) -> Tensor:
+    def log_prob(self, x: Tensor, seed: int | None = 0, y: Tensor | None = None) -> Tensor:
         """log p(x) in nats per example, as the metrics count it (dequantization and every
         log-det included; VAEs: the importance-weighted bound with ``model.iw_samples``).
-        ``seed`` fixes the noise as evaluation does (None: the global RNG)."""
+        ``seed`` fixes the noise as evaluation does (None: the global RNG). A
+        class-conditional model gives log p(x | y) for class labels ``y``."""
         x = self.check(x)
+        y = self._labels_for(len(x), y)
         if seed is None:
-            return self.model.log_prob(x)
+            return self.model.conditional_log_prob(x, y)
         with seeded_rng(seed, self.device):
-            return self.model.log_prob(x)
+            return self.model.conditional_log_prob(x, y)
 
     def evaluate(self, split: str = "test", batch_size: int = 500, seed: int = 0) -> dict[str, Any]:
-        """The metrics genflow eval reports for ``split``: means over the split and the tail."""
-        return evaluate(self.model, self.data(split), batch_size, seed=seed, tails=True)
+        """The metrics genflow eval reports for ``split``: means over the split and the tail
+        (of log p(x | y) with the split's labels for a class-conditional model)."""
+        labels = self.labels(split) if self.model.num_classes is not None else None
+        return evaluate(
+            self.model, self.data(split), batch_size, seed=seed, tails=True, labels=labels
+        )
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> Tensor:
-        """``n`` samples in data units (integers in [0, levels) for discrete data)."""
+    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None, y=None) -> Tensor:
+        """``n`` samples in data units (integers in [0, levels) for discrete data); a
+        class-conditional model draws class ``y`` (an int, or n labels)."""
+        y = self._labels_for(n, y)
+        extra = {} if y is None else {"y": y}
         if seed is None:
-            return self.model.sample(n, temperature)
+            return self.model.sample(n, temperature, **extra)
         with seeded_rng(seed, self.device):
-            return self.model.sample(n, temperature)
+            return self.model.sample(n, temperature, **extra)
 
 
 def load_run(

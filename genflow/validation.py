@@ -220,6 +220,12 @@ def validate_sample_config(cfg: DictConfig) -> None:
     _check(cfg, "sample.steps", lambda v: _integer(v) and v >= 2, "an integer >= 2")
     _check(cfg, "sample.seed", _integer, "an integer")
     _check(cfg, "sample.temperature", lambda v: _number(v) and v > 0, "a positive number")
+    _check(
+        cfg,
+        "sample.label",
+        lambda v: v is None or (_integer(v) and v >= 0),
+        "null or a class index (an integer >= 0)",
+    )
     _check_checkpoint(cfg)
 
 

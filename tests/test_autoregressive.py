@@ -219,6 +219,9 @@ def test_masks_and_causal_conv_shapes():
         "gated_grey",
         "gated_colour",
         "gated_colour_k5",
+        "pixelcnn_colour_classes",
+        "wavenet_classes",
+        "gated_colour_classes",
     ],
 )
 def test_cached_and_naive_samplers_give_identical_samples(name):
@@ -236,12 +239,17 @@ def test_cached_and_naive_samplers_give_identical_samples(name):
         "gated_grey": lambda: GatedPixelCNN((1, 6, 5), 5, hidden_channels=6, num_layers=3),
         "gated_colour": lambda: GatedPixelCNN((3, 4, 4), 4, hidden_channels=6, num_layers=3),
         "gated_colour_k5": lambda: GatedPixelCNN((3, 5, 4), 4, 6, num_layers=2, kernel_size=5),
+        "pixelcnn_colour_classes": lambda: PixelCNN((3, 4, 4), 4, 12, 2, num_classes=3),
+        "wavenet_classes": lambda: WaveNet((2, 4, 3), 6, 8, 8, layers_per_block=3, num_classes=3),
+        "gated_colour_classes": lambda: GatedPixelCNN((3, 4, 4), 4, 6, 3, num_classes=3),
     }[name]()
     model = perturbed(model, 0.3).double().eval()
+    # the conditional models: each image with its own class, every class present
+    y = torch.tensor([0, 1, 2, 2, 1, 0]) if model.num_classes else None
     torch.manual_seed(7)
-    naive = model.sample_naive(6, temperature=0.9)
+    naive = model.sample_naive(6, temperature=0.9, y=y)
     torch.manual_seed(7)
-    cached = model.sample_cached(6, temperature=0.9)
+    cached = model.sample_cached(6, temperature=0.9, y=y)
     assert torch.equal(naive, cached)
     assert naive.unique().numel() > 1  # not a degenerate constant sample
 
@@ -356,3 +364,44 @@ def test_pixelcnnpp_exact_probabilities_sum_to_one():
     )
     sample = model.sample(3)
     assert sample.shape == (3, 1, 2, 2) and sample.min() >= 0 and sample.max() <= 2
+
+
+def _conditional_arm(name):
+    from genflow.models.pixelcnnpp import PixelCNNpp
+
+    return {
+        "pixelcnn": lambda: PixelCNN((1, 2, 2), 3, hidden_channels=8, num_layers=1, num_classes=3),
+        "wavenet": lambda: WaveNet((1, 2, 2), 3, 8, 8, layers_per_block=2, num_classes=3),
+        "gated_pixelcnn": lambda: GatedPixelCNN((1, 2, 2), 3, 4, num_layers=2, num_classes=3),
+        "pixelcnnpp": lambda: PixelCNNpp((1, 2, 2), 3, 4, 1, 1, num_classes=3),
+    }[name]()
+
+
+@pytest.mark.parametrize("name", ["pixelcnn", "wavenet", "gated_pixelcnn", "pixelcnnpp"])
+def test_class_conditional_arms_are_a_distribution_for_every_class(name):
+    """model.num_classes: p(x | y) sums to one over all 3^4 images for each class, the
+    classes give different distributions, and the training loss is the conditional bpd."""
+    import itertools
+
+    torch.manual_seed(0)
+    model = perturbed(_conditional_arm(name), 0.3).double()
+    images = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 1, 2, 2)
+    per_class = []
+    for label in range(3):
+        y = torch.full((len(images),), label)
+        log_p = model.log_prob(images, y)
+        torch.testing.assert_close(log_p.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+        per_class.append(log_p)
+    assert (per_class[0] - per_class[1]).abs().max() > 1e-3
+    assert (per_class[1] - per_class[2]).abs().max() > 1e-3
+    y = torch.arange(len(images)) % 3
+    mixed = torch.stack(per_class)[y, torch.arange(len(images))]
+    torch.testing.assert_close(model.log_prob(images, y), mixed)  # each row its own class
+    loss = model(images, y).loss
+    torch.testing.assert_close(loss, -(mixed / (4 * math.log(2))).mean())
+    with pytest.raises(ValueError, match="class labels must be"):
+        model.log_prob(images[:2], torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="give the class labels"):
+        model.log_prob(images[:2])
+    with pytest.raises(ValueError, match="not class-conditional"):
+        PixelCNN((1, 2, 2), 3, 8, 1).log_prob(images[:2], torch.tensor([0, 1]))

@@ -91,6 +91,10 @@ COMMAND_LINE = [
         "dataset.n_train=-5 is not valid; dataset.n_train must be a positive integer",
     ),
     (
+        ["train", "model=pixelcnn", "model.num_classes=1"],
+        "model.num_classes must be null or an integer >= 2, got 1",
+    ),
+    (
         ["train", "dataset.n_train=1500"],
         "dataset.n_train=1500 and dataset.n_val=350 must be positive and leave test images",
     ),
@@ -277,6 +281,10 @@ RUN_COMMAND_LINE = [
     (["eval", "batch_size=0"], "batch_size=0 is not valid; batch_size must be a positive integer"),
     (["eval", "batchsize=10"], "unknown config key 'batchsize'; top-level keys: batch_size"),
     (["sample", "sample.n=0"], "sample.n=0 is not valid; sample.n must be a positive integer"),
+    (
+        ["sample", "sample.label=-1"],
+        "sample.label=-1 is not valid; sample.label must be null or a class index",
+    ),
     (
         ["sample", "sample.mode=movie"],
         "sample.mode='movie' is not valid; sample.mode must be one of grid, interpolate",

@@ -97,6 +97,31 @@ def test_epoch_batches_are_a_pure_function_of_step():
     fresh = EpochBatches(data, batch_size=3, seed=5)
     assert torch.equal(fresh(7), batches(7)) and torch.equal(fresh(1), batches(1))
     assert not torch.equal(batches(0), batches(3))  # a new permutation each epoch
+    # with labels, each batch comes with its own examples' labels (a class-conditional model)
+    labeled = EpochBatches(data, batch_size=3, seed=5, labels=100 + data.flatten())
+    for step in (0, 4, 7):
+        x, y = labeled.labeled(step)
+        assert torch.equal(x, batches(step)) and torch.equal(y, 100 + x.flatten())
+    assert batches.labeled(2)[1] is None
+
+
+def test_class_labels_are_checked_against_model_num_classes():
+    from omegaconf import OmegaConf
+
+    from genflow.data.datasets import DataSplits, check_labels
+
+    cfg = OmegaConf.create({"name": "toy"})
+    x = torch.zeros(4, 1)
+    with pytest.raises(GenflowError, match="dataset 'toy' has no class labels"):
+        check_labels(DataSplits(x, x, x), cfg, 3)
+    labels = {
+        "train": torch.tensor([0, 1, 2, 3]),
+        "val": torch.tensor([0]),
+        "test": torch.tensor([1]),
+    }
+    with pytest.raises(GenflowError, match=r"labels in \[0, 3\] .* set model.num_classes=4"):
+        check_labels(DataSplits(x, x, x, labels=labels), cfg, 3)
+    check_labels(DataSplits(x, x, x, labels=labels), cfg, 4)
 
 
 def test_epoch_batches_reject_bad_sizes():

@@ -10,6 +10,7 @@ import torch
 from conftest import RUN_TINY, compose_config, perturbed, run_dirs, run_genflow
 
 from genflow.distributions.energies import ENERGIES, grid, log_partition, sample_from_grid
+from genflow.errors import GenflowError
 from genflow.models.energy_flow import ENERGY_FLOWS, EnergyFlow
 from genflow.tasks import eval as eval_task
 from genflow.tasks import sample as sample_task
@@ -97,6 +98,8 @@ def test_energy_flow_trains_from_the_command_line_and_draws_target_and_flow(work
         compose_config([f"run={run_dir}", "device=cpu", "sample.n=100"], name="sample")
     )
     assert torch.load(result["tensor"], weights_only=True).shape == (100, 2)
+    with pytest.raises(GenflowError, match="is not class-conditional"):
+        sample_task.run(compose_config([f"run={run_dir}", "sample.label=0"], name="sample"))
 
 
 @pytest.mark.parametrize("flow", ["planar", "realnvp"])

@@ -17,7 +17,8 @@ class EpochBatches:
     at any step draws exactly the batches an uninterrupted run would: no loader state to
     save. The last incomplete batch of each epoch is dropped. ``transform`` (e.g. dynamic
     binarization) is applied to each batch as it is drawn, with the global RNG, whose state
-    checkpoints carry.
+    checkpoints carry. With ``labels`` (one per example), ``labeled(step)`` also gives the
+    batch's labels, for class-conditional models.
     """
 
     def __init__(
@@ -26,6 +27,7 @@ class EpochBatches:
         batch_size: int,
         seed: int,
         transform: Callable[[Tensor], Tensor] | None = None,
+        labels: Tensor | None = None,
     ):
         if batch_size < 1:
             raise GenflowError(f"trainer.batch_size must be a positive integer, got {batch_size}")
@@ -33,7 +35,10 @@ class EpochBatches:
             raise GenflowError(
                 f"trainer.batch_size={batch_size} is larger than the training split ({len(data)} examples)"
             )
+        if labels is not None and len(labels) != len(data):
+            raise GenflowError(f"{len(labels)} labels for {len(data)} training examples")
         self.data = data
+        self.labels = labels
         self.transform = transform
         self.batch_size = batch_size
         self.seed = seed
@@ -48,11 +53,20 @@ class EpochBatches:
             self._epoch = epoch
         return self._perm
 
-    def __call__(self, step: int) -> Tensor:
+    def _index(self, step: int) -> Tensor:
         epoch, i = divmod(step, self.steps_per_epoch)
-        index = self._permutation(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
-        batch = self.data[index]
+        return self._permutation(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
+
+    def __call__(self, step: int) -> Tensor:
+        batch = self.data[self._index(step)]
         return batch if self.transform is None else self.transform(batch)
+
+    def labeled(self, step: int) -> tuple[Tensor, Tensor | None]:
+        """The batch of ``step`` and its labels (None without ``labels``)."""
+        index = self._index(step)
+        batch = self.data[index]
+        batch = batch if self.transform is None else self.transform(batch)
+        return batch, None if self.labels is None else self.labels[index]
 
 
 def in_order(data: Tensor, batch_size: int) -> Iterator[Tensor]:

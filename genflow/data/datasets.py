@@ -265,6 +265,23 @@ def load_dataset(cfg) -> DataSplits:
     return splits
 
 
+def check_labels(splits: DataSplits, cfg, num_classes: int) -> None:
+    """A class-conditional model (model.num_classes) needs every split's labels in
+    [0, num_classes)."""
+    if splits.labels is None:
+        raise GenflowError(
+            f"model.num_classes={num_classes} makes a class-conditional model, but dataset "
+            f"'{cfg.name}' has no class labels; leave model.num_classes=null"
+        )
+    for name in ("train", "val", "test"):
+        y = splits.labels[name]
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+            raise GenflowError(
+                f"dataset '{cfg.name}' has class labels in [{int(y.min())}, {int(y.max())}] "
+                f"but model.num_classes={num_classes}; set model.num_classes={int(y.max()) + 1}"
+            )
+
+
 def check_range(splits: DataSplits, cfg) -> None:
     """Discrete data must lie in [0, levels): a value at or above ``levels`` would be scored
     against a likelihood that gives it no mass (or a meaningless one)."""

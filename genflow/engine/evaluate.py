@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from genflow.data.batches import in_order
 from genflow.engine.distributed import DistContext
 from genflow.models.base import GenerativeModel
 
@@ -33,6 +32,7 @@ def evaluate(
     progress: bool = False,
     ctx: DistContext | None = None,
     tails: bool = False,
+    labels: Tensor | None = None,
 ) -> dict[str, float]:
     """Mean of each per-example metric over ``data``.
 
@@ -45,11 +45,13 @@ def evaluate(
     every evaluation (fair model selection) and the training RNG stream is untouched.
     Under DDP (``ctx``) each rank takes its shard of ``data``; the per-metric sums and the
     example count are all-reduced, so every rank returns the same means over all of ``data``.
+    ``labels`` (one per example): a class-conditional model is scored as p(x | y).
     """
     ctx = ctx or DistContext()
     was_training = model.training
     model.eval()
     shard = data[ctx.shard(len(data))]
+    shard_labels = None if labels is None else labels[ctx.shard(len(data))]
     totals: dict[str, Tensor] = {}
     per_example: list[Tensor] = []
     bar = tqdm(
@@ -60,8 +62,13 @@ def evaluate(
         dynamic_ncols=True,
     )
     with seeded_rng(seed + 7919 * ctx.rank, data.device):
-        for batch in in_order(shard, batch_size):
-            for name, values in model.evaluate(batch).items():
+        for start in range(0, len(shard), batch_size):
+            batch = shard[start : start + batch_size]
+            if shard_labels is None:
+                metrics = model.evaluate(batch)
+            else:
+                metrics = model.evaluate(batch, shard_labels[start : start + batch_size])
+            for name, values in metrics.items():
                 totals[name] = totals.get(name, 0.0) + values.double().sum()
                 if tails and name == "bpd":
                     per_example.append(values.double())

@@ -23,8 +23,8 @@ def _tensors(value) -> list[Tensor]:
 
 
 @torch.no_grad()
-def first_nonfinite_output(model: nn.Module, x: Tensor) -> str | None:
-    """Re-run ``model(x)`` and name the first module (in execution order) whose output has a
+def first_nonfinite_output(model: nn.Module, x: Tensor, y: Tensor | None = None) -> str | None:
+    """Re-run ``model(x)`` (``model(x, y)`` with class labels) and name the first module (in execution order) whose output has a
     NaN or inf. Hooks fire as modules finish, so the innermost culprit comes first."""
     found: list[str] = []
     names = {module: name for name, module in model.named_modules()}
@@ -37,7 +37,7 @@ def first_nonfinite_output(model: nn.Module, x: Tensor) -> str | None:
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
-        model(x)
+        model(x) if y is None else model(x, y)
     finally:
         for handle in handles:
             handle.remove()
@@ -99,10 +99,11 @@ class FaultPolicy:
         return "trainer.on_bad_steps=stop"
 
 
-def diagnose(model: nn.Module, x: Tensor, loss: Tensor) -> str:
-    """One clause naming where a non-finite step came from."""
+def diagnose(model: nn.Module, x: Tensor, loss: Tensor, y: Tensor | None = None) -> str:
+    """One clause naming where a non-finite step came from (``y``: the batch's class labels,
+    for a class-conditional model)."""
     bad_gradients = nonfinite_gradients(model)
-    layer = first_nonfinite_output(model, x)
+    layer = first_nonfinite_output(model, x, y)
     if layer is not None:
         return f"the first non-finite output came from layer '{layer}'"
     if bad_gradients and bool(torch.isfinite(loss)):

@@ -146,6 +146,28 @@ def save_latent_scatter(
     return path
 
 
+def class_labels(num_classes: int, n: int, label: int | None, device, first: int = 0) -> Tensor:
+    """Labels for ``n`` draws of a class-conditional model: ``label`` for every draw, or the
+    classes in turn (image i of a grid, counted from ``first``, gets class i mod K), so a
+    grid of K columns shows a class per column."""
+    if label is not None:
+        return torch.full((n,), int(label), dtype=torch.long, device=device)
+    return torch.arange(first, first + n, device=device) % num_classes
+
+
+def draw_samples(
+    model, n: int, temperature: float = 1.0, label: int | None = None, first: int = 0
+) -> tuple[Tensor, int | None]:
+    """``n`` samples and the grid's images per row: a class-conditional model draws the
+    classes in turn (a class per column; ``first`` is the first image's index in the grid)
+    or only ``label``; others draw plainly."""
+    if model.num_classes is None:
+        return model.sample(n, temperature), None
+    device = next(model.parameters()).device
+    y = class_labels(model.num_classes, n, label, device, first)
+    return model.sample(n, temperature, y=y), None if label is not None else model.num_classes
+
+
 def write_step_pictures(
     model,
     val: Tensor,
@@ -162,21 +184,21 @@ def write_step_pictures(
     with a 2-D latent space the codes of up to ``scatter_points`` validation examples,
     coloured by ``val_labels`` when the dataset has labels. Drawn in eval mode on an RNG
     stream seeded with ``seed`` (the caller's stream is untouched), so the grids of
-    successive steps show the same noise. ``run_dir`` (a RunDir) names the files; each is
-    logged to ``logger``."""
+    successive steps show the same noise; a class-conditional model draws a class per
+    column. ``run_dir`` (a RunDir) names the files; each is logged to ``logger``."""
     from genflow.engine.evaluate import seeded_rng
 
     was_training = model.training
     model.eval()
     with seeded_rng(seed, val.device):
-        samples = model.sample(n)
+        samples, nrow = draw_samples(model, n)
         extra = model.pictures(val[:n])
         codes = model.latent_points(val[:scatter_points])
     model.train(was_training)
     two_d = val.dim() == 2
     written = {
         "samples": save_samples(
-            samples, run_dir.picture("step", step), model.levels, val if two_d else None
+            samples, run_dir.picture("step", step), model.levels, val if two_d else None, nrow
         )
     }
     for name, (images, nrow) in extra.items():

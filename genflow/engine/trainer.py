@@ -79,8 +79,14 @@ class Trainer(TrainingCheckpoints):
         self.splits = splits
         self.run_dir = RunDir(run_dir)
         self.config = config
+        # a class-conditional model (model.num_classes) trains and is scored on p(x | y)
+        self.conditional = model.num_classes is not None
         self.batches = EpochBatches(
-            splits.train, tcfg.batch_size, self.seed, transform=splits.train_transform
+            splits.train,
+            tcfg.batch_size,
+            self.seed,
+            transform=splits.train_transform,
+            labels=self.labels_of("train"),
         )
         self.logger: RunLogger | None = None
         self.ema = build_ema(model, tcfg.ema)
@@ -100,6 +106,10 @@ class Trainer(TrainingCheckpoints):
         self.state = TrainState()
         self.last_value: float | None = None  # the latest validation value of the monitor
         self._start_state: dict[str, Any] | None = None  # see TrainingCheckpoints
+
+    def labels_of(self, split: str) -> torch.Tensor | None:
+        """A split's class labels when the model is class-conditional, else None."""
+        return self.splits.labels_of(split) if self.conditional else None
 
     @property
     def eval_model(self) -> GenerativeModel:
@@ -173,7 +183,7 @@ class Trainer(TrainingCheckpoints):
             log.info("the time budget (trainer.max_minutes) was spent before this resume")
             return
         while self.state.step < max_steps and not self.state.stopped_early:
-            x, metrics, loss = self._forward_backward()
+            batch, metrics, loss = self._forward_backward()
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
             # what decides the step, read in one host sync per step (one all-reduce on top
@@ -206,7 +216,7 @@ class Trainer(TrainingCheckpoints):
             step = self.state.step
             window_steps += 1
             bar.update(1)
-            if not finite and self._on_bad_step(x, metrics, loss, step):
+            if not finite and self._on_bad_step(batch, metrics, loss, step):
                 bar.n = self.state.step  # rolled back to an earlier step
                 bar.refresh()
                 window_start, window_steps = time.perf_counter(), 0
@@ -250,11 +260,11 @@ class Trainer(TrainingCheckpoints):
                 )
                 break
 
-    def _forward_backward(self) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    def _forward_backward(self) -> tuple[tuple, dict, torch.Tensor]:
         """Gradients of one optimizer step, summed over ``trainer.accumulate_steps``
         micro-batches of ``trainer.batch_size`` (global micro-batch j = (s * W + r) * n + i
         of step s on rank r of W, so the data stay a pure function of (seed, step)). Returns
-        the last micro-batch and the micro-batch means of the loss and metrics. A non-finite
+        the last micro-batch (images, labels or None) and the micro-batch means of the loss and metrics. A non-finite
         loss still goes through backward (its gradients go non-finite, which the step's
         flags catch): no host sync here, and DDP ranks never wait on a rank that skipped."""
         n, step = self.tcfg.accumulate_steps, self.state.step
@@ -266,14 +276,14 @@ class Trainer(TrainingCheckpoints):
         for i in range(n):
             index = (step * ctx.world_size + ctx.rank) * n + i  # the global micro-batch
             torch.manual_seed(micro_batch_seed(self.seed, index))
-            x = self.batches(index)
+            x, y = self.batches.labeled(index)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             # DDP all-reduces the gradients in the last micro-batch's backward only
             last = i == n - 1
             with nullcontext() if self.ddp is None or last else self.ddp.no_sync():
                 with autocast(self.tcfg.precision, x.device):
-                    out = self.train_forward(x)
+                    out = self.train_forward(x) if y is None else self.train_forward(x, y)
                 micro = out.loss.float()
                 if i == 0:
                     micro = self.faults.inject(micro, step + 1)
@@ -281,7 +291,7 @@ class Trainer(TrainingCheckpoints):
             loss = loss + micro.detach() / n
             for name, value in out.metrics.items():
                 metrics[name] = metrics.get(name, 0.0) + value / n
-        return x, metrics, loss
+        return (x, y), metrics, loss
 
     def _global_means(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Means over every rank's examples: sums and counts are all-reduced (each rank's
@@ -297,7 +307,7 @@ class Trainer(TrainingCheckpoints):
         return dict(zip(metrics, means, strict=True))
 
     # -- faults --------------------------------------------------------------------------
-    def _on_bad_step(self, x: torch.Tensor, metrics: dict, loss: torch.Tensor, step: int) -> bool:
+    def _on_bad_step(self, batch: tuple, metrics: dict, loss: torch.Tensor, step: int) -> bool:
         """Count and log a non-finite step, then do what the fault policy says: skip it,
         roll back (returns True) or stop with a message naming the step, terms and layer."""
         state = self.state
@@ -318,7 +328,7 @@ class Trainer(TrainingCheckpoints):
         action = self.faults.decide(state.bad_in_a_row, state.rollbacks, can_restore)
         if action == SKIP:
             return False
-        cause = diagnose(self.model, x, loss)
+        cause = diagnose(self.model, batch[0], loss, batch[1])
         if action == ROLL_BACK:
             self._roll_back(step, cause, checkpoints)
             return True
@@ -346,7 +356,11 @@ class Trainer(TrainingCheckpoints):
 
     def _validate(self, step: int) -> None:
         metrics = evaluate(
-            self.eval_model, self.splits.val, self.tcfg.eval_batch_size, ctx=self.ctx
+            self.eval_model,
+            self.splits.val,
+            self.tcfg.eval_batch_size,
+            ctx=self.ctx,
+            labels=self.labels_of("val"),
         )
         if self.ctx.enabled:  # 0.0 while the replicas are in step; logged so it can be seen
             metrics["ddp_max_param_diff"] = max_parameter_difference(self.model, self.ctx)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from genflow.models.base import GenerativeModel
 from genflow.numeric import full_precision, sum_except_batch
@@ -21,22 +21,85 @@ def draw(logits: Tensor, temperature: float) -> Tensor:
     return (probs.cumsum(-1) < u).sum(-1).clamp_(max=probs.shape[-1] - 1)
 
 
+class ClassBias(nn.Module):
+    """A learned vector per class for each of several sites of a network (one per layer):
+    ``forward(y)`` gives, for labels y of shape (B,), a (B, width) tensor per site. Added to a
+    layer's pre-activations it makes the layer class-conditional without touching causality
+    (it depends on no pixel). Zero-initialised: every class starts as the unconditional model.
+    References: van den Oord et al., 2016, "Conditional Image Generation with PixelCNN
+    Decoders", arXiv:1606.05328 (section 2.3: a class embedding in each gated layer).
+    """
+
+    def __init__(self, num_classes: int, widths: list[int]):
+        super().__init__()
+        self.widths = list(widths)
+        self.embed = nn.Embedding(num_classes, sum(self.widths))
+        nn.init.zeros_(self.embed.weight)
+
+    def forward(self, y: Tensor) -> list[Tensor]:
+        return list(self.embed(y).split(self.widths, dim=1))
+
+
+def check_num_classes(num_classes) -> int | None:
+    if num_classes is None:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"model.num_classes must be null or an integer >= 2, got {num_classes}")
+    return num_classes
+
+
 class AutoregressiveModel(GenerativeModel):
     """log p(x) = sum_i log p(x_i | x_<i) with a categorical over ``levels`` values.
 
     The order is given by ``positions()``. Subclasses give ``logits(x)`` of shape
     (B, levels, *event_shape), where the logits at a position depend only on earlier ones.
-    No dequantization: nll and bpd are exact.
+    No dequantization: nll and bpd are exact. With ``num_classes`` (families that set
+    ``class_conditional``) the model is p(x | y): ``logits(x, y)``, ``log_prob(x, y)`` and
+    ``sample(n, temperature, y)`` take class labels y of shape (B,).
     """
 
     discrete_only = True
 
-    def __init__(self, event_shape: tuple[int, ...], levels: int):
+    def __init__(self, event_shape: tuple[int, ...], levels: int, num_classes: int | None = None):
         if levels is None or int(levels) < 2:
             raise ValueError(
                 f"autoregressive models need discrete data with levels >= 2; got levels={levels}"
             )
         super().__init__(event_shape, levels)
+        self.num_classes = check_num_classes(num_classes)
+
+    @staticmethod
+    def check_config(model_cfg) -> None:
+        check_num_classes(model_cfg.get("num_classes"))
+
+    def class_bias(self, widths: list[int]) -> ClassBias | None:
+        """The per-site class vectors of a conditional model (None when unconditional)."""
+        return None if self.num_classes is None else ClassBias(self.num_classes, widths)
+
+    def labels(self, n: int, y: Tensor | None, device) -> Tensor | None:
+        """The (n,) labels a call conditions on: None for an unconditional model; checked
+        against ``num_classes`` (one sentence) otherwise."""
+        if self.num_classes is None:
+            if y is not None:
+                raise ValueError(
+                    f"{type(self).__name__} is not class-conditional (train it with "
+                    "model.num_classes=K to condition on labels)"
+                )
+            return None
+        if y is None:
+            raise ValueError(
+                f"this {type(self).__name__} is class-conditional (model.num_classes="
+                f"{self.num_classes}): give the class labels"
+            )
+        y = torch.as_tensor(y, device=device).long().reshape(-1)
+        if len(y) == 1 and n != 1:
+            y = y.expand(n)
+        if len(y) != n or bool(((y < 0) | (y >= self.num_classes)).any()):
+            raise ValueError(
+                f"class labels must be {n} integers in [0, {self.num_classes}); got "
+                f"{y.tolist()[:8]}{'...' if len(y) > 8 else ''}"
+            )
+        return y
 
     def scale(self, x: Tensor) -> Tensor:
         """Levels -> [-1, 1], the network's input."""
@@ -46,11 +109,13 @@ class AutoregressiveModel(GenerativeModel):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def logits(self, x: Tensor) -> Tensor:
+    def logits(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        log_probs = F.log_softmax(full_precision(self.logits(x)), dim=1)
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        y = self.labels(len(x), y, x.device)
+        logits = self.logits(x) if y is None else self.logits(x, y)
+        log_probs = F.log_softmax(full_precision(logits), dim=1)
         return sum_except_batch(log_probs.gather(1, x.long().unsqueeze(1)).squeeze(1))
 
     def positions(self) -> Iterator[tuple[int, ...]]:
@@ -59,15 +124,18 @@ class AutoregressiveModel(GenerativeModel):
         return itertools.product(*(range(s) for s in self.event_shape))
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        return self.sample_naive(n, temperature)
+    def sample(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
+        return self.sample_naive(n, temperature, y)
 
     @torch.no_grad()
-    def sample_naive(self, n: int, temperature: float = 1.0) -> Tensor:
+    def sample_naive(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         """Re-run the whole network once per position: the reference sampler."""
         device = next(self.parameters()).device
+        y = self.labels(n, y, device)
         x = torch.zeros(n, *self.event_shape, dtype=torch.long, device=device)
         for index in self.positions():
-            logits = self.logits(x)[(slice(None), slice(None), *index)]
+            logits = (self.logits(x) if y is None else self.logits(x, y))[
+                (slice(None), slice(None), *index)
+            ]
             x[(slice(None), *index)] = draw(logits, temperature)
         return x

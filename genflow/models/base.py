@@ -43,6 +43,9 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
     can_encode: ClassVar[bool] = False
     # the per-example metrics evaluate(x) returns (what trainer.monitor may pick)
     eval_metrics: ClassVar[tuple[str, ...]] = ("nll", "bpd")
+    # the family takes model.num_classes: p(x | y) for class labels y, which forward,
+    # log_prob, evaluate and sample then take as well
+    class_conditional: ClassVar[bool] = False
 
     def __init__(self, event_shape: tuple[int, ...], levels: int | None = None):
         super().__init__()
@@ -52,14 +55,20 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
         self.levels: int | None = None if levels is None else int(levels)
         # importance samples behind log_prob when it is a bound (VAEs); None: log_prob is exact
         self.iw_samples: int | None = None
+        # classes of a class-conditional model (None: unconditional, no labels anywhere)
+        self.num_classes: int | None = None
 
     @staticmethod
     def check_config(model_cfg) -> None:
         """Raise ValueError (one sentence) for settings the constructor would reject; called on
         the composed config before any run directory exists. Nothing to check by default."""
 
-    def forward(self, x: Tensor) -> Output:
-        nll = -self.log_prob(x)
+    def conditional_log_prob(self, x: Tensor, y: Tensor | None) -> Tensor:
+        """log p(x), or log p(x | y) when labels ``y`` are given (conditional models only)."""
+        return self.log_prob(x) if y is None else self.log_prob(x, y)
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Output:
+        nll = -self.conditional_log_prob(x, y)
         bpd = self.bpd(nll)
         loss = bpd.mean()
         return Output(loss=loss, metrics={"nll": nll.mean().detach(), "bpd": bpd.mean().detach()})
@@ -81,9 +90,10 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
         raise NotImplementedError(f"{type(self).__name__} has no decoder")
 
     @torch.no_grad()
-    def evaluate(self, x: Tensor) -> dict[str, Tensor]:
-        """Per-example metrics (shape (B,) each); the engine sums them and divides by N."""
-        nll = -self.log_prob(x)
+    def evaluate(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+        """Per-example metrics (shape (B,) each); the engine sums them and divides by N.
+        ``y``: class labels, for a class-conditional model only."""
+        nll = -self.conditional_log_prob(x, y)
         return {"nll": nll, "bpd": self.bpd(nll)}
 
     def bpd(self, nats: Tensor) -> Tensor:

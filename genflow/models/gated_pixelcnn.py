@@ -55,13 +55,21 @@ class GatedLayer(nn.Module):
         self.register_buffer("centre_mask", centre)
         self.register_buffer("residual_mask", group_mask(channels, channels, "B", groups, 1))
 
-    def forward(self, v: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, v: Tensor, h: Tensor, classes: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``classes``: (B, 2C) class vectors added to the vertical and the horizontal
+        pre-activations (the paper's conditional gated unit)."""
         v_pre = self.vertical(F.pad(v, self.pad_v))
+        if classes is not None:
+            v_pre = v_pre + classes[0][:, :, None, None]
         weight = self.horizontal.weight.clone()
         weight[:, :, 0, -1] = weight[:, :, 0, -1] * self.centre_mask
         h_pre = F.conv2d(F.pad(h, self.pad_h), weight, self.horizontal.bias)
         down = F.pad(v_pre, (0, 0, 1, 0))[:, :, :-1]  # row i gets the vertical row i - 1
         h_pre = h_pre + self.link(down)
+        if classes is not None:
+            h_pre = h_pre + classes[1][:, :, None, None]
         h_out = F.conv2d(gate(h_pre), self.residual.weight * self.residual_mask[..., None, None])
         h_out = h_out + self.residual.bias[None, :, None, None]
         return gate(v_pre), h_out if self.first else h + h_out
@@ -71,7 +79,8 @@ class GatedPixelCNN(PixelARM):
     """``num_layers`` gated layers of ``hidden_channels`` channels (kernel ``kernel_size``;
     the first layer's input is the scaled image), then two masked 1x1 convolutions giving
     ``levels`` logits per pixel and channel (R, G, B order). ``sample`` is cached: the
-    vertical stack advances a row at a time, the horizontal stack a pixel at a time."""
+    vertical stack advances a row at a time, the horizontal stack a pixel at a time. With
+    ``num_classes`` a learned class vector joins both stacks' gate inputs in every layer."""
 
     def __init__(
         self,
@@ -80,8 +89,9 @@ class GatedPixelCNN(PixelARM):
         hidden_channels: int = 64,
         num_layers: int = 8,
         kernel_size: int = 3,
+        num_classes: int | None = None,
     ):
-        super().__init__(event_shape, levels)
+        super().__init__(event_shape, levels, num_classes)
         if kernel_size < 2:
             raise ValueError(f"model.kernel_size must be at least 2, got {kernel_size}")
         c = self.event_shape[0]
@@ -91,25 +101,35 @@ class GatedPixelCNN(PixelARM):
         )
         self.head_hidden = MaskedConv2d(hidden_channels, hidden_channels, 1, "B", c)
         self.head_out = MaskedConv2d(hidden_channels, c * self.levels, 1, "B", c)
+        # per layer: a class vector for the vertical and one for the horizontal gate inputs
+        self.classes = self.class_bias([2 * hidden_channels] * (2 * num_layers))
 
-    def logits(self, x: Tensor) -> Tensor:
-        return self._logits_of_scaled(self.scale(x))
+    def _class_pairs(self, y: Tensor | None) -> list:
+        """Per layer, the (vertical, horizontal) class vectors, or None (unconditional)."""
+        if y is None:
+            return [None] * len(self.layers)
+        vectors = self.classes(y)
+        return list(zip(vectors[0::2], vectors[1::2], strict=True))
 
-    def _logits_of_scaled(self, inputs: Tensor) -> Tensor:
+    def logits(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return self._logits_of_scaled(self.scale(x), y)
+
+    def _logits_of_scaled(self, inputs: Tensor, y: Tensor | None = None) -> Tensor:
         h = self.embed(inputs)
         v = h
-        for layer in self.layers:
-            v, h = layer(v, h)
+        for layer, classes in zip(self.layers, self._class_pairs(y), strict=True):
+            v, h = layer(v, h, classes)
         return self._to_logits(self._head(h))
 
     # -- cached sampling ------------------------------------------------------------------
     @torch.no_grad()
-    def sample_cached(self, n: int, temperature: float = 1.0) -> Tensor:
+    def sample_cached(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         """Raster order, carrying each layer's vertical map of the rows above and its
         horizontal values to the left: a new value costs one pixel of each layer (and each
         finished row one row of the vertical stack); the naive sampler's images exactly."""
         c, height, width = self.event_shape
         device, dtype = self.embed.weight.device, self.dtype
+        pairs = self._class_pairs(self.labels(n, y, device))
         first = self.layers[0]
         k_rows, k_cols = first.vertical.kernel_size
         half = k_cols // 2
@@ -132,7 +152,7 @@ class GatedPixelCNN(PixelARM):
         ]
         for i in range(height):
             if i > 0:
-                self._vertical_row(out, i - 1, maps, links)
+                self._vertical_row(out, i - 1, maps, links, pairs)
             # the horizontal inputs of every layer along this row, half columns of zeros on the left
             rows = [
                 torch.zeros(n, channels, width + half, device=device, dtype=dtype)
@@ -141,29 +161,31 @@ class GatedPixelCNN(PixelARM):
             for j in range(width):
                 pixel.zero_()
                 for ch in range(c):  # channel ch may read channels < ch of this pixel
-                    h = self._horizontal_pixel(pixel, j, rows, links, store=False)
+                    h = self._horizontal_pixel(pixel, j, rows, links, pairs, store=False)
                     logits = self._to_logits(self._head_vector(h)[:, :, None, None])[:, :, ch, 0, 0]
                     value = draw(logits, temperature)
                     out[:, ch, i, j] = value
                     pixel[:, ch] = self.scale(value)
-                self._horizontal_pixel(pixel, j, rows, links, store=True)
+                self._horizontal_pixel(pixel, j, rows, links, pairs, store=True)
         return out
 
-    def _vertical_row(self, out, r, maps, links) -> None:
+    def _vertical_row(self, out, r, maps, links, pairs) -> None:
         """Row r (complete) through the vertical stack of every layer: each layer's input map
         gets row r, and ``links`` the row's link into the horizontal stack of row r + 1."""
         k_rows = self.layers[0].vertical.kernel_size[0]
         half = self.layers[0].vertical.kernel_size[1] // 2
         width = self.event_shape[2]
         v = self.embed(self.scale(out[:, :, r]).unsqueeze(2)).squeeze(2)  # 1x1 on the row
-        for layer, cache, link in zip(self.layers, maps, links, strict=True):
+        for layer, cache, link, classes in zip(self.layers, maps, links, pairs, strict=True):
             cache[:, :, r + k_rows - 1, half : half + width] = v
             window = cache[:, :, r : r + k_rows]  # rows r - k_rows + 1 .. r, padded
             v_pre = F.conv2d(window, layer.vertical.weight, layer.vertical.bias)[:, :, 0]
+            if classes is not None:
+                v_pre = v_pre + classes[0][:, :, None]
             link.copy_(layer.link(v_pre.unsqueeze(2)).squeeze(2))
             v = gate(v_pre)
 
-    def _horizontal_pixel(self, pixel, j, rows, links, store: bool) -> Tensor:
+    def _horizontal_pixel(self, pixel, j, rows, links, pairs, store: bool) -> Tensor:
         """The horizontal stack of every layer at column j of the current row, from the values
         to its left in ``rows`` and this pixel's scaled channels; with ``store`` the results
         go into ``rows`` for the pixels to the right."""
@@ -171,12 +193,14 @@ class GatedPixelCNN(PixelARM):
         h = self.embed.forward_vector(pixel)
         if store:
             rows[0][:, :, half + j] = h
-        for index, layer in enumerate(self.layers):
+        for index, (layer, classes) in enumerate(zip(self.layers, pairs, strict=True)):
             weight = layer.horizontal.weight[:, :, 0]  # (2C, C, half + 1)
             left = rows[index][:, :, j : half + j]  # the half values to the left
             pre = torch.einsum("ocw,bcw->bo", weight[:, :, :half], left)
             pre = pre + F.linear(h, weight[:, :, half] * layer.centre_mask, layer.horizontal.bias)
             pre = pre + links[index][:, :, j]
+            if classes is not None:
+                pre = pre + classes[1]
             new = F.linear(
                 gate(pre),
                 layer.residual.weight[:, :, 0, 0] * layer.residual_mask,

@@ -39,8 +39,10 @@ class PixelARM(AutoregressiveModel):
 
     image_only = True
 
-    def __init__(self, event_shape: tuple[int, ...], levels: int):
-        super().__init__(event_shape, levels)
+    class_conditional = True
+
+    def __init__(self, event_shape: tuple[int, ...], levels: int, num_classes: int | None = None):
+        super().__init__(event_shape, levels, num_classes)
         if len(self.event_shape) != 3:
             raise ValueError(
                 f"{type(self).__name__} models images (C, H, W); got event shape "
@@ -64,10 +66,10 @@ class PixelARM(AutoregressiveModel):
         return self.head_out.forward_vector(F.relu(self.head_hidden.forward_vector(F.relu(h))))
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        return self.sample_cached(n, temperature)
+    def sample(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
+        return self.sample_cached(n, temperature, y)
 
-    def sample_cached(self, n: int, temperature: float = 1.0) -> Tensor:
+    def sample_cached(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
 
@@ -77,6 +79,8 @@ class PixelCNN(PixelARM):
 
     ``sample`` is cached: every layer keeps its input map, and each new pixel computes each
     layer at that pixel only, since a masked kernel reads nothing after it in raster order.
+    With ``num_classes`` a learned class vector joins the hidden map after the first
+    convolution and before every block.
     """
 
     def __init__(
@@ -87,8 +91,9 @@ class PixelCNN(PixelARM):
         num_layers: int = 6,
         kernel_size: int = 3,
         first_kernel_size: int = 7,
+        num_classes: int | None = None,
     ):
-        super().__init__(event_shape, levels)
+        super().__init__(event_shape, levels, num_classes)
         c = self.event_shape[0]
         self.input = MaskedConv2d(c, hidden_channels, first_kernel_size, "A", c)
         self.blocks = nn.ModuleList(
@@ -96,17 +101,24 @@ class PixelCNN(PixelARM):
         )
         self.head_hidden = MaskedConv2d(hidden_channels, hidden_channels, 1, "B", c)
         self.head_out = MaskedConv2d(hidden_channels, c * self.levels, 1, "B", c)
+        # one class vector after the first convolution and one before each block
+        self.classes = self.class_bias([hidden_channels] * (num_layers + 1))
 
-    def logits(self, x: Tensor) -> Tensor:
+    def logits(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        bias = None if y is None else [b[:, :, None, None] for b in self.classes(y)]
         h = self.input(self.scale(x))
-        for block in self.blocks:
-            h = block(h)
+        if bias is not None:
+            h = h + bias[0]
+        for k, block in enumerate(self.blocks):
+            h = block(h if bias is None else h + bias[k + 1])
         return self._to_logits(self._head(h))
 
     @torch.no_grad()
-    def sample_cached(self, n: int, temperature: float = 1.0) -> Tensor:
+    def sample_cached(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         c, height, width = self.event_shape
         device = self.input.weight.device
+        y = self.labels(n, y, device)
+        bias = [0.0] * (len(self.blocks) + 1) if y is None else self.classes(y)
         p0 = self.input.kernel_size[0] // 2
         pk = self.blocks[0].conv.kernel_size[0] // 2 if len(self.blocks) else 0
         # padded input maps: the scaled image, and each block's kxk input
@@ -126,8 +138,9 @@ class PixelCNN(PixelARM):
         for i in range(height):
             for j in range(width):
                 for ch in range(c):  # channel ch may read channels < ch of this pixel
-                    h = self.input.forward_at(image, i, j)
-                    for block, cache in zip(self.blocks, maps, strict=True):
+                    h = self.input.forward_at(image, i, j) + bias[0]
+                    for block, cache, b in zip(self.blocks, maps, bias[1:], strict=True):
+                        h = h + b
                         t = F.relu(block.reduce.forward_vector(F.relu(h)))
                         cache[:, :, i + pk, j + pk] = t
                         t = block.conv.forward_at(cache, i, j)

@@ -29,9 +29,11 @@ class PixelCNNpp(AutoregressiveModel):
     resolutions of ``num_resnet`` gated ResNet blocks, down then up with skip connections.
     The output at a pixel sees only earlier pixels; its channels are modelled jointly by a
     mixture of ``num_mixtures`` discretized logistics with linear R -> G -> B dependence.
+    With ``num_classes`` a learned class vector joins the gate inputs of every gated ResNet.
     """
 
     image_only = True
+    class_conditional = True
 
     def __init__(
         self,
@@ -42,8 +44,9 @@ class PixelCNNpp(AutoregressiveModel):
         num_resolutions: int = 2,
         num_mixtures: int = 5,
         dropout: float = 0.0,
+        num_classes: int | None = None,
     ):
-        super().__init__(event_shape, levels)
+        super().__init__(event_shape, levels, num_classes)
         if len(self.event_shape) != 3:
             raise ValueError(
                 f"PixelCNN++ models images (C, H, W); got event shape {self.event_shape}"
@@ -82,14 +85,27 @@ class PixelCNNpp(AutoregressiveModel):
             DownRightShiftedDeconv2d(f, f) for _ in range(num_resolutions - 1)
         )
         self.out = nn.Conv2d(f, dlm.num_parameters(c, num_mixtures), 1)
+        # per gated ResNet (down u, down ul, up u, up ul, in that order) a class vector
+        blocks = 2 * num_resolutions * num_resnet + 2 * up_blocks
+        self.classes = self.class_bias([2 * f] * blocks)
 
     def positions(self):
         """One position per pixel: the mixture draws all channels of a pixel together."""
         _, h, w = self.event_shape
         return ((i, j) for i in range(h) for j in range(w))
 
-    def parameters_of(self, x: Tensor) -> Tensor:
-        """Mixture parameters for every pixel, each from the pixels before it."""
+    def parameters_of(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Mixture parameters for every pixel, each from the pixels before it (and the class
+        labels ``y`` of a conditional model)."""
+        down = len(self.down_u)
+        up = len(self.up_u)
+        if y is None:
+            c_du = c_dul = [None] * down
+            c_uu = c_uul = [None] * up
+        else:
+            vectors = self.classes(y)
+            c_du, c_dul = vectors[:down], vectors[down : 2 * down]
+            c_uu, c_uul = vectors[2 * down : 2 * down + up], vectors[2 * down + up :]
         xs = self.scale(x)
         xs = torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)  # tells padding from data
         u_list = [down_shift(self.u_in(xs))]
@@ -97,8 +113,8 @@ class PixelCNNpp(AutoregressiveModel):
         k = 0
         for level in range(self.num_resolutions):
             for _ in range(self.num_resnet):
-                u_list.append(self.down_u[k](u_list[-1]))
-                ul_list.append(self.down_ul[k](ul_list[-1], u_list[-1]))
+                u_list.append(self.down_u[k](u_list[-1], classes=c_du[k]))
+                ul_list.append(self.down_ul[k](ul_list[-1], u_list[-1], c_dul[k]))
                 k += 1
             if level < self.num_resolutions - 1:
                 u_list.append(self.downsample_u[level](u_list[-1]))
@@ -108,24 +124,27 @@ class PixelCNNpp(AutoregressiveModel):
         for level in reversed(range(self.num_resolutions)):
             blocks = self.num_resnet + (1 if level < self.num_resolutions - 1 else 0)
             for _ in range(blocks):
-                u = self.up_u[k](u, u_list.pop())
-                ul = self.up_ul[k](ul, torch.cat([u, ul_list.pop()], dim=1))
+                u = self.up_u[k](u, u_list.pop(), c_uu[k])
+                ul = self.up_ul[k](ul, torch.cat([u, ul_list.pop()], dim=1), c_uul[k])
                 k += 1
             if level > 0:
                 u, ul = self.upsample_u[level - 1](u), self.upsample_ul[level - 1](ul)
         return self.out(F.elu(ul))
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        y = self.labels(len(x), y, x.device)
         return dlm.log_prob(
-            full_precision(self.parameters_of(x)), x, self.levels, self.num_mixtures
+            full_precision(self.parameters_of(x, y)), x, self.levels, self.num_mixtures
         )
 
     @torch.no_grad()
-    def sample_naive(self, n: int, temperature: float = 1.0) -> Tensor:
+    def sample_naive(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         c = self.event_shape[0]
-        x = torch.zeros(n, *self.event_shape, dtype=torch.long, device=self.out.weight.device)
+        device = self.out.weight.device
+        y = self.labels(n, y, device)
+        x = torch.zeros(n, *self.event_shape, dtype=torch.long, device=device)
         for i, j in self.positions():
-            params = self.parameters_of(x)[:, :, i : i + 1, j : j + 1]
+            params = self.parameters_of(x, y)[:, :, i : i + 1, j : j + 1]
             x[:, :, i : i + 1, j : j + 1] = dlm.sample(
                 params, self.levels, self.num_mixtures, c, temperature
             )

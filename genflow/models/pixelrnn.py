@@ -198,8 +198,10 @@ class PixelRNN(PixelARM):
 
     ``sample`` goes row by row carrying each layer's recurrent state from the row above:
     each new value recomputes only its own row of every layer, and gives exactly the naive
-    sampler's images for the same seed.
+    sampler's images for the same seed. Not class-conditional (yet).
     """
+
+    class_conditional = False
 
     def __init__(
         self,
@@ -228,7 +230,7 @@ class PixelRNN(PixelARM):
         self.head_hidden = MaskedConv2d(channels, channels, 1, "B", c)
         self.head_out = MaskedConv2d(channels, c * self.levels, 1, "B", c)
 
-    def logits(self, x: Tensor) -> Tensor:
+    def logits(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         h = self.input(self.scale(x))
         for layer in self.layers:
             h = layer(h)
@@ -250,9 +252,10 @@ class PixelRNN(PixelARM):
         return self._to_logits(self._head(h.unsqueeze(2))).squeeze(-2), states
 
     @torch.no_grad()
-    def sample_cached(self, n: int, temperature: float = 1.0) -> Tensor:
+    def sample_cached(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         c, height, width = self.event_shape
         device = self.input.weight.device
+        self.labels(n, y, device)  # an unconditional model: refuses labels
         pad = self.input.kernel_size[0] // 2
         image = torch.zeros(
             n, c, height + 2 * pad, width + 2 * pad, device=device, dtype=self.dtype

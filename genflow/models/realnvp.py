@@ -52,8 +52,12 @@ def vector_flow(
 CHECKERBOARDS = ("gathered", "masked")
 
 
-def _image_coupling(mask, channels: int, hidden_channels: int, num_blocks: int, dropout: float):
-    conditioner = ResNet(channels + 1, 2 * channels, hidden_channels, num_blocks, dropout)
+def _image_coupling(
+    mask, channels: int, hidden_channels: int, num_blocks: int, dropout: float, io_kernel: int
+):
+    conditioner = ResNet(
+        channels + 1, 2 * channels, hidden_channels, num_blocks, dropout, io_kernel_size=io_kernel
+    )
     return AffineCoupling(mask, conditioner, append_mask=True)
 
 
@@ -64,15 +68,18 @@ def _checkerboard_coupling(
     hidden_channels: int,
     num_blocks: int,
     dropout: float,
+    io_kernel: int = 3,
 ) -> Bijection:
     """``gathered`` runs the conditioner on the fixed half only (an even width is needed;
     odd widths fall back to ``masked``, which runs it on the whole half-zeroed image)."""
     c, h, w = shape
     if checkerboard == "gathered" and w % 2 == 0:
-        conditioner = ResNet(c + 1, 2 * c, hidden_channels, num_blocks, dropout)
+        conditioner = ResNet(
+            c + 1, 2 * c, hidden_channels, num_blocks, dropout, io_kernel_size=io_kernel
+        )
         return CheckerboardCoupling(c, conditioner, parity)
     return _image_coupling(
-        checkerboard_mask(c, h, w, parity), c, hidden_channels, num_blocks, dropout
+        checkerboard_mask(c, h, w, parity), c, hidden_channels, num_blocks, dropout, io_kernel
     )
 
 
@@ -86,6 +93,7 @@ def multiscale_flow(
     final_couplings: int = 4,
     checkerboard: str = "masked",
     batch_norm: bool = False,
+    io_kernel: int = 3,
 ) -> Bijection:
     """One scale: checkerboard couplings, squeeze, channel couplings, factor out half, recurse.
 
@@ -94,7 +102,8 @@ def multiscale_flow(
     ``checkerboard`` is ``gathered`` (the conditioner sees the fixed half only, half the
     work) or ``masked`` (the conditioner runs on the whole half-zeroed image, as in the paper).
     ``batch_norm`` follows every coupling with a per-channel batch-normalisation bijection
-    (the paper's section 3.7).
+    (the paper's section 3.7). ``io_kernel`` is the kernel of each conditioner's first and
+    last convolution (3, or 1 as nflows' and normflows' ConvResidualNet).
     """
     if checkerboard not in CHECKERBOARDS:
         raise ValueError(
@@ -104,7 +113,7 @@ def multiscale_flow(
 
     def board(parity, size):
         return _checkerboard_coupling(
-            size, parity, checkerboard, hidden_channels, num_blocks, dropout
+            size, parity, checkerboard, hidden_channels, num_blocks, dropout, io_kernel
         )
 
     if num_scales <= 1 or h % 2 or w % 2:
@@ -114,7 +123,9 @@ def multiscale_flow(
     layers.append(Squeeze())
     c2, h2, w2 = 4 * c, h // 2, w // 2
     channel_couplings: list[Bijection] = [
-        _image_coupling(channel_mask(c2, h2, w2, i % 2), c2, hidden_channels, num_blocks, dropout)
+        _image_coupling(
+            channel_mask(c2, h2, w2, i % 2), c2, hidden_channels, num_blocks, dropout, io_kernel
+        )
         for i in range(couplings_per_scale)
     ]
     layers += _normed(channel_couplings, c2, batch_norm)
@@ -128,6 +139,7 @@ def multiscale_flow(
         final_couplings,
         checkerboard,
         batch_norm,
+        io_kernel,
     )
     layers.append(FactorOut(inner, split=c2 // 2))
     layers.append(Inverted(Squeeze()))
@@ -154,6 +166,7 @@ class RealNVP(FlowModel):
         dropout: float = 0.0,
         checkerboard: str = "masked",
         batch_norm: bool = False,
+        io_kernel_size: int = 3,
         **flow_options: Any,
     ):
         if not isinstance(batch_norm, bool):
@@ -170,6 +183,7 @@ class RealNVP(FlowModel):
                 final_couplings,
                 checkerboard,
                 batch_norm,
+                io_kernel_size,
             )
         elif len(event_shape) == 1:
             flow = vector_flow(

@@ -23,7 +23,11 @@ class WaveNet(AutoregressiveModel):
 
     ``sample`` is cached: each layer keeps the few past inputs its dilated kernel needs, so a
     new value costs one small matrix product per layer instead of a pass over the sequence.
+    With ``num_classes`` a learned class vector joins every layer's gate inputs (the paper's
+    global conditioning).
     """
+
+    class_conditional = True
 
     def __init__(
         self,
@@ -34,8 +38,9 @@ class WaveNet(AutoregressiveModel):
         kernel_size: int = 2,
         layers_per_block: int = 6,
         num_blocks: int = 2,
+        num_classes: int | None = None,
     ):
-        super().__init__(event_shape, levels)
+        super().__init__(event_shape, levels, num_classes)
         r = residual_channels
         self.embed = nn.Embedding(self.levels, r)
         self.dilated = nn.ModuleList()
@@ -52,29 +57,38 @@ class WaveNet(AutoregressiveModel):
             nn.ReLU(),
             nn.Conv1d(skip_channels, self.levels, 1),
         )
+        self.classes = self.class_bias([2 * r] * len(self.dilated))
+
+    def _class_vectors(self, y: Tensor | None) -> list:
+        return [None] * len(self.dilated) if y is None else self.classes(y)
 
     def _inputs(self, x: Tensor) -> Tensor:
         """Embeddings shifted right by one: position t sees x_<t (a zero vector at t = 0)."""
         e = self.embed(x.reshape(x.shape[0], -1).long()).transpose(1, 2)
         return F.pad(e, (1, 0))[:, :, :-1]
 
-    def logits(self, x: Tensor) -> Tensor:
+    def logits(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         h = self._inputs(x)
         skips = 0.0
-        for dilated, residual, skip in zip(self.dilated, self.residual, self.skip, strict=True):
-            a, g = dilated(h).chunk(2, dim=1)
+        layers = zip(self.dilated, self.residual, self.skip, self._class_vectors(y), strict=True)
+        for dilated, residual, skip, classes in layers:
+            pre = dilated(h)
+            if classes is not None:
+                pre = pre + classes[:, :, None]
+            a, g = pre.chunk(2, dim=1)
             z = torch.tanh(a) * torch.sigmoid(g)
             skips = skips + skip(z)
             h = h + residual(z)
         return self.head(skips).view(x.shape[0], self.levels, *self.event_shape)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        return self.sample_cached(n, temperature)
+    def sample(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
+        return self.sample_cached(n, temperature, y)
 
     @torch.no_grad()
-    def sample_cached(self, n: int, temperature: float = 1.0) -> Tensor:
+    def sample_cached(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         device = self.embed.weight.device
+        class_vectors = self._class_vectors(self.labels(n, y, device))
         length = math.prod(self.event_shape)
         r = self.embed.embedding_dim
         queues = [
@@ -85,11 +99,14 @@ class WaveNet(AutoregressiveModel):
         h_in = torch.zeros(n, r, device=device, dtype=self.dtype)  # the shifted input at t = 0
         for t in range(length):
             h, skips = h_in, 0.0
-            for k, (dilated, residual, skip) in enumerate(
-                zip(self.dilated, self.residual, self.skip, strict=True)
+            for k, (dilated, residual, skip, classes) in enumerate(
+                zip(self.dilated, self.residual, self.skip, class_vectors, strict=True)
             ):
                 queues[k] = torch.cat([queues[k][:, :, 1:], h.unsqueeze(-1)], dim=-1)
-                a, g = dilated.forward_at(queues[k]).chunk(2, dim=1)
+                pre = dilated.forward_at(queues[k])
+                if classes is not None:
+                    pre = pre + classes
+                a, g = pre.chunk(2, dim=1)
                 z = (torch.tanh(a) * torch.sigmoid(g)).unsqueeze(-1)
                 skips = skips + skip(z)
                 h = h + residual(z).squeeze(-1)

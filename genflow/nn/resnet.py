@@ -25,6 +25,9 @@ class ResidualBlock(nn.Module):
 class ResNet(nn.Module):
     """Conv in, ``num_blocks`` residual blocks, conv out (zero-initialised by default).
 
+    The input and output convolutions are 3x3, or 1x1 with ``io_kernel_size=1`` (nflows' and
+    normflows' ConvResidualNet), the residual blocks 3x3.
+
     References: Dinh et al., 2017, arXiv:1605.08803 (appendix: ResNet coupling networks).
     """
 
@@ -36,14 +39,18 @@ class ResNet(nn.Module):
         num_blocks: int = 2,
         dropout: float = 0.0,
         zero_init_output: bool = True,
+        io_kernel_size: int = 3,
     ):
         super().__init__()
-        self.input = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
+        if io_kernel_size not in (1, 3):
+            raise ValueError(f"model.io_kernel_size must be 1 or 3, got {io_kernel_size}")
+        pad = io_kernel_size // 2
+        self.input = nn.Conv2d(in_channels, hidden_channels, io_kernel_size, padding=pad)
         self.blocks = nn.Sequential(
             *[ResidualBlock(hidden_channels, dropout) for _ in range(num_blocks)]
         )
         self.output = nn.Sequential(
-            nn.GELU(), nn.Conv2d(hidden_channels, out_channels, 3, padding=1)
+            nn.GELU(), nn.Conv2d(hidden_channels, out_channels, io_kernel_size, padding=pad)
         )
         if zero_init_output:
             nn.init.zeros_(self.output[1].weight)

@@ -85,9 +85,15 @@ class GatedResnet(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv_out = conv(2 * channels, 2 * channels)
 
-    def forward(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, aux: Tensor | None = None, classes: Tensor | None = None
+    ) -> Tensor:
+        """``classes``: (B, 2C) class vectors added to the gate's inputs (conditional models)."""
         h = self.conv_in(concat_elu(x))
         if self.aux is not None:
             h = h + self.aux(concat_elu(aux))
-        a, b = self.conv_out(self.dropout(concat_elu(h))).chunk(2, dim=1)
+        pre = self.conv_out(self.dropout(concat_elu(h)))
+        if classes is not None:
+            pre = pre + classes[:, :, None, None]
+        a, b = pre.chunk(2, dim=1)
         return x + a * torch.sigmoid(b)

@@ -60,9 +60,18 @@ def evaluation_summary(
     split: str,
     progress: bool = False,
     ctx: DistContext | None = None,
+    labels: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    metrics = evaluate(model, data, batch_size, progress=progress, ctx=ctx, tails=True)
-    extra = {"iw_samples": int(model.iw_samples)} if model.iw_samples is not None else {}
+    """eval.json's content; a class-conditional model is scored on p(x | y) with ``labels``,
+    and the summary says so (``conditional_on``)."""
+    metrics = evaluate(
+        model, data, batch_size, progress=progress, ctx=ctx, tails=True, labels=labels
+    )
+    extra: dict[str, Any] = {}
+    if model.iw_samples is not None:
+        extra["iw_samples"] = int(model.iw_samples)
+    if model.num_classes is not None:
+        extra["conditional_on"] = "class"
     run = RunDir.of_checkpoint(checkpoint)
     return {
         "run": str(run.path),
@@ -84,7 +93,8 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 def headline(summary: dict[str, Any]) -> str:
     """The main figures of an evaluation summary, in words."""
     if "bpd" in summary:
-        return f"bpd {summary['bpd']:.4f}, nll {summary['nll']:.2f} nats"
+        given = " given the class (log p(x | y))" if summary.get("conditional_on") else ""
+        return f"bpd {summary['bpd']:.4f}, nll {summary['nll']:.2f} nats{given}"
     # a flow fitted to an energy (model=energy_flow): the bound on log Z and the KL
     return (
         f"log Z bound {summary['log_z_bound']:.4f} (grid log Z {summary['log_z']:.4f}), "

@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from genflow.data.datasets import load_dataset
+from genflow.data.datasets import check_labels, load_dataset
 from genflow.engine.device import resolve_device
 from genflow.engine.run_dir import RunDir
 from genflow.tasks.common import (
@@ -29,7 +29,12 @@ def run(cfg) -> dict[str, Any]:
     dataset_cfg = OmegaConf.create(ckpt["config"]["dataset"])
     if cfg.get("dataset_root"):
         dataset_cfg.root = cfg.dataset_root
-    data = load_dataset(dataset_cfg).scored(cfg.split).to(device)
+    splits = load_dataset(dataset_cfg)
+    labels = None
+    if model.num_classes is not None:  # scored as p(x | y), with the split's labels
+        check_labels(splits, dataset_cfg, model.num_classes)
+        labels = splits.labels_of(cfg.split).to(device)
+    data = splits.scored(cfg.split).to(device)
     summary = evaluation_summary(
         model,
         data,
@@ -38,6 +43,7 @@ def run(cfg) -> dict[str, Any]:
         ckpt["trainer"]["step"],
         cfg.split,
         progress=True,
+        labels=labels,
     )
     path = run_dir.eval_json(cfg.split, checkpoint.name)
     write_json(path, summary)

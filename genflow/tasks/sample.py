@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from genflow.data.datasets import load_dataset
 from genflow.engine.device import resolve_device
-from genflow.engine.pictures import density_picture, save_samples, save_strip
+from genflow.engine.pictures import density_picture, draw_samples, save_samples, save_strip
 from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError
 from genflow.tasks.common import load_model_from_checkpoint
@@ -67,14 +67,30 @@ def run(cfg) -> dict[str, Any]:
         summary = interpolate(model, cfg, ckpt, run_dir, checkpoint, device)
         print(json.dumps(summary), flush=True)
         return summary
+    label = s.get("label")
+    if label is not None and model.num_classes is None:
+        raise GenflowError(
+            f"sample.label={label}: this run's {type(model).__name__} is not class-conditional "
+            "(train with model.num_classes=K to draw a chosen class)"
+        )
+    if label is not None and label >= model.num_classes:
+        raise GenflowError(
+            f"sample.label={label} is not a class of this run's model; its classes are "
+            f"0 to {model.num_classes - 1}"
+        )
+    nrow = None
     with torch.no_grad():
-        chunks = [
-            model.sample(min(int(s.batch_size), int(s.n) - start), float(s.temperature))
-            for start in range(0, int(s.n), int(s.batch_size))
-        ]
+        chunks = []
+        for start in range(0, int(s.n), int(s.batch_size)):
+            size = min(int(s.batch_size), int(s.n) - start)
+            # the classes in turn continue across batches: class = image index mod K
+            drawn, nrow = draw_samples(model, size, float(s.temperature), label, start)
+            chunks.append(drawn)
     samples = torch.cat(chunks).cpu()
     out_dir = run_dir.samples
     stem = f"sample_{checkpoint.stem}_n{s.n}_t{float(s.temperature):g}_seed{s.seed}"
+    if label is not None:
+        stem += f"_label{label}"
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(samples, out_dir / f"{stem}.pt")
     reference = None
@@ -83,7 +99,7 @@ def run(cfg) -> dict[str, Any]:
         reference = load_dataset(OmegaConf.create(ckpt["config"]["dataset"])).val
         density = density_picture(model, reference, out_dir / f"density_{checkpoint.stem}.png")
         extra["density"] = str(density)
-    image = save_samples(samples, out_dir / f"{stem}.png", model.levels, reference)
+    image = save_samples(samples, out_dir / f"{stem}.png", model.levels, reference, nrow)
     summary = {
         **extra,
         "run": str(run_dir.path),
@@ -94,5 +110,7 @@ def run(cfg) -> dict[str, Any]:
         "temperature": float(s.temperature),
         "seed": int(s.seed),
     }
+    if model.num_classes is not None:
+        summary["label"] = label  # None: the classes in turn, a class per grid column
     print(json.dumps(summary), flush=True)
     return summary

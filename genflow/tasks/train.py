@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from genflow.data.datasets import load_dataset
+from genflow.data.datasets import check_labels, load_dataset
 from genflow.engine.checkpoint import load_checkpoint, load_first_good
 from genflow.engine.distributed import DistContext, micro_batch_seed
 from genflow.engine.ema import evaluation_weights
@@ -88,7 +88,10 @@ def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[st
     """Build, fit and test on this process; under DDP, as rank ``ctx.rank``."""
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model)  # before loading data: a bad model config fails fast
-    splits = load_dataset(cfg.dataset).to(device)
+    splits = load_dataset(cfg.dataset)
+    if model.num_classes is not None:
+        check_labels(splits, cfg.dataset, model.num_classes)
+    splits = splits.to(device)
     model = model.to(device)
     optimizer = build_optimizer(model, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.optimizer.scheduler, int(cfg.trainer.max_steps))
@@ -134,6 +137,7 @@ def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[st
             ckpt["trainer"]["step"],
             "test",
             ctx=ctx,
+            labels=trainer.labels_of("test"),
         )
         logger.log(
             state.step,
