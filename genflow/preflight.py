@@ -73,7 +73,9 @@ def check_group_choices(overrides: list[str], root: Path) -> None:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as err:  # Hydra's parser message is already one sentence
-        raise GenflowError(str(err).splitlines()[0]) from err
+        raise GenflowError(
+            _quoting_hint(str(err), overrides) or str(err).splitlines()[0]
+        ) from err
     for override in parsed:
         group = override.key_or_group
         if group == "hydra/launcher":
@@ -103,10 +105,56 @@ def _check_launcher_plugin(launcher: str) -> None:
             )
 
 
+# keys whose values are paths or file names: genflow quotes them for Hydra's override grammar
+# where they hold characters it takes only inside quotes (non-ASCII letters, spaces, ...),
+# so a path genflow printed can always be passed back to it
+PATH_KEYS = (
+    "run",
+    "resume",
+    "checkpoint",
+    "output_root",
+    "dataset_root",
+    "dataset.root",
+    "dataset.path",
+    "hydra.run.dir",
+    "hydra.sweep.dir",
+)
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_\-+./:@~=]*")
+
+
+def quote_paths(overrides: list[str]) -> list[str]:
+    """``run=/data/été/x`` -> ``run='/data/été/x'``: path values with characters Hydra's
+    grammar takes only quoted are quoted (already quoted values, interpolations and the
+    values it parses plainly are left as they are)."""
+    quoted = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if (
+            sep
+            and key.lstrip("+") in PATH_KEYS
+            and value
+            and value[0] not in "'\""
+            and "${" not in value
+            and not _PLAIN_VALUE.fullmatch(value)
+        ):
+            if "'" not in value:
+                o = f"{key}='{value}'"
+            elif '"' not in value:
+                o = f'{key}="{value}"'
+        quoted.append(o)
+    return quoted
+
+
+def _unquoted(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
 def value_of(overrides: list[str], key: str) -> str | None:
     for o in overrides:
         if o.startswith(f"{key}="):
-            return o.split("=", 1)[1]
+            return _unquoted(o.split("=", 1)[1])
     return None
 
 
@@ -117,7 +165,7 @@ def compose_train(overrides: list[str], root: Path, command: str = "train") -> D
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    plain = [o for o in overrides if not o.startswith(("hydra.", "-"))]
+    plain = quote_paths([o for o in overrides if not o.startswith(("hydra.", "-"))])
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(root), version_base="1.3"):
@@ -128,8 +176,26 @@ def compose_train(overrides: list[str], root: Path, command: str = "train") -> D
         GlobalHydra.instance().clear()
 
 
+def _quoting_hint(message: str, overrides: list[str]) -> str | None:
+    """For Hydra's lexer errors (a non-ASCII letter, a space ... in an unquoted value): which
+    override, and how to quote it."""
+    if "LexerNoViableAltException" not in message and "token recognition error" not in message:
+        return None
+    odd = [o for o in overrides if not o.isascii()] or [o for o in overrides if o in message]
+    if not odd:
+        return None
+    key, _, value = odd[0].partition("=")
+    return (
+        f"the override {odd[0]} holds characters that Hydra's override grammar takes only "
+        f"inside quotes; write {key}='{value}' (in the shell: \"{key}='{value}'\")"
+    )
+
+
 def _explain(err: Exception, overrides: list[str], root: Path, command: str = "train") -> str:
     message = str(err)
+    hint = _quoting_hint(message, overrides)
+    if hint:
+        return hint
     unknown = re.search(r"Could not override '([^']+)'", message)
     if unknown and "To append to your config" in message:
         key = unknown.group(1)
@@ -200,11 +266,16 @@ def prepare_resume(overrides: list[str], root: Path, cfg: DictConfig | None) -> 
 
 
 def preflight(command: str, overrides: list[str], root: Path) -> list[str]:
-    """Check a command line; return the overrides to hand to Hydra."""
+    """Check a command line; return the overrides to hand to Hydra (paths quoted where
+    Hydra's grammar needs it)."""
+    return quote_paths(_preflight(command, overrides, root))
+
+
+def _preflight(command: str, overrides: list[str], root: Path) -> list[str]:
     plain, flags = split_flags(overrides)
     if any(f in ("--help", "-h", "--hydra-help") for f in flags):
         return overrides
-    check_group_choices(plain, root)
+    check_group_choices(quote_paths(plain), root)
     if command in ("eval", "sample"):
         run = value_of(plain, "run")
         if run is None:

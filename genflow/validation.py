@@ -117,6 +117,12 @@ def validate_train_config(cfg: DictConfig) -> None:
         )
     for key, ok, allowed in checks:
         _check(cfg, key, ok, allowed)
+    _check_output_root(cfg)
+    if cfg.dataset.name == "image_folder" and OmegaConf.is_missing(cfg.dataset, "path"):
+        raise GenflowError(
+            "dataset=image_folder needs dataset.path=<folder>: a folder with one sub-folder "
+            "of images per class (relative to dataset.root, or absolute)"
+        )
     if cfg.logger.name == "wandb":
         _check(cfg, "logger.mode", lambda v: v in LOGGER_MODES, f"one of {', '.join(LOGGER_MODES)}")
         for key in ("logger.run_name", "logger.group", "logger.project"):
@@ -227,6 +233,44 @@ def validate_sample_config(cfg: DictConfig) -> None:
         "null or a class index (an integer >= 0)",
     )
     _check_checkpoint(cfg)
+
+
+NAME_MAX = 255  # bytes in one file name on the common file systems
+
+
+def _check_output_root(cfg: DictConfig) -> None:
+    """``output_root`` must be a place where run directories can be made: no name in it too
+    long, and its nearest existing ancestor a directory this process can create one in
+    (probed with a temporary directory, removed at once)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    value = OmegaConf.select(cfg, "output_root", default=None)
+    if value is None:
+        return
+    path = Path(str(value)).expanduser().absolute()
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise GenflowError(
+                f"output_root: the name '{part[:30]}...' is {len(os.fsencode(part))} bytes "
+                f"long; file systems take names of at most {NAME_MAX}"
+            )
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise GenflowError(
+            f"output_root={value}: {existing} is a file, not a directory, so no run directory "
+            "can be made under it; choose another output_root"
+        )
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".genflow-probe-", dir=existing))
+    except OSError as err:
+        raise GenflowError(
+            f"output_root={value}: cannot create directories under {existing} "
+            f"({err.strerror}); choose a writable output_root"
+        ) from err
 
 
 def _model_choices() -> dict[str, tuple[str, ...]]:

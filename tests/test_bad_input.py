@@ -244,6 +244,31 @@ COMMAND_LINE = [
     ),
     (["eval"], "genflow eval needs run=<run_dir>"),
     (
+        ["train", "output_root=/dev/null/runs"],
+        "output_root=/dev/null/runs: /dev/null is a file, not a directory",
+    ),
+    (
+        ["train", "output_root=/proc/genflow"],
+        "output_root=/proc/genflow: cannot create directories under /proc",
+    ),
+    (
+        ["train", f"output_root={'r' * 300}"],
+        "output_root: the name 'rrrrrrrrrrrrrrrrrrrrrrrrrrrrrr...' is 300 bytes long",
+    ),
+    (
+        ["train", "dataset=image_folder"],
+        "dataset=image_folder needs dataset.path=<folder>",
+    ),
+    (
+        ["train", "model=réalnvp"],
+        "the override model=réalnvp holds characters that Hydra's override grammar takes only "
+        "inside quotes; write model='réalnvp'",
+    ),
+    (
+        ["train", "model='réalnvp'"],
+        "unknown model ''réalnvp''; valid choices:",
+    ),
+    (
         ["sample", "run=does/not/exist"],
         "run=does/not/exist: no such run directory or checkpoint file",
     ),
@@ -357,3 +382,20 @@ def test_runtime_errors(tmp_path, broken_run):
         p for p in before if not p.endswith(".log")
     ]
     assert len(COMMAND_LINE) + len(RUN_COMMAND_LINE) + len(cases) >= 20
+
+
+def test_paths_with_non_ascii_letters_or_spaces_pass_through_hydra(tmp_path):
+    """A run directory genflow made under such a path can be named back to it: path values
+    are quoted for Hydra's override grammar (which takes them only quoted)."""
+    from genflow.config import config_dir
+    from genflow.preflight import compose_train, quote_paths
+
+    run = tmp_path / "été runs" / "maf-digits"
+    assert quote_paths([f"run={run}", "model=maf", "resume='x y'", "seed=3"]) == [
+        f"run='{run}'",
+        "model=maf",
+        "resume='x y'",
+        "seed=3",
+    ]
+    assert compose_train([f"run={run}"], config_dir(), "eval").run == str(run)
+    assert compose_train([f"output_root={run}"], config_dir()).output_root == str(run)

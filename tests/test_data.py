@@ -177,3 +177,28 @@ def test_mnist_levels_follow_n_bits():
     assert load_dataset(_mnist_cfg(n_bits=5, levels=32)).test.max() == 31
     with pytest.raises(GenflowError, match="dataset.levels=16"):
         load_dataset(_mnist_cfg(n_bits=8, levels=16))
+
+
+def test_image_folder_errors_name_the_folder_or_the_file(tmp_path):
+    """An empty folder and a file that is not an image each get one sentence."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(
+        {"name": "image_folder", "root": str(tmp_path), "path": "empty", "image_size": 8}
+        | {"channels": 1, "val_fraction": 0.2, "test_fraction": 0.2, "split_seed": 0}
+    )
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GenflowError, match="holds no images to read .* one sub-folder of images"):
+        load_dataset_splits(cfg)
+    (tmp_path / "junk" / "cats").mkdir(parents=True)
+    for i in range(3):
+        (tmp_path / "junk" / "cats" / f"{i}.png").write_text("not a picture")
+    cfg.path = "junk"
+    with pytest.raises(GenflowError, match=r"cats/0.png is not a readable image"):
+        load_dataset_splits(cfg)
+
+
+def load_dataset_splits(cfg):
+    from genflow.data.datasets import LOADERS
+
+    return LOADERS["image_folder"](cfg)

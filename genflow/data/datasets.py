@@ -170,6 +170,23 @@ def _binarized(cfg, intensities: DataSplits) -> DataSplits:
     return DataSplits(train, val, test, labels=intensities.labels)
 
 
+def first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _read_image(images, index: int) -> Tensor:
+    """One image of an ImageFolder, or one sentence naming the file that is not one."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        return images[index][0]
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise GenflowError(
+            f"{images.samples[index][0]} is not a readable image ({first_line(err)}); remove "
+            "or replace it"
+        ) from err
+
+
 def _image_folder(cfg) -> DataSplits:
     """Every image under ``root/path`` (torchvision ImageFolder layout), resized and held as uint8."""
     import torchvision
@@ -187,10 +204,16 @@ def _image_folder(cfg) -> DataSplits:
     transforms = [v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)]
     if int(cfg.channels) == 1:
         transforms.insert(0, v2.Grayscale())
-    images = torchvision.datasets.ImageFolder(str(folder), transform=v2.Compose(transforms))
+    layout = "one sub-folder of images per class (torchvision's ImageFolder layout)"
+    try:
+        images = torchvision.datasets.ImageFolder(str(folder), transform=v2.Compose(transforms))
+    except (FileNotFoundError, RuntimeError) as err:  # no class folders, or no image files
+        raise GenflowError(
+            f"image folder {folder} holds no images to read ({first_line(err)}); it needs {layout}"
+        ) from err
     if len(images) < 3:
         raise GenflowError(f"image folder {folder} holds {len(images)} images; need at least 3")
-    x = torch.stack([images[i][0] for i in range(len(images))])
+    x = torch.stack([_read_image(images, i) for i in range(len(images))])
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(cfg.split_seed)))
     x, y = x[perm], torch.as_tensor(images.targets, dtype=torch.int64)[perm]
     n_test = max(1, int(len(x) * float(cfg.test_fraction)))
