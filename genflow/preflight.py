@@ -73,9 +73,7 @@ def check_group_choices(overrides: list[str], root: Path) -> None:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as err:  # Hydra's parser message is already one sentence
-        raise GenflowError(
-            _quoting_hint(str(err), overrides) or str(err).splitlines()[0]
-        ) from err
+        raise GenflowError(_quoting_hint(str(err), overrides) or str(err).splitlines()[0]) from err
     for override in parsed:
         group = override.key_or_group
         if group == "hydra/launcher":

@@ -344,3 +344,33 @@ def test_the_end_of_a_run_says_the_result_where_the_best_step_was_and_what_next(
     assert len(quiet) == 2 and "wandb" not in quiet[-1]
     rising = _tcfg(monitor={"metric": "nll", "mode": "max"})
     assert len(result_lines(summary, state, 1.35, rising, tmp_path, wandb)) == 2
+
+
+def test_wandb_online_without_an_api_key_says_what_to_do(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_SILENT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no saved login
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    cfg = OmegaConf.create({"name": "wandb", "mode": "online", "project": "p"})
+    with pytest.raises(
+        GenflowError, match=r"W&B did not start in logger.mode=online .*wandb login"
+    ):
+        RunLogger(tmp_path, cfg, {})
+
+
+class _NotATensor:
+    """What a checkpoint from another tool may hold: a pickled Python object."""
+
+
+def test_a_checkpoint_holding_python_objects_is_refused_as_such_not_as_corrupted(tmp_path):
+    from genflow.engine.checkpoint import load_checkpoint
+
+    path = tmp_path / "other.pt"
+    torch.save({"model": {}, "extra": _NotATensor()}, path)
+    with pytest.raises(GenflowError, match="holds Python objects .*_NotATensor.* arbitrary code"):
+        load_checkpoint(path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(GenflowError, match="truncated or corrupted"):
+        load_checkpoint(path)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise GenflowError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):  # a damaged pickle stream
+            raise GenflowError(
+                f"checkpoint {path} is truncated or corrupted and cannot be read ({err})"
+            ) from err
+        # a readable file that holds Python objects beyond tensors and plain containers:
+        # genflow does not run code from a file to load it (torch's weights_only=True)
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        holds = f" (it holds {found.group(1)})" if found else ""
+        raise GenflowError(
+            f"checkpoint {path} holds Python objects beyond tensors and plain values{holds}, "
+            "so genflow will not load it: loading such a file can run arbitrary code. "
+            "genflow's own checkpoints hold none; is this file from another tool?"
+        ) from err
     except Exception as err:  # truncated or corrupted file: name it
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise GenflowError(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from genflow.engine.run_dir import RunDir
+from genflow.errors import GenflowError
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,22 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/inf; keep them visible rather than dropping them
     return value
+
+
+def _start_wandb(logger_cfg, **settings):
+    """wandb.init, or one sentence saying why W&B did not start and what to do (no API key
+    for online mode, a bad WANDB_* environment variable, no network)."""
+    import wandb
+
+    try:
+        return wandb.init(**settings)
+    except Exception as err:  # wandb's own errors, and pydantic's for bad WANDB_* settings
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GenflowError(
+            f"W&B did not start in logger.mode={logger_cfg.mode} ({first}); run `wandb login` "
+            "(or set WANDB_API_KEY), or train with logger.mode=offline and `wandb sync` the "
+            "run later, or logger=none"
+        ) from err
 
 
 class RunLogger:
@@ -48,9 +65,8 @@ class RunLogger:
             and logger_cfg.name == "wandb"
             and logger_cfg.mode != "disabled"
         ):
-            import wandb
-
-            self.wandb = wandb.init(
+            self.wandb = _start_wandb(
+                logger_cfg,
                 project=logger_cfg.project,
                 entity=logger_cfg.get("entity"),
                 group=logger_cfg.get("group"),
