@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 from genflow.config import config_dir
-from genflow.errors import GenflowError
+from genflow.errors import GenflowError, storage_error
 
 log = logging.getLogger("genflow")
 
@@ -57,7 +57,10 @@ def _hydra_entry(command: str) -> Callable[[], None]:
         hydra_cfg = HydraConfig.get()
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         try:
-            result = task.run(cfg)
+            try:
+                result = task.run(cfg)
+            except OSError as err:  # a full disk (metrics, pictures): one sentence
+                raise (storage_error(err) or err) from err
         except Exception as err:
             # a stopped run (signal, failed DDP workers) ends the command, sweep or not;
             # bad input ends a single run with its sentence

@@ -374,3 +374,46 @@ def test_a_checkpoint_holding_python_objects_is_refused_as_such_not_as_corrupted
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(GenflowError, match="truncated or corrupted"):
         load_checkpoint(path)
+
+
+def test_a_full_disk_while_writing_a_checkpoint_keeps_the_earlier_one(tmp_path):
+    """A file-size limit stands in for a full disk: the write fails with one sentence, the
+    checkpoint already there (and its predecessor) stay loadable, no temporary file is left."""
+    import resource
+
+    from genflow.engine.checkpoint import load_checkpoint, previous_path, save_checkpoint
+
+    def state(step):
+        return {
+            "model": {"w": torch.full((50_000,), float(step))},
+            "trainer": {"step": step},
+            "config": {},
+        }
+
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(state(1), path)
+    save_checkpoint(state(2), path, keep_previous=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size // 2, hard))
+    try:
+        with pytest.raises(
+            GenflowError, match="could not write checkpoint .*last.pt .*disk may be full"
+        ):
+            save_checkpoint(state(3), path, keep_previous=True)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert load_checkpoint(path)["trainer"]["step"] == 2
+    assert load_checkpoint(previous_path(path))["trainer"]["step"] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.prev.pt", "last.pt"]
+
+
+def test_a_full_disk_elsewhere_is_one_sentence():
+    import errno
+
+    from genflow.errors import storage_error
+
+    err = OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.jsonl")
+    assert "No space left on device writing /runs/x/metrics.jsonl: the disk is full" in str(
+        storage_error(err)
+    )
+    assert storage_error(OSError(errno.ENOENT, "No such file")) is None

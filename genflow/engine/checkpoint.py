@@ -35,10 +35,19 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as err:  # a full disk: torch says "enforce fail at ..."
+        tmp.unlink(missing_ok=True)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GenflowError(
+            f"could not write checkpoint {path} ({reason}); the disk may be full or a quota "
+            f"or file-size limit reached. The earlier checkpoints are kept: free space, then "
+            f"continue with resume={path.parent.parent}"
+        ) from err
     if keep_previous and path.exists():
         os.replace(path, previous_path(path))
     os.replace(tmp, path)
