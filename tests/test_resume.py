@@ -223,3 +223,39 @@ def test_a_resume_with_another_learning_rate_goes_on_at_that_rate(workdir):
     lrs = {r["step"]: r["lr"] for r in read_records(run_dir) if r["split"] == "train"}
     assert lrs[10] == pytest.approx(1e-3)
     assert [lrs[s] for s in range(11, 15)] == pytest.approx([1e-4] * 4)
+
+
+WRITER = """
+import sys, torch
+from genflow.engine.checkpoint import save_checkpoint
+path = sys.argv[1]
+big = {"model": {"w": torch.ones(60_000_000)}, "trainer": {"step": 2}, "config": {}}
+print("writing", flush=True)
+save_checkpoint(big, path, keep_previous=True)
+print("done", flush=True)
+"""
+
+
+def test_kill_9_in_the_middle_of_a_checkpoint_write_loses_nothing(tmp_path):
+    """SIGKILL while the new last.pt (240 MB) is being written: last.pt is still the earlier,
+    complete checkpoint, the partial file is only a temporary that the next start removes."""
+    from genflow.engine.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint({"model": {"w": torch.zeros(3)}, "trainer": {"step": 1}, "config": {}}, path)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout.readline().strip() == "writing"
+    deadline = time.monotonic() + 60
+    temporaries: list[Path] = []
+    while not temporaries and time.monotonic() < deadline:  # the write has begun
+        temporaries = [p for p in path.parent.glob(".last.pt.tmp-*") if p.stat().st_size > 0]
+        time.sleep(0.005)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert temporaries, "the writer never started its temporary file"
+    assert writer.returncode == -signal.SIGKILL  # killed mid-write, not finished
+    assert load_checkpoint(path)["trainer"]["step"] == 1  # the earlier checkpoint, whole
+    remove_stale_temporaries(path.parent)
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
