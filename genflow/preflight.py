@@ -117,7 +117,7 @@ PATH_KEYS = (
     "hydra.run.dir",
     "hydra.sweep.dir",
 )
-_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_\-+./:@~=]*")
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_\-+./:@~]*")
 
 
 def quote_paths(overrides: list[str]) -> list[str]:
@@ -304,4 +304,41 @@ def _preflight(command: str, overrides: list[str], root: Path) -> list[str]:
 
         cfg = compose_train([o for o in plain if not o.startswith("resume=")], root)
         validate_train_config(cfg)
-    return [*flags, *prepare_resume(plain, root, cfg)]
+    named = (
+        sweep_names(plain, root)
+        if multirun
+        and value_of(plain, "hparams_search")
+        in (
+            None,
+            "null",
+        )
+        else []
+    )
+    return [*flags, *prepare_resume(plain, root, cfg), *named]
+
+
+def sweep_names(overrides: list[str], root: Path) -> list[str]:
+    """A sweep's directories named after what it sweeps: ``multirun/<time>-optimizer.lr+seed``
+    for the sweep (also its W&B group), ``3-maf-digits-optimizer.lr=0.0003,seed=1`` for a job;
+    nothing where the user named them, or where nothing on the command line is swept."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if value_of(overrides, "hydra.sweep.dir") or value_of(overrides, "hydra.sweep.subdir"):
+        return []
+    groups = config_groups(root)
+    swept = []
+    for override in OverridesParser.create().parse_overrides(quote_paths(overrides)):
+        key = override.key_or_group
+        if override.is_sweep_override() and not key.startswith("hydra"):
+            value = f"${{hydra:runtime.choices.{key}}}" if key in groups else f"${{{key}}}"
+            swept.append((key.replace("/", "."), value))
+    if not swept:
+        return []
+    keys = "+".join(key for key, _ in swept)
+    values = ",".join(f"{key}={value}" for key, value in swept)
+    # quoted: the values hold '=' and ',' (Hydra still resolves interpolations in quotes)
+    return [
+        f"hydra.sweep.dir='${{output_root}}/multirun/${{now:%Y-%m-%d_%H-%M-%S}}-{keys}'",
+        "hydra.sweep.subdir='${hydra.job.num}-${hydra:runtime.choices.model}-"
+        f"${{hydra:runtime.choices.dataset}}-{values}'",
+    ]

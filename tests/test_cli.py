@@ -114,6 +114,14 @@ def test_four_run_sweep_makes_one_run_dir_each_in_one_wandb_group(workdir):
         (3e-4, 1),
     }
     assert {c["logger"]["group"] for c in configs} == {dirs[0].parent.name}
+    # the sweep (and its W&B group) is named after what it sweeps, each run after its values
+    assert dirs[0].parent.name.endswith("-optimizer.lr+seed")
+    assert sorted(d.name for d in dirs) == [
+        "0-realnvp-digits-optimizer.lr=0.001,seed=0",
+        "1-realnvp-digits-optimizer.lr=0.001,seed=1",
+        "2-realnvp-digits-optimizer.lr=0.0003,seed=0",
+        "3-realnvp-digits-optimizer.lr=0.0003,seed=1",
+    ]
 
 
 def test_a_failed_run_does_not_stop_the_sweep(workdir):
