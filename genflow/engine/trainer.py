@@ -179,6 +179,7 @@ class Trainer(TrainingCheckpoints):
         tc, logger = self.tcfg, self.logger
         window_start, window_steps = time.perf_counter(), 0
         loop_start, seconds_before = time.perf_counter(), self.state.train_seconds
+        first_step = True  # holds the start-up (compile, allocator warm-up): not in steps/s
         if self._out_of_time():
             log.info("the time budget (trainer.max_minutes) was spent before this resume")
             return
@@ -187,8 +188,10 @@ class Trainer(TrainingCheckpoints):
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
             # what decides the step, read in one host sync per step (one all-reduce on top
-            # under DDP, so every rank skips or stops together)
+            # under DDP, so every rank skips or stops together); the loss and bpd for the
+            # progress bar ride along, summed over ranks
             self.state.train_seconds = seconds_before + time.perf_counter() - loop_start
+            shown = metrics.get("bpd", loss)
             flags = torch.cat(
                 [
                     (~torch.isfinite(loss)).float().reshape(1),
@@ -197,9 +200,16 @@ class Trainer(TrainingCheckpoints):
                         [float(guard.requested), float(self._out_of_time())],
                         device=grad_norm.device,
                     ),
+                    loss.detach().float().reshape(1),
+                    torch.as_tensor(shown, device=grad_norm.device).detach().float().reshape(1),
                 ]
             )
-            bad_loss, bad_grad, stops, out_of_time = self.ctx.all_reduce(flags).tolist()
+            reduced = self.ctx.all_reduce(flags).tolist()
+            bad_loss, bad_grad, stops, out_of_time = reduced[:4]
+            world = self.ctx.world_size
+            postfix = {"loss": f"{reduced[4] / world:.4f}"}
+            if "bpd" in metrics:
+                postfix["bpd"] = f"{reduced[5] / world:.3f}"
             preempted = stops > 0
             # with fp16 loss scaling, non-finite gradients from a finite loss are an overflow
             # at this scale: the scaler skips the update and lowers the scale; not a bad step
@@ -215,7 +225,12 @@ class Trainer(TrainingCheckpoints):
             self.state.step += 1
             step = self.state.step
             window_steps += 1
+            bar.set_postfix(postfix, refresh=False)  # shown by update's own refresh
             bar.update(1)
+            if first_step:
+                first_step = False
+                if step % tc.log_every and step != max_steps:
+                    window_start, window_steps = time.perf_counter(), 0
             if not finite and self._on_bad_step(batch, metrics, loss, step):
                 bar.n = self.state.step  # rolled back to an earlier step
                 bar.refresh()
@@ -233,8 +248,6 @@ class Trainer(TrainingCheckpoints):
                     "steps_per_sec": window_steps / max(elapsed, 1e-9),
                 }
                 logger.log(step, "train", metrics)
-                shown = {"bpd": f"{metrics['bpd'].item():.3f}"} if "bpd" in metrics else {}
-                bar.set_postfix(loss=f"{loss.item():.4f}", **shown)
                 window_start, window_steps = time.perf_counter(), 0
             if step % tc.eval_every == 0 or last:
                 self._validate(step)
