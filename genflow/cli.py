@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable
 
@@ -93,6 +94,14 @@ def _hydra_entry(command: str) -> Callable[[], None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `genflow train --help | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = USAGE.format(commands="\n".join(f"  {k:<8}{v}" for k, v in COMMANDS.items()))
     if not argv:  # a command is missing: say what there is, and fail

@@ -271,10 +271,15 @@ def test_help_lists_commands_and_groups(workdir, capsys):
         and "dataset:" in proc.stdout
         and "optimizer/scheduler:" in proc.stdout
     )
+    # eval's help names what eval reads, not the training groups (the run holds those)
+    proc = run_genflow(["eval", "--help"], workdir)
+    assert "genflow eval run=<run_dir> [checkpoint=best|last|<file>]" in proc.stdout
+    assert "model:" not in proc.stdout and "optimizer/scheduler:" not in proc.stdout
 
 
 @pytest.mark.skipif(not (MNIST_ROOT / "MNIST" / "raw").is_dir(), reason="real MNIST not present")
-def test_realnvp_on_real_mnist_trains_evaluates_and_samples(workdir):
+def test_realnvp_on_real_mnist_trains_evaluates_and_samples(workdir, capsys, monkeypatch):
+    monkeypatch.chdir(workdir)
     run_genflow(
         [
             "train",
@@ -295,3 +300,11 @@ def test_realnvp_on_real_mnist_trains_evaluates_and_samples(workdir):
     assert summary["num_examples"] == 10000 and math.isfinite(summary["bpd"]) and summary["bpd"] > 0
     result = last_json_line(run_genflow(["sample", f"run={run_dir}", "sample.n=4"], workdir).stdout)
     assert torch.load(result["tensor"], weights_only=True).shape == (4, 1, 28, 28)
+    # data that moved since training: eval's advice is its own dataset_root, not a download
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:  # in-process, Hydra's job exits
+        main(["eval", f"run={run_dir}", f"dataset_root={workdir / 'moved'}"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "dataset 'mnist' not found under" in err and "pass dataset_root=<the folder" in err
+    assert "download" not in err

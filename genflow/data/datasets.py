@@ -82,6 +82,15 @@ def check_digits_split(cfg) -> None:
         )
 
 
+class DatasetNotFound(GenflowError):
+    """A dataset missing on disk; ``missing`` says where it was looked for, ``folder`` what
+    the root should hold (so eval and sample can give their own advice)."""
+
+    def __init__(self, message: str, missing: str, folder: str):
+        super().__init__(message)
+        self.missing, self.folder = missing, folder
+
+
 def _root(cfg) -> Path:
     return Path(str(cfg.root)).expanduser()
 
@@ -96,11 +105,12 @@ def _torchvision(cls_name: str, folder: str, files_hint: str) -> Callable:
             train = cls(str(root), train=True, download=bool(cfg.download))
             test = cls(str(root), train=False, download=bool(cfg.download))
         except RuntimeError as err:  # torchvision: "Dataset not found ..."
-            raise GenflowError(
-                f"dataset '{cfg.name}' not found under {root.resolve() / folder} "
-                f"(looked for {files_hint}); point dataset.root (or the GENFLOW_DATA "
-                f"environment variable) at the folder that holds '{folder}', "
-                "or pass dataset.download=true to download it"
+            missing = f"dataset '{cfg.name}' not found under {root.resolve() / folder} (looked for {files_hint})"
+            raise DatasetNotFound(
+                f"{missing}; point dataset.root (or the GENFLOW_DATA environment variable) at "
+                f"the folder that holds '{folder}', or pass dataset.download=true to download it",
+                missing=missing,
+                folder=folder,
             ) from err
         return _hold_out(
             _as_nchw(train.data),

@@ -7,9 +7,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from genflow.data.datasets import check_labels, load_dataset
+from genflow.data.datasets import DatasetNotFound, check_labels, load_dataset
 from genflow.engine.device import resolve_device
 from genflow.engine.run_dir import RunDir
+from genflow.errors import GenflowError
 from genflow.tasks.common import (
     evaluation_summary,
     headline,
@@ -29,7 +30,13 @@ def run(cfg) -> dict[str, Any]:
     dataset_cfg = OmegaConf.create(ckpt["config"]["dataset"])
     if cfg.get("dataset_root"):
         dataset_cfg.root = cfg.dataset_root
-    splits = load_dataset(dataset_cfg)
+    try:
+        splits = load_dataset(dataset_cfg)
+    except DatasetNotFound as err:  # eval reads what training read: the data moved
+        raise GenflowError(
+            f"{err.missing}; if it moved since training, pass dataset_root=<the folder that "
+            f"holds '{err.folder}'>"
+        ) from err
     labels = None
     if model.num_classes is not None:  # scored as p(x | y), with the split's labels
         check_labels(splits, dataset_cfg, model.num_classes)
