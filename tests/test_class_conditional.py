@@ -35,8 +35,10 @@ def test_a_class_conditional_pixelcnn_trains_scores_p_x_given_y_and_draws_a_chos
         run.log_prob(test[:2])
 
     # the training pictures draw the classes in turn, one per column: 10 columns of 8x8
+    # digits, each enlarged to 32x32, under a caption
     step_png = sorted((run_dir / "samples").glob("step_*.png"))[-1]
-    assert Image.open(step_png).size[0] == 10 * (8 + 1) + 1
+    width, height = Image.open(step_png).size
+    assert width == 10 * (32 + 1) + 1 and height > 2 * (32 + 1) + 1
 
     result = sample_task.run(
         compose_config(

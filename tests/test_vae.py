@@ -310,7 +310,7 @@ def test_two_latent_vae_draws_its_manifold_posterior_draws_and_codes():
     vae = VAE((1, 8, 8), 17, 2, hidden_features=16, prior=MixturePrior(2, 3)).eval()
     x = torch.randint(0, 17, (12, 1, 8, 8))
     pictures = vae.pictures(x)
-    manifold, nrow = pictures["manifold"]
+    manifold, nrow, _ = pictures["manifold"]
     assert manifold.shape == (225, 1, 8, 8) and nrow == 15
     torch.manual_seed(1)
     grid = vae.manifold()
@@ -318,8 +318,9 @@ def test_two_latent_vae_draws_its_manifold_posterior_draws_and_codes():
     low, high = torch.quantile(vae.prior_sample(10_000), torch.tensor([0.02, 0.98]), dim=0)
     corners = torch.stack([low, torch.stack([high[0], low[1]]), high])
     torch.testing.assert_close(grid[[0, 14, 224]], vae.decode(corners))
-    draws, nrow = pictures["posterior_draws"]
+    draws, nrow, caption = pictures["posterior_draws"]
     assert draws.shape == (64, 1, 8, 8) and nrow == 8 and torch.equal(draws[0], x[0].float())
+    assert "63 draws z ~ q(z|x)" in caption
     assert draws[1:].std(0).sum() > 0  # different draws decode differently
     torch.testing.assert_close(vae.latent_points(x), vae.encode(x))
     three = VAE((1, 8, 8), 17, 3, hidden_features=16)

@@ -8,6 +8,50 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+# small images are enlarged (nearest neighbour, by a whole factor) to at least this many
+# pixels a side in a grid: 8x8 digits become 32x32, MNIST 56x56
+MIN_CELL = 32
+
+
+def save_grid(images: Tensor, path: Path, nrow: int, caption: str | None = None) -> Path:
+    """Images (N, C, H, W) with values in [0, 1] -> a PNG grid, small images enlarged, with
+    ``caption`` (what the picture shows: step, temperature, rows and columns) above it."""
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    factor = max(1, math.ceil(MIN_CELL / min(images.shape[-2:])))
+    if factor > 1:
+        images = images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    save_image(images.clamp(0, 1), path, nrow=nrow, padding=1, pad_value=0.35)
+    if caption:
+        _add_caption(path, caption)
+    return path
+
+
+def _add_caption(path: Path, caption: str) -> None:
+    """Write ``caption`` (wrapped to the picture's width) on a white band above the image."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    grid = Image.open(path).convert("RGB")
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(grid)
+    lines: list[str] = []
+    for word in caption.split():
+        trial = f"{lines[-1]} {word}" if lines else word
+        if lines and measure.textlength(trial, font=font) <= grid.width - 6:
+            lines[-1] = trial
+        else:
+            lines.append(word)
+    left, top, right, bottom = font.getbbox("Ag")
+    line_height = bottom - top + 3
+    band = 4 + line_height * len(lines)
+    canvas = Image.new("RGB", (grid.width, grid.height + band), "white")
+    canvas.paste(grid, (0, band))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((3, 2 + i * line_height - top), line, fill="black", font=font)
+    canvas.save(path)
+
 
 def save_samples(
     samples: Tensor,
@@ -15,18 +59,16 @@ def save_samples(
     levels: int | None,
     reference: Tensor | None = None,
     nrow: int | None = None,
+    caption: str | None = None,
 ) -> Path:
-    """Images (N, C, H, W) in [0, levels) -> PNG grid (``nrow`` per row, default square);
-    2-D points (N, 2) -> scatter plot."""
+    """Images (N, C, H, W) in [0, levels) -> PNG grid (``nrow`` per row, default square,
+    ``caption`` above); 2-D points (N, 2) -> scatter plot (``caption`` as its title)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     samples = samples.detach().cpu()
     if samples.dim() == 4:
-        from torchvision.utils import save_image
-
         images = samples.float() / (levels - 1) if levels else samples.float()
         nrow = nrow or max(1, int(math.sqrt(len(images))))
-        save_image(images.clamp(0, 1), path, nrow=nrow, padding=1, pad_value=0.35)
-        return path
+        return save_grid(images, path, nrow, caption)
     if samples.dim() == 2 and samples.shape[1] == 2:
         import matplotlib
 
@@ -46,6 +88,8 @@ def save_samples(
         for ax in axes[0]:
             ax.set_xlim(-lim, lim)
             ax.set_ylim(-lim, lim)
+        if caption:
+            fig.suptitle(caption, fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
@@ -88,15 +132,11 @@ def save_density(model, reference: Tensor, path: Path, grid_size: int = 200) -> 
     return path
 
 
-def save_strip(rows: Tensor, path: Path, levels: int | None) -> Path:
+def save_strip(rows: Tensor, path: Path, levels: int | None, caption: str | None = None) -> Path:
     """(R, S, C, H, W) images -> a grid with one row per interpolation."""
-    from torchvision.utils import save_image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     images = rows.detach().cpu().float().flatten(0, 1)
     images = images / (levels - 1) if levels else images
-    save_image(images.clamp(0, 1), path, nrow=rows.shape[1], padding=1, pad_value=0.35)
-    return path
+    return save_grid(images, path, rows.shape[1], caption)
 
 
 def density_picture(model, reference: Tensor, path: Path) -> Path:
@@ -196,13 +236,22 @@ def write_step_pictures(
         codes = model.latent_points(val[:scatter_points])
     model.train(was_training)
     two_d = val.dim() == 2
+    what = f"{n} samples" + (", a class per column" if nrow and model.num_classes else "")
     written = {
         "samples": save_samples(
-            samples, run_dir.picture("step", step), model.levels, val if two_d else None, nrow
+            samples,
+            run_dir.picture("step", step),
+            model.levels,
+            val if two_d else None,
+            nrow,
+            caption=f"step {step}: {what}, temperature 1",
         )
     }
-    for name, (images, nrow) in extra.items():
-        written[name] = save_samples(images, run_dir.picture(name, step), model.levels, nrow=nrow)
+    for name, (images, nrow, *described) in extra.items():
+        caption = f"step {step}: {described[0] if described else name}"
+        written[name] = save_samples(
+            images, run_dir.picture(name, step), model.levels, nrow=nrow, caption=caption
+        )
     if two_d:
         written["density"] = density_picture(model, val, run_dir.picture("density", step))
     if codes is not None:

@@ -104,9 +104,10 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
         """The trainer calls this before every training step; schedules (KL warm-up) read it."""
 
     @torch.no_grad()
-    def pictures(self, x: Tensor) -> dict[str, tuple[Tensor, int]]:
+    def pictures(self, x: Tensor) -> dict[str, tuple]:
         """Extra image grids beside the samples, from a batch of validation data ``x``:
-        name -> (images (N, C, H, W) in data units, images per row). None by default."""
+        name -> (images (N, C, H, W) in data units, images per row[, a caption saying what
+        the rows and columns are]). None by default."""
         return {}
 
     def latent_points(self, x: Tensor) -> Tensor | None:

@@ -298,7 +298,7 @@ class VAE(GenerativeModel):
         return self.decode(z)
 
     @torch.no_grad()
-    def pictures(self, x: Tensor) -> dict[str, tuple[Tensor, int]]:
+    def pictures(self, x: Tensor) -> dict[str, tuple]:
         """Reconstructions under their inputs, decoder means of prior samples, a traversal
         of the most used latent dimensions (rows) from -3 to 3 (columns), the decoder means
         of 63 posterior draws z ~ q(z|x) around the first input (which comes first), and with
@@ -319,14 +319,33 @@ class VAE(GenerativeModel):
         traversal = self.decode(grid.flatten(0, 1))
         draws, _ = self.draw_posterior(mean[:1], log_scale[:1], context[:1], 63)
         around = self.decode(draws[0].to(self.q_mean.weight.dtype))
+        latents = ", ".join(str(int(d)) for d in dims)
         pictures = {
-            "reconstructions": (torch.cat([inputs, recon]), n),
-            "prior_means": (prior, 8),
-            "traversal": (traversal, len(values)),
-            "posterior_draws": (torch.cat([inputs[:1], around]), 8),
+            "reconstructions": (
+                torch.cat([inputs, recon]),
+                n,
+                "validation images (top row) and their reconstructions (bottom row)",
+            ),
+            "prior_means": (prior, 8, "decoder means of 64 draws from the prior"),
+            "traversal": (
+                traversal,
+                len(values),
+                f"one latent per row (latents {latents}, most used first) set to -3 ... 3 "
+                "(columns), the rest at the first image's code",
+            ),
+            "posterior_draws": (
+                torch.cat([inputs[:1], around]),
+                8,
+                "a validation image (first) and decoder means of 63 draws z ~ q(z|x) for it",
+            ),
         }
         if self.latent_features == 2:
-            pictures["manifold"] = (self.manifold(), 15)
+            pictures["manifold"] = (
+                self.manifold(),
+                15,
+                "decoder means on a 15 x 15 grid over the prior's central 96%: z0 rising "
+                "along the columns, z1 down the rows",
+            )
         return pictures
 
 

@@ -43,7 +43,11 @@ def interpolate(model, cfg, ckpt, run_dir: RunDir, checkpoint, device) -> dict[s
     rows = decoded.view(pairs, steps, *decoded.shape[1:])
     out_dir = run_dir.samples
     stem = f"interpolate_{checkpoint.stem}_pairs{pairs}_steps{steps}_seed{s.seed}"
-    image = save_strip(rows, out_dir / f"{stem}.png", model.levels)
+    caption = (
+        f"{checkpoint.name} (step {ckpt['trainer']['step']}): each row the straight line in "
+        f"latent space between two test images (first and last), {steps} steps"
+    )
+    image = save_strip(rows, out_dir / f"{stem}.png", model.levels, caption)
     torch.save(rows.cpu(), out_dir / f"{stem}.pt")
     return {
         "run": str(run_dir.path),
@@ -99,7 +103,18 @@ def run(cfg) -> dict[str, Any]:
         reference = load_dataset(OmegaConf.create(ckpt["config"]["dataset"])).val
         density = density_picture(model, reference, out_dir / f"density_{checkpoint.stem}.png")
         extra["density"] = str(density)
-    image = save_samples(samples, out_dir / f"{stem}.png", model.levels, reference, nrow)
+    drawn = (
+        f"class {label}"
+        if label is not None
+        else "a class per column"
+        if model.num_classes is not None
+        else "samples"
+    )
+    caption = (
+        f"{checkpoint.name} (step {ckpt['trainer']['step']}): {s.n} draws, {drawn}, "
+        f"temperature {float(s.temperature):g}, seed {s.seed}"
+    )
+    image = save_samples(samples, out_dir / f"{stem}.png", model.levels, reference, nrow, caption)
     summary = {
         **extra,
         "run": str(run_dir.path),
