@@ -126,7 +126,7 @@ def test_pixelrnn_row_by_row_recurrence_equals_the_whole_image_pass(variant):
         above = [layer.initial_state(first) for layer in model.layers]
         rows = []
         for r in range(shape[1]):
-            logits, above = model._row(padded, r, above)
+            logits, above = model._row(padded, r, above, [None] * 3)
             rows.append(logits)
         torch.testing.assert_close(torch.stack(rows, dim=3), model.logits(images))
 
@@ -222,6 +222,7 @@ def test_masks_and_causal_conv_shapes():
         "pixelcnn_colour_classes",
         "wavenet_classes",
         "gated_colour_classes",
+        "diagonal_bilstm_colour_classes",
     ],
 )
 def test_cached_and_naive_samplers_give_identical_samples(name):
@@ -242,6 +243,9 @@ def test_cached_and_naive_samplers_give_identical_samples(name):
         "pixelcnn_colour_classes": lambda: PixelCNN((3, 4, 4), 4, 12, 2, num_classes=3),
         "wavenet_classes": lambda: WaveNet((2, 4, 3), 6, 8, 8, layers_per_block=3, num_classes=3),
         "gated_colour_classes": lambda: GatedPixelCNN((3, 4, 4), 4, 6, 3, num_classes=3),
+        "diagonal_bilstm_colour_classes": lambda: PixelRNN(
+            (3, 4, 4), 4, "diagonal_bilstm", 6, 2, num_classes=3
+        ),
     }[name]()
     model = perturbed(model, 0.3).double().eval()
     # the conditional models: each image with its own class, every class present
@@ -374,10 +378,13 @@ def _conditional_arm(name):
         "wavenet": lambda: WaveNet((1, 2, 2), 3, 8, 8, layers_per_block=2, num_classes=3),
         "gated_pixelcnn": lambda: GatedPixelCNN((1, 2, 2), 3, 4, num_layers=2, num_classes=3),
         "pixelcnnpp": lambda: PixelCNNpp((1, 2, 2), 3, 4, 1, 1, num_classes=3),
+        "row_lstm": lambda: PixelRNN((1, 2, 2), 3, "row_lstm", 4, 2, num_classes=3),
     }[name]()
 
 
-@pytest.mark.parametrize("name", ["pixelcnn", "wavenet", "gated_pixelcnn", "pixelcnnpp"])
+@pytest.mark.parametrize(
+    "name", ["pixelcnn", "wavenet", "gated_pixelcnn", "pixelcnnpp", "row_lstm"]
+)
 def test_class_conditional_arms_are_a_distribution_for_every_class(name):
     """model.num_classes: p(x | y) sums to one over all 3^4 images for each class, the
     classes give different distributions, and the training loss is the conditional bpd."""
@@ -405,3 +412,5 @@ def test_class_conditional_arms_are_a_distribution_for_every_class(name):
         model.log_prob(images[:2])
     with pytest.raises(ValueError, match="not class-conditional"):
         PixelCNN((1, 2, 2), 3, 8, 1).log_prob(images[:2], torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="not class-conditional"):
+        PixelRNN((1, 2, 2), 3, "row_lstm", 4, 1).sample_cached(2, y=torch.tensor([0, 1]))

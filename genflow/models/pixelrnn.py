@@ -198,10 +198,9 @@ class PixelRNN(PixelARM):
 
     ``sample`` goes row by row carrying each layer's recurrent state from the row above:
     each new value recomputes only its own row of every layer, and gives exactly the naive
-    sampler's images for the same seed. Not class-conditional (yet).
+    sampler's images for the same seed. With ``num_classes`` a learned class vector joins the
+    hidden map after the first convolution and before every layer.
     """
-
-    class_conditional = False
 
     def __init__(
         self,
@@ -212,8 +211,9 @@ class PixelRNN(PixelARM):
         num_layers: int = 3,
         kernel_size: int = 3,
         first_kernel_size: int = 7,
+        num_classes: int | None = None,
     ):
-        super().__init__(event_shape, levels)
+        super().__init__(event_shape, levels, num_classes)
         if variant not in PIXELRNN_VARIANTS:
             raise ValueError(
                 f"unknown PixelRNN variant '{variant}'; valid: {', '.join(PIXELRNN_VARIANTS)}"
@@ -229,25 +229,35 @@ class PixelRNN(PixelARM):
         self.layers = nn.ModuleList(layers)
         self.head_hidden = MaskedConv2d(channels, channels, 1, "B", c)
         self.head_out = MaskedConv2d(channels, c * self.levels, 1, "B", c)
+        self.classes = self.class_bias([channels] * (num_layers + 1))
+
+    def _class_vectors(self, y: Tensor | None) -> list:
+        return [None] * (len(self.layers) + 1) if y is None else self.classes(y)
 
     def logits(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        bias = self._class_vectors(y)
         h = self.input(self.scale(x))
-        for layer in self.layers:
-            h = layer(h)
+        if bias[0] is not None:
+            h = h + bias[0][:, :, None, None]
+        for layer, b in zip(self.layers, bias[1:], strict=True):
+            h = layer(h if b is None else h + b[:, :, None, None])
         return self._to_logits(self._head(h))
 
     # -- sampling row by row --------------------------------------------------------------
     def _row(
-        self, image: Tensor, r: int, above: list[tuple[Tensor, ...]]
+        self, image: Tensor, r: int, above: list[tuple[Tensor, ...]], bias: list
     ) -> tuple[Tensor, list[tuple[Tensor, ...]]]:
         """Logits of row r (B, levels, C, W) from the padded scaled image and each layer's
-        state of row r - 1; and each layer's state of row r."""
+        state of row r - 1 (``bias``: the class vectors, or Nones); and each layer's state
+        of row r."""
         k = self.input.kernel_size[0]
         h = F.conv2d(image[:, :, r : r + k], self.input.weight * self.input.mask, self.input.bias)
         h = h.squeeze(2)
+        if bias[0] is not None:
+            h = h + bias[0][:, :, None]
         states = []
-        for layer, state in zip(self.layers, above, strict=True):
-            h, new_state = layer.row(h, state)
+        for layer, state, b in zip(self.layers, above, bias[1:], strict=True):
+            h, new_state = layer.row(h if b is None else h + b[:, :, None], state)
             states.append(new_state)
         return self._to_logits(self._head(h.unsqueeze(2))).squeeze(-2), states
 
@@ -255,7 +265,7 @@ class PixelRNN(PixelARM):
     def sample_cached(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         c, height, width = self.event_shape
         device = self.input.weight.device
-        self.labels(n, y, device)  # an unconditional model: refuses labels
+        bias = self._class_vectors(self.labels(n, y, device))
         pad = self.input.kernel_size[0] // 2
         image = torch.zeros(
             n, c, height + 2 * pad, width + 2 * pad, device=device, dtype=self.dtype
@@ -266,9 +276,9 @@ class PixelRNN(PixelARM):
         for r in range(height):
             for j in range(width):
                 for ch in range(c):  # channel ch may read channels < ch of this pixel
-                    logits, _ = self._row(image, r, above)
+                    logits, _ = self._row(image, r, above, bias)
                     value = draw(logits[:, :, ch, j], temperature)
                     out[:, ch, r, j] = value
                     image[:, ch, r + pad, j + pad] = self.scale(value)
-            _, above = self._row(image, r, above)  # the row is complete: carry its state
+            _, above = self._row(image, r, above, bias)  # the row is complete: carry its state
         return out
