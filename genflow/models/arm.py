@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genflow.models.base import GenerativeModel
+from genflow.models.base import GenerativeModel, check_num_classes
 from genflow.numeric import full_precision, sum_except_batch
 
 
@@ -40,14 +40,6 @@ class ClassBias(nn.Module):
         return list(self.embed(y).split(self.widths, dim=1))
 
 
-def check_num_classes(num_classes) -> int | None:
-    if num_classes is None:
-        return None
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"model.num_classes must be null or an integer >= 2, got {num_classes}")
-    return num_classes
-
-
 class AutoregressiveModel(GenerativeModel):
     """log p(x) = sum_i log p(x_i | x_<i) with a categorical over ``levels`` values.
 
@@ -68,42 +60,9 @@ class AutoregressiveModel(GenerativeModel):
         super().__init__(event_shape, levels)
         self.num_classes = check_num_classes(num_classes)
 
-    @staticmethod
-    def check_config(model_cfg) -> None:
-        check_num_classes(model_cfg.get("num_classes"))
-
     def class_bias(self, widths: list[int]) -> ClassBias | None:
         """The per-site class vectors of a conditional model (None when unconditional)."""
         return None if self.num_classes is None else ClassBias(self.num_classes, widths)
-
-    def labels(self, n: int, y: Tensor | None, device) -> Tensor | None:
-        """The (n,) labels a call conditions on: None for an unconditional model; checked
-        against ``num_classes`` (one sentence) otherwise."""
-        if self.num_classes is None:
-            if y is not None:
-                raise ValueError(
-                    f"{type(self).__name__} is not class-conditional (train it with "
-                    "model.num_classes=K to condition on labels)"
-                )
-            return None
-        if y is None:
-            raise ValueError(
-                f"this {type(self).__name__} is class-conditional (model.num_classes="
-                f"{self.num_classes}): give the class labels"
-            )
-        y = torch.as_tensor(y, device=device).long().reshape(-1)
-        if len(y) == 1 and n != 1:
-            y = y.expand(n)
-        if len(y) != n or bool(((y < 0) | (y >= self.num_classes)).any()):
-            raise ValueError(
-                f"class labels must be {n} integers in [0, {self.num_classes}); got "
-                f"{y.tolist()[:8]}{'...' if len(y) > 8 else ''}"
-            )
-        return y
-
-    def scale(self, x: Tensor) -> Tensor:
-        """Levels -> [-1, 1], the network's input."""
-        return x.to(self.dtype) * (2.0 / (self.levels - 1)) - 1.0
 
     @property
     def dtype(self) -> torch.dtype:

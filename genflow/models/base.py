@@ -11,6 +11,14 @@ import torch
 from torch import Tensor, nn
 
 
+def check_num_classes(num_classes) -> int | None:
+    if num_classes is None:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"model.num_classes must be null or an integer >= 2, got {num_classes}")
+    return num_classes
+
+
 @dataclass
 class Output:
     """What ``GenerativeModel.forward`` returns: the loss to minimise and batch-mean metrics."""
@@ -61,7 +69,38 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
     @staticmethod
     def check_config(model_cfg) -> None:
         """Raise ValueError (one sentence) for settings the constructor would reject; called on
-        the composed config before any run directory exists. Nothing to check by default."""
+        the composed config before any run directory exists. By default: model.num_classes."""
+        check_num_classes(model_cfg.get("num_classes"))
+
+    def labels(self, n: int, y: Tensor | None, device) -> Tensor | None:
+        """The (n,) labels a call conditions on: None for an unconditional model; checked
+        against ``num_classes`` (one sentence) otherwise."""
+        if self.num_classes is None:
+            if y is not None:
+                raise ValueError(
+                    f"{type(self).__name__} is not class-conditional (train it with "
+                    "model.num_classes=K to condition on labels)"
+                )
+            return None
+        if y is None:
+            raise ValueError(
+                f"this {type(self).__name__} is class-conditional (model.num_classes="
+                f"{self.num_classes}): give the class labels"
+            )
+        y = torch.as_tensor(y, device=device).long().reshape(-1)
+        if len(y) == 1 and n != 1:
+            y = y.expand(n)
+        if len(y) != n or bool(((y < 0) | (y >= self.num_classes)).any()):
+            raise ValueError(
+                f"class labels must be {n} integers in [0, {self.num_classes}); got "
+                f"{y.tolist()[:8]}{'...' if len(y) > 8 else ''}"
+            )
+        return y
+
+    def scale(self, x: Tensor) -> Tensor:
+        """Levels -> [-1, 1], the network's input."""
+        return x.to(self.dtype) * (2.0 / (self.levels - 1)) - 1.0
+
 
     def conditional_log_prob(self, x: Tensor, y: Tensor | None) -> Tensor:
         """log p(x), or log p(x | y) when labels ``y`` are given (conditional models only)."""

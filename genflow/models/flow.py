@@ -11,7 +11,7 @@ from genflow.bijections.base import Bijection
 from genflow.bijections.logit import Logit
 from genflow.distributions.dequantization import make_dequantizer
 from genflow.distributions.normal import StandardNormal
-from genflow.models.base import GenerativeModel
+from genflow.models.base import GenerativeModel, check_num_classes
 
 
 class FlowModel(GenerativeModel):
@@ -25,10 +25,16 @@ class FlowModel(GenerativeModel):
     counted, so ``nll`` and ``bpd`` are for the discrete data itself. For continuous data
     (``levels=None``) the flow models the values directly. The families (NICE, RealNVP, MAF,
     Glow) pass their ``**flow_options`` (``dequantization``, ``dequantizer_hidden``,
-    ``dequantizer_couplings``) through to this constructor.
+    ``dequantizer_couplings``, ``num_classes``) through to this constructor.
+
+    With ``num_classes`` the model is p(x | y): the base becomes a diagonal Gaussian with a
+    learned mean and log-scale per class over the whole latent (zero at the start, so every
+    class starts at N(0, I)), as Glow conditions its prior on the class; the flow itself is
+    shared. ``encode`` / ``decode`` stay the unconditional bijection.
     """
 
     can_encode = True
+    class_conditional = True
 
     def __init__(
         self,
@@ -40,8 +46,14 @@ class FlowModel(GenerativeModel):
         dequantization: str = "uniform",
         dequantizer_hidden: int = 32,
         dequantizer_couplings: int = 4,
+        num_classes: int | None = None,
     ):
         super().__init__(event_shape, levels)
+        self.num_classes = check_num_classes(num_classes)
+        if self.num_classes is not None:
+            shape = (self.num_classes, *self.event_shape)
+            self.class_loc = nn.Parameter(torch.zeros(shape))
+            self.class_log_scale = nn.Parameter(torch.zeros(shape))
         self.flow = flow
         self.dequantizer = make_dequantizer(
             dequantization, self.event_shape, self.levels, dequantizer_hidden, dequantizer_couplings
@@ -85,14 +97,25 @@ class FlowModel(GenerativeModel):
             y = torch.floor(y * self.levels).clamp(0, self.levels - 1)
         return y
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        y, logdet = self.preprocess(x)
-        z, ld = self.flow(y)
-        return self.base.log_prob(z) + logdet + ld
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        y = self.labels(len(x), y, x.device)
+        u, logdet = self.preprocess(x)
+        z, ld = self.flow(u)
+        if y is None:
+            return self.base.log_prob(z) + logdet + ld
+        # z ~ N(loc_y, exp(log_scale_y)^2): the standardised z under N(0, I), minus the scales
+        log_scale = self.class_log_scale[y]
+        standard = (z - self.class_loc[y]) * torch.exp(-log_scale)
+        base = self.base.log_prob(standard) - log_scale.flatten(1).sum(1)
+        return base + logdet + ld
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        return self.decode(self.base.sample(n, temperature))
+    def sample(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
+        y = self.labels(n, y, next(self.parameters()).device)
+        z = self.base.sample(n, temperature)
+        if y is not None:
+            z = self.class_loc[y] + torch.exp(self.class_log_scale[y]) * z
+        return self.decode(z)
 
     @torch.no_grad()
     def data_box_mass(self, n: int, batch_size: int = 500) -> float:
