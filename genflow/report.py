@@ -3,7 +3,8 @@ roots, globs) in one table, from the run directories alone (no W&B, no network).
 
 One row per run: model, dataset, the overrides that differ between the runs, status, steps,
 training time, the best validation value of the monitored metric and its step, and the test
-metrics of eval.json; sorted by the monitored metric (runs without a value last). Written
+metrics of eval.json; sorted by the monitored metric (runs without a value last), with the
+machines the runs were evaluated on (eval.json's ``hardware``) under the table. Written
 to the terminal, as report.md (a markdown table) and report.csv, with curves.png (the
 monitored validation metric against step, one line per run), under --out.
 """
@@ -284,13 +285,16 @@ def main(argv: list[str]) -> int:
     columns: tuple[str, ...] = COLUMNS
     if args.against == "papers":
         columns, cells = PAPER_COLUMNS, against_papers(rows, cells)
-    (out / "report.md").write_text(markdown(cells, metric, columns))
+    machines = sorted({str(r.test["hardware"]) for r in rows if r.test.get("hardware")})
+    hardware = "".join(f"\nhardware: {m}" for m in machines)
+    machines_md = "".join(f"\nhardware: {m}\n" for m in machines)
+    (out / "report.md").write_text(markdown(cells, metric, columns) + machines_md)
     with open(out / "report.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(cells)
     png = curves(rows, labels, out / "curves.png", metric)
-    print(terminal(cells, columns))
+    print(terminal(cells, columns) + hardware)
     print(
         f"\n{len(rows)} runs under {base}; written {out / 'report.md'}, {out / 'report.csv'}, {png}"
     )

@@ -41,7 +41,10 @@ def test_report_of_a_sweep_and_of_running_and_failed_runs(workdir, capsys):
     assert rows[-1]["status"] == "failed" and rows[-1]["best_val"] == ""
     markdown = (out / "report.md").read_text().splitlines()
     assert markdown[0].startswith("| run | model | dataset | differs | status |")
-    assert markdown[1].startswith("|---|") and len(markdown) == 2 + 4
+    assert markdown[1].startswith("|---|") and len([r for r in markdown if r[:1] == "|"]) == 6
+    # and the machine the figures came from, as eval.json recorded it
+    assert markdown[-1].startswith("hardware: ") and "torch" in markdown[-1]
+    assert "hardware: " in text
     assert (out / "curves.png").stat().st_size > 1000
 
 

@@ -25,3 +25,27 @@ def resolve_device(cfg) -> torch.device:
             "device=cuda was asked for but no CUDA GPU is available; use device=cpu or device=auto"
         )
     return torch.device(kind)
+
+
+def describe_hardware(device: torch.device) -> str:
+    """One line naming the machine a figure came from: the GPU (and its memory) or the CPU
+    model and the threads torch uses, and the torch version."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        what = f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    else:
+        what = f"{_cpu_model()}, {torch.get_num_threads()} threads"
+    return f"{what}, torch {torch.__version__}"
+
+
+def _cpu_model() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"

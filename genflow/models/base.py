@@ -101,7 +101,6 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
         """Levels -> [-1, 1], the network's input."""
         return x.to(self.dtype) * (2.0 / (self.levels - 1)) - 1.0
 
-
     def conditional_log_prob(self, x: Tensor, y: Tensor | None) -> Tensor:
         """log p(x), or log p(x | y) when labels ``y`` are given (conditional models only)."""
         return self.log_prob(x) if y is None else self.log_prob(x, y)

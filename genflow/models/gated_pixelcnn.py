@@ -40,8 +40,12 @@ def group_mask(out_channels: int, in_channels: int, mask_type: str, groups: int,
 class GatedLayer(nn.Module):
     """One gated layer of both stacks (the paper's Figure 2)."""
 
-    def __init__(self, channels: int, kernel_size: int, groups: int, first: bool):
+    def __init__(
+        self, channels: int, kernel_size: int, groups: int, first: bool, dropout: float = 0.0
+    ):
         super().__init__()
+        # on the gated horizontal output, before its 1x1 (training only: sampling is in eval)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         k, half = kernel_size, kernel_size // 2
         self.first = first
         self.vertical = nn.Conv2d(channels, 2 * channels, (half + 1, k))
@@ -70,7 +74,9 @@ class GatedLayer(nn.Module):
         h_pre = h_pre + self.link(down)
         if classes is not None:
             h_pre = h_pre + classes[1][:, :, None, None]
-        h_out = F.conv2d(gate(h_pre), self.residual.weight * self.residual_mask[..., None, None])
+        h_out = F.conv2d(
+            self.dropout(gate(h_pre)), self.residual.weight * self.residual_mask[..., None, None]
+        )
         h_out = h_out + self.residual.bias[None, :, None, None]
         return gate(v_pre), h_out if self.first else h + h_out
 
@@ -90,14 +96,18 @@ class GatedPixelCNN(PixelARM):
         num_layers: int = 8,
         kernel_size: int = 3,
         num_classes: int | None = None,
+        dropout: float = 0.0,
     ):
         super().__init__(event_shape, levels, num_classes)
         if kernel_size < 2:
             raise ValueError(f"model.kernel_size must be at least 2, got {kernel_size}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
         c = self.event_shape[0]
         self.embed = MaskedConv2d(c, hidden_channels, 1, "B", c)  # a per-pixel lift, colour-safe
         self.layers = nn.ModuleList(
-            GatedLayer(hidden_channels, kernel_size, c, first=i == 0) for i in range(num_layers)
+            GatedLayer(hidden_channels, kernel_size, c, first=i == 0, dropout=dropout)
+            for i in range(num_layers)
         )
         self.head_hidden = MaskedConv2d(hidden_channels, hidden_channels, 1, "B", c)
         self.head_out = MaskedConv2d(hidden_channels, c * self.levels, 1, "B", c)

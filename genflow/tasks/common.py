@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from genflow.engine.checkpoint import load_checkpoint
+from genflow.engine.device import describe_hardware
 from genflow.engine.distributed import DistContext
 from genflow.engine.ema import evaluation_weights
 from genflow.engine.evaluate import evaluate
@@ -72,6 +73,7 @@ def evaluation_summary(
         extra["iw_samples"] = int(model.iw_samples)
     if model.num_classes is not None:
         extra["conditional_on"] = "class"
+    extra["hardware"] = describe_hardware(data.device)
     run = RunDir.of_checkpoint(checkpoint)
     return {
         "run": str(run.path),
