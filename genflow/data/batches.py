@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -67,9 +67,3 @@ class EpochBatches:
         batch = self.data[index]
         batch = batch if self.transform is None else self.transform(batch)
         return batch, None if self.labels is None else self.labels[index]
-
-
-def in_order(data: Tensor, batch_size: int) -> Iterator[Tensor]:
-    """Every example once, in order, in batches of at most ``batch_size``."""
-    for start in range(0, len(data), batch_size):
-        yield data[start : start + batch_size]
