@@ -407,7 +407,7 @@ def test_class_conditional_arms_are_a_distribution_for_every_class(name):
     loss = model(images, y).loss
     torch.testing.assert_close(loss, -(mixed / (4 * math.log(2))).mean())
     with pytest.raises(ValueError, match="class labels must be"):
-        model.log_prob(images[:2], torch.tensor([0, 3]))
+        model.sample(2, y=torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="give the class labels"):
         model.log_prob(images[:2])
     with pytest.raises(ValueError, match="not class-conditional"):

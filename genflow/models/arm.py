@@ -64,6 +64,10 @@ class AutoregressiveModel(GenerativeModel):
         """The per-site class vectors of a conditional model (None when unconditional)."""
         return None if self.num_classes is None else ClassBias(self.num_classes, widths)
 
+    def scale(self, x: Tensor) -> Tensor:
+        """Levels -> [-1, 1], the network's input."""
+        return x.to(self.dtype) * (2.0 / (self.levels - 1)) - 1.0
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
@@ -72,7 +76,7 @@ class AutoregressiveModel(GenerativeModel):
         raise NotImplementedError
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        y = self.labels(len(x), y, x.device)
+        y = self.labels(len(x), y, x.device, check_range=False)
         logits = self.logits(x) if y is None else self.logits(x, y)
         log_probs = F.log_softmax(full_precision(logits), dim=1)
         return sum_except_batch(log_probs.gather(1, x.long().unsqueeze(1)).squeeze(1))

@@ -72,9 +72,11 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
         the composed config before any run directory exists. By default: model.num_classes."""
         check_num_classes(model_cfg.get("num_classes"))
 
-    def labels(self, n: int, y: Tensor | None, device) -> Tensor | None:
+    def labels(self, n: int, y: Tensor | None, device, check_range: bool = True) -> Tensor | None:
         """The (n,) labels a call conditions on: None for an unconditional model; checked
-        against ``num_classes`` (one sentence) otherwise."""
+        against ``num_classes`` (one sentence) otherwise. ``check_range=False`` skips the
+        range check, which reads the labels on the host: the training and evaluation loops
+        pass labels checked when the data was loaded, and must not sync on every batch."""
         if self.num_classes is None:
             if y is not None:
                 raise ValueError(
@@ -90,16 +92,12 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
         y = torch.as_tensor(y, device=device).long().reshape(-1)
         if len(y) == 1 and n != 1:
             y = y.expand(n)
-        if len(y) != n or bool(((y < 0) | (y >= self.num_classes)).any()):
+        if len(y) != n or (check_range and bool(((y < 0) | (y >= self.num_classes)).any())):
             raise ValueError(
                 f"class labels must be {n} integers in [0, {self.num_classes}); got "
                 f"{y.tolist()[:8]}{'...' if len(y) > 8 else ''}"
             )
         return y
-
-    def scale(self, x: Tensor) -> Tensor:
-        """Levels -> [-1, 1], the network's input."""
-        return x.to(self.dtype) * (2.0 / (self.levels - 1)) - 1.0
 
     def conditional_log_prob(self, x: Tensor, y: Tensor | None) -> Tensor:
         """log p(x), or log p(x | y) when labels ``y`` are given (conditional models only)."""

@@ -98,7 +98,7 @@ class FlowModel(GenerativeModel):
         return y
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        y = self.labels(len(x), y, x.device)
+        y = self.labels(len(x), y, x.device, check_range=False)
         u, logdet = self.preprocess(x)
         z, ld = self.flow(u)
         if y is None:
