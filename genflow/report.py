@@ -179,11 +179,25 @@ def _preset(row: RunRow) -> str | None:
     return None
 
 
+def _meaning(value: str) -> Any:
+    """An override's value as it is read: false == False, 1e-3 == 0.001."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 def differing(rows: list[RunRow]) -> None:
     """Keep, per run, only the overrides whose value is not the same in every run."""
     parsed = [dict(o.split("=", 1) for o in r.overrides if "=" in o) for r in rows]
     keys = {k for p in parsed for k in p}
-    same = {k for k in keys if len({p.get(k) for p in parsed}) == 1 and all(k in p for p in parsed)}
+    same = {
+        k
+        for k in keys
+        if all(k in p for p in parsed) and len({_meaning(p[k]) for p in parsed}) == 1
+    }
     for row, p in zip(rows, parsed, strict=True):
         row.overrides = [f"{k}={v}" for k, v in p.items() if k not in same]
 

@@ -76,3 +76,15 @@ def test_report_against_papers_puts_our_figure_beside_the_published_one(workdir,
     assert "Kingma & Dhariwal, 2018" in rows["glow_cifar10"]["citation"]
     assert "| preset | run | status |" in (out / "report.md").read_text()
     capsys.readouterr()
+
+
+def test_overrides_that_mean_the_same_do_not_differ():
+    from genflow.engine.run_dir import RunDir
+    from genflow.report import RunRow, differing
+
+    rows = [
+        RunRow(RunDir("a"), overrides=["model=maf", "flag=False", "optimizer.lr=1e-3"]),
+        RunRow(RunDir("b"), overrides=["model=nice", "flag=false", "optimizer.lr=0.001"]),
+    ]
+    differing(rows)
+    assert [r.overrides for r in rows] == [["model=maf"], ["model=nice"]]
