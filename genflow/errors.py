@@ -7,10 +7,15 @@ class GenflowError(Exception):
     """Bad input from the user (config value, path, data); the message is shown as is."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def first_cause(err: BaseException) -> str:
     """One line saying what went wrong under a wrapper (e.g. Hydra's InstantiationException)."""
-    cause = err.__cause__ if err.__cause__ is not None else err
-    return str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return first_line(err.__cause__ if err.__cause__ is not None else err)
 
 
 # what a full disk, a quota, a file-size limit or a read-only mount raise on a write

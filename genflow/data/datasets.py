@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from genflow.data.toys import TOYS, make_toy
-from genflow.errors import GenflowError
+from genflow.errors import GenflowError, first_line
 
 
 @dataclass
@@ -178,10 +178,6 @@ def _binarized(cfg, intensities: DataSplits) -> DataSplits:
         )
     train = bernoulli_draw(intensities.train, generator)
     return DataSplits(train, val, test, labels=intensities.labels)
-
-
-def first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _read_image(images, index: int) -> Tensor:

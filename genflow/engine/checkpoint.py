@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from genflow.errors import GenflowError
+from genflow.errors import GenflowError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
             os.fsync(f.fileno())
     except (OSError, RuntimeError) as err:  # a full disk: torch says "enforce fail at ..."
         tmp.unlink(missing_ok=True)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GenflowError(
-            f"could not write checkpoint {path} ({reason}); the disk may be full or a quota "
+            f"could not write checkpoint {path} ({first_line(err)}); the disk may be full or a quota "
             f"or file-size limit reached. The earlier checkpoints are kept: free space, then "
             f"continue with resume={path.parent.parent}"
         ) from err
@@ -81,9 +80,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "genflow's own checkpoints hold none; is this file from another tool?"
         ) from err
     except Exception as err:  # truncated or corrupted file: name it
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise GenflowError(
-            f"checkpoint {path} is truncated or corrupted and cannot be read ({reason})"
+            f"checkpoint {path} is truncated or corrupted and cannot be read ({first_line(err)})"
         ) from err
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from genflow.engine.run_dir import RunDir
-from genflow.errors import GenflowError
+from genflow.errors import GenflowError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,8 @@ def _start_wandb(logger_cfg, **settings):
     try:
         return wandb.init(**settings)
     except Exception as err:  # wandb's own errors, and pydantic's for bad WANDB_* settings
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GenflowError(
-            f"W&B did not start in logger.mode={logger_cfg.mode} ({first}); run `wandb login` "
+            f"W&B did not start in logger.mode={logger_cfg.mode} ({first_line(err)}); run `wandb login` "
             "(or set WANDB_API_KEY), or train with logger.mode=offline and `wandb sync` the "
             "run later, or logger=none"
         ) from err
