@@ -108,8 +108,8 @@ MUTANTS = [
     Mutant(
         "cached_pixelcnn_drops_class_vector",
         "genflow/models/pixelcnn.py",
-        "                        h = h + b\n",
-        "",
+        "                            h = h + b\n",
+        "                            h = h\n",
         ("tests/test_autoregressive.py",),
         "the cached PixelCNN sampler leaves out the class vector before each block",
     ),

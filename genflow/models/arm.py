@@ -45,8 +45,8 @@ class AutoregressiveModel(GenerativeModel):
 
     The order is given by ``positions()``. Subclasses give ``logits(x)`` of shape
     (B, levels, *event_shape), where the logits at a position depend only on earlier ones.
-    No dequantization: nll and bpd are exact. With ``num_classes`` (families that set
-    ``class_conditional``) the model is p(x | y): ``logits(x, y)``, ``log_prob(x, y)`` and
+    No dequantization: nll and bpd are exact. With ``num_classes`` (families that build
+    ``class_bias``) the model is p(x | y): ``logits(x, y)``, ``log_prob(x, y)`` and
     ``sample(n, temperature, y)`` take class labels y of shape (B,).
     """
 
@@ -61,8 +61,15 @@ class AutoregressiveModel(GenerativeModel):
         self.num_classes = check_num_classes(num_classes)
 
     def class_bias(self, widths: list[int]) -> ClassBias | None:
-        """The per-site class vectors of a conditional model (None when unconditional)."""
+        """The per-site class vectors of a conditional model (None when unconditional); a
+        family keeps it as ``self.classes`` and reads it through ``class_vectors``."""
+        self._class_sites = len(widths)
         return None if self.num_classes is None else ClassBias(self.num_classes, widths)
+
+    def class_vectors(self, y: Tensor | None) -> list[Tensor | None]:
+        """Per site, the (B, width) class vectors of labels ``y``, or None at every site
+        (no labels: an unconditional pass)."""
+        return [None] * self._class_sites if y is None else self.classes(y)
 
     def scale(self, x: Tensor) -> Tensor:
         """Levels -> [-1, 1], the network's input."""

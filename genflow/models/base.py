@@ -51,9 +51,6 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
     can_encode: ClassVar[bool] = False
     # the per-example metrics evaluate(x) returns (what trainer.monitor may pick)
     eval_metrics: ClassVar[tuple[str, ...]] = ("nll", "bpd")
-    # the family takes model.num_classes: p(x | y) for class labels y, which forward,
-    # log_prob, evaluate and sample then take as well
-    class_conditional: ClassVar[bool] = False
 
     def __init__(self, event_shape: tuple[int, ...], levels: int | None = None):
         super().__init__()

@@ -34,7 +34,6 @@ class FlowModel(GenerativeModel):
     """
 
     can_encode = True
-    class_conditional = True
 
     def __init__(
         self,

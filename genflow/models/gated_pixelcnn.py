@@ -118,7 +118,7 @@ class GatedPixelCNN(PixelARM):
         """Per layer, the (vertical, horizontal) class vectors, or None (unconditional)."""
         if y is None:
             return [None] * len(self.layers)
-        vectors = self.classes(y)
+        vectors = self.class_vectors(y)
         return list(zip(vectors[0::2], vectors[1::2], strict=True))
 
     def logits(self, x: Tensor, y: Tensor | None = None) -> Tensor:

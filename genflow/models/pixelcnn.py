@@ -39,8 +39,6 @@ class PixelARM(AutoregressiveModel):
 
     image_only = True
 
-    class_conditional = True
-
     def __init__(self, event_shape: tuple[int, ...], levels: int, num_classes: int | None = None):
         super().__init__(event_shape, levels, num_classes)
         if len(self.event_shape) != 3:
@@ -105,20 +103,19 @@ class PixelCNN(PixelARM):
         self.classes = self.class_bias([hidden_channels] * (num_layers + 1))
 
     def logits(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        bias = None if y is None else [b[:, :, None, None] for b in self.classes(y)]
+        bias = self.class_vectors(y)
         h = self.input(self.scale(x))
-        if bias is not None:
-            h = h + bias[0]
-        for k, block in enumerate(self.blocks):
-            h = block(h if bias is None else h + bias[k + 1])
+        if bias[0] is not None:
+            h = h + bias[0][:, :, None, None]
+        for block, b in zip(self.blocks, bias[1:], strict=True):
+            h = block(h if b is None else h + b[:, :, None, None])
         return self._to_logits(self._head(h))
 
     @torch.no_grad()
     def sample_cached(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         c, height, width = self.event_shape
         device = self.input.weight.device
-        y = self.labels(n, y, device)
-        bias = [0.0] * (len(self.blocks) + 1) if y is None else self.classes(y)
+        bias = self.class_vectors(self.labels(n, y, device))
         p0 = self.input.kernel_size[0] // 2
         pk = self.blocks[0].conv.kernel_size[0] // 2 if len(self.blocks) else 0
         # padded input maps: the scaled image, and each block's kxk input
@@ -138,9 +135,12 @@ class PixelCNN(PixelARM):
         for i in range(height):
             for j in range(width):
                 for ch in range(c):  # channel ch may read channels < ch of this pixel
-                    h = self.input.forward_at(image, i, j) + bias[0]
+                    h = self.input.forward_at(image, i, j)
+                    if bias[0] is not None:
+                        h = h + bias[0]
                     for block, cache, b in zip(self.blocks, maps, bias[1:], strict=True):
-                        h = h + b
+                        if b is not None:
+                            h = h + b
                         t = F.relu(block.reduce.forward_vector(F.relu(h)))
                         cache[:, :, i + pk, j + pk] = t
                         t = block.conv.forward_at(cache, i, j)

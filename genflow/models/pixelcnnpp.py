@@ -33,7 +33,6 @@ class PixelCNNpp(AutoregressiveModel):
     """
 
     image_only = True
-    class_conditional = True
 
     def __init__(
         self,
@@ -99,13 +98,9 @@ class PixelCNNpp(AutoregressiveModel):
         labels ``y`` of a conditional model)."""
         down = len(self.down_u)
         up = len(self.up_u)
-        if y is None:
-            c_du = c_dul = [None] * down
-            c_uu = c_uul = [None] * up
-        else:
-            vectors = self.classes(y)
-            c_du, c_dul = vectors[:down], vectors[down : 2 * down]
-            c_uu, c_uul = vectors[2 * down : 2 * down + up], vectors[2 * down + up :]
+        vectors = self.class_vectors(y)
+        c_du, c_dul = vectors[:down], vectors[down : 2 * down]
+        c_uu, c_uul = vectors[2 * down : 2 * down + up], vectors[2 * down + up :]
         xs = self.scale(x)
         xs = torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)  # tells padding from data
         u_list = [down_shift(self.u_in(xs))]

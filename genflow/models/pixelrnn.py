@@ -231,11 +231,8 @@ class PixelRNN(PixelARM):
         self.head_out = MaskedConv2d(channels, c * self.levels, 1, "B", c)
         self.classes = self.class_bias([channels] * (num_layers + 1))
 
-    def _class_vectors(self, y: Tensor | None) -> list:
-        return [None] * (len(self.layers) + 1) if y is None else self.classes(y)
-
     def logits(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        bias = self._class_vectors(y)
+        bias = self.class_vectors(y)
         h = self.input(self.scale(x))
         if bias[0] is not None:
             h = h + bias[0][:, :, None, None]
@@ -265,7 +262,7 @@ class PixelRNN(PixelARM):
     def sample_cached(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         c, height, width = self.event_shape
         device = self.input.weight.device
-        bias = self._class_vectors(self.labels(n, y, device))
+        bias = self.class_vectors(self.labels(n, y, device))
         pad = self.input.kernel_size[0] // 2
         image = torch.zeros(
             n, c, height + 2 * pad, width + 2 * pad, device=device, dtype=self.dtype

@@ -27,8 +27,6 @@ class WaveNet(AutoregressiveModel):
     global conditioning).
     """
 
-    class_conditional = True
-
     def __init__(
         self,
         event_shape: tuple[int, ...],
@@ -59,9 +57,6 @@ class WaveNet(AutoregressiveModel):
         )
         self.classes = self.class_bias([2 * r] * len(self.dilated))
 
-    def _class_vectors(self, y: Tensor | None) -> list:
-        return [None] * len(self.dilated) if y is None else self.classes(y)
-
     def _inputs(self, x: Tensor) -> Tensor:
         """Embeddings shifted right by one: position t sees x_<t (a zero vector at t = 0)."""
         e = self.embed(x.reshape(x.shape[0], -1).long()).transpose(1, 2)
@@ -70,7 +65,7 @@ class WaveNet(AutoregressiveModel):
     def logits(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         h = self._inputs(x)
         skips = 0.0
-        layers = zip(self.dilated, self.residual, self.skip, self._class_vectors(y), strict=True)
+        layers = zip(self.dilated, self.residual, self.skip, self.class_vectors(y), strict=True)
         for dilated, residual, skip, classes in layers:
             pre = dilated(h)
             if classes is not None:
@@ -88,7 +83,7 @@ class WaveNet(AutoregressiveModel):
     @torch.no_grad()
     def sample_cached(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         device = self.embed.weight.device
-        class_vectors = self._class_vectors(self.labels(n, y, device))
+        class_vectors = self.class_vectors(self.labels(n, y, device))
         length = math.prod(self.event_shape)
         r = self.embed.embedding_dim
         queues = [
