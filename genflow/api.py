@@ -79,19 +79,8 @@ class Run:
         return None if labels is None else labels.to(self.device)
 
     def _labels_for(self, n: int, y) -> Tensor | None:
-        """``y`` as a class-conditional model takes it, or one sentence saying why not."""
-        num_classes = self.model.num_classes
-        if num_classes is None:
-            if y is not None:
-                raise GenflowError(
-                    f"this run's {type(self.model).__name__} is not class-conditional; leave y out"
-                )
-            return None
-        if y is None:
-            raise GenflowError(
-                f"this run's model is class-conditional (model.num_classes={num_classes}): "
-                "pass the class labels y"
-            )
+        """``y`` as a class-conditional model takes it (None for an unconditional one), or
+        one sentence saying why it cannot."""
         try:
             return self.model.labels(n, y, self.device)
         except ValueError as err:

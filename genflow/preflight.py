@@ -295,25 +295,15 @@ def _preflight(command: str, overrides: list[str], root: Path) -> list[str]:
         return overrides
     if any(f in ("--cfg", "-c", "--info") for f in flags):
         return overrides
-    multirun = any(f in ("-m", "--multirun") for f in flags) or value_of(
-        plain, "hparams_search"
-    ) not in (None, "null")
+    search = value_of(plain, "hparams_search") not in (None, "null")  # Optuna names its own
+    multirun = any(f in ("-m", "--multirun") for f in flags) or search
     cfg = None
     if not multirun:  # a sweep's jobs are checked one by one, so one bad job cannot stop it
         from genflow.validation import validate_train_config
 
         cfg = compose_train([o for o in plain if not o.startswith("resume=")], root)
         validate_train_config(cfg)
-    named = (
-        sweep_names(plain, root)
-        if multirun
-        and value_of(plain, "hparams_search")
-        in (
-            None,
-            "null",
-        )
-        else []
-    )
+    named = sweep_names(plain, root) if multirun and not search else []
     return [*flags, *prepare_resume(plain, root, cfg), *named]
 
 

@@ -300,15 +300,16 @@ def main(argv: list[str]) -> int:
     if args.against == "papers":
         columns, cells = PAPER_COLUMNS, against_papers(rows, cells)
     machines = sorted({str(r.test["hardware"]) for r in rows if r.test.get("hardware")})
-    hardware = "".join(f"\nhardware: {m}" for m in machines)
-    machines_md = "".join(f"\nhardware: {m}\n" for m in machines)
-    (out / "report.md").write_text(markdown(cells, metric, columns) + machines_md)
+    hardware = [f"hardware: {m}" for m in machines]
+    (out / "report.md").write_text(
+        markdown(cells, metric, columns) + "".join(f"\n{line}\n" for line in hardware)
+    )
     with open(out / "report.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(cells)
     png = curves(rows, labels, out / "curves.png", metric)
-    print(terminal(cells, columns) + hardware)
+    print("\n".join([terminal(cells, columns), *hardware]))
     print(
         f"\n{len(rows)} runs under {base}; written {out / 'report.md'}, {out / 'report.csv'}, {png}"
     )

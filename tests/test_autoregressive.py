@@ -408,7 +408,7 @@ def test_class_conditional_arms_are_a_distribution_for_every_class(name):
     torch.testing.assert_close(loss, -(mixed / (4 * math.log(2))).mean())
     with pytest.raises(ValueError, match="class labels must be"):
         model.sample(2, y=torch.tensor([0, 3]))
-    with pytest.raises(ValueError, match="give the class labels"):
+    with pytest.raises(ValueError, match="pass the class labels"):
         model.log_prob(images[:2])
     with pytest.raises(ValueError, match="not class-conditional"):
         PixelCNN((1, 2, 2), 3, 8, 1).log_prob(images[:2], torch.tensor([0, 1]))

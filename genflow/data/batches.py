@@ -53,17 +53,13 @@ class EpochBatches:
             self._epoch = epoch
         return self._perm
 
-    def _index(self, step: int) -> Tensor:
-        epoch, i = divmod(step, self.steps_per_epoch)
-        return self._permutation(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
-
     def __call__(self, step: int) -> Tensor:
-        batch = self.data[self._index(step)]
-        return batch if self.transform is None else self.transform(batch)
+        return self.labeled(step)[0]
 
     def labeled(self, step: int) -> tuple[Tensor, Tensor | None]:
         """The batch of ``step`` and its labels (None without ``labels``)."""
-        index = self._index(step)
+        epoch, i = divmod(step, self.steps_per_epoch)
+        index = self._permutation(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
         batch = self.data[index]
         batch = batch if self.transform is None else self.transform(batch)
         return batch, None if self.labels is None else self.labels[index]

@@ -79,8 +79,6 @@ class Trainer(TrainingCheckpoints):
         self.splits = splits
         self.run_dir = RunDir(run_dir)
         self.config = config
-        # a class-conditional model (model.num_classes) trains and is scored on p(x | y)
-        self.conditional = model.num_classes is not None
         self.batches = EpochBatches(
             splits.train,
             tcfg.batch_size,
@@ -108,8 +106,9 @@ class Trainer(TrainingCheckpoints):
         self._start_state: dict[str, Any] | None = None  # see TrainingCheckpoints
 
     def labels_of(self, split: str) -> torch.Tensor | None:
-        """A split's class labels when the model is class-conditional, else None."""
-        return self.splits.labels_of(split) if self.conditional else None
+        """A split's class labels when the model is class-conditional (model.num_classes: it
+        trains and is scored on p(x | y)), else None."""
+        return self.splits.labels_of(split) if self.model.num_classes is not None else None
 
     @property
     def eval_model(self) -> GenerativeModel:

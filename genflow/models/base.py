@@ -84,7 +84,7 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
         if y is None:
             raise ValueError(
                 f"this {type(self).__name__} is class-conditional (model.num_classes="
-                f"{self.num_classes}): give the class labels"
+                f"{self.num_classes}): pass the class labels y"
             )
         y = torch.as_tensor(y, device=device).long().reshape(-1)
         if len(y) == 1 and n != 1:
