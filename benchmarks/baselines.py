@@ -71,7 +71,12 @@ def normflows_glow(cfg) -> tuple[Nll, nn.Module]:
 def normflows_realnvp(cfg) -> tuple[Nll, nn.Module]:
     """Two scales: 3 checkerboard couplings, squeeze, 3 channel couplings, factor out half,
     then 4 checkerboard couplings; ResNet conditioners of ``hidden_channels`` and
-    ``num_blocks`` blocks (normflows' ConvResidualNet)."""
+    ``num_blocks`` blocks (normflows' ConvResidualNet, ReLU).
+
+    The scale map is normflows' ``sigmoid`` (Glow's bounded sigmoid(raw + 2), contracting on
+    the way to the latent): with its default ``exp`` every one of 1500 MNIST steps was
+    non-finite (benchmarks/README.md), since its conditioners' last layers are not
+    zero-initialised and exp overflows on logit-space data from the first batch."""
     import normflows as nf
 
     c, h, w = cfg.dataset.shape
@@ -82,12 +87,12 @@ def normflows_realnvp(cfg) -> tuple[Nll, nn.Module]:
     def checkerboard(channels: int, i: int) -> nn.Module:
         net = nf.nets.ConvResidualNet(channels, 2 * channels, hidden, num_blocks=blocks)
         mode = "checkerboard" if i % 2 == 0 else "checkerboard_inv"
-        return nf.flows.AffineCouplingBlock(net, scale=True, scale_map="exp", split_mode=mode)
+        return nf.flows.AffineCouplingBlock(net, scale=True, scale_map="sigmoid", split_mode=mode)
 
     def channel(channels: int, i: int) -> nn.Module:
         net = nf.nets.ConvResidualNet(channels // 2, channels, hidden, num_blocks=blocks)
         mode = "channel" if i % 2 == 0 else "channel_inv"
-        return nf.flows.AffineCouplingBlock(net, scale=True, scale_map="exp", split_mode=mode)
+        return nf.flows.AffineCouplingBlock(net, scale=True, scale_map="sigmoid", split_mode=mode)
 
     inner = (2 * c, h // 2, w // 2)  # what the second scale sees after the factor-out
     # normflows lists flows from the latent to the data (the reverse of genflow's order)

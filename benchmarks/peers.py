@@ -60,6 +60,7 @@ ARCHITECTURES = {
     "realnvp": [
         "model.num_scales=2",
         "model.io_kernel_size=1",
+        "model.activation=relu",
         "model.dropout=0",
         "model.dequantization=uniform",
     ],

@@ -243,6 +243,20 @@ def test_gathered_checkerboard_halves_the_conditioner_input():
     assert seen == [torch.Size([2, 2, 8, 4])]
 
 
+def test_realnvp_activation_reaches_every_conditioner():
+    """model.activation=relu (the peers' nonlinearity) leaves no GELU in any conditioner, and
+    the flow is still exact; an unknown name is one clear error."""
+    relu = RealNVP((1, 4, 4), levels=17, num_scales=2, hidden_channels=4, activation="relu")
+    kinds = {type(m) for m in relu.flow.modules()}
+    assert torch.nn.ReLU in kinds and torch.nn.GELU not in kinds
+    gelu = RealNVP((1, 4, 4), levels=17, num_scales=2, hidden_channels=4)
+    conditioners = [m for m in gelu.flow.modules() if isinstance(m, ResNet)]
+    assert conditioners and all(
+        any(isinstance(m, torch.nn.GELU) for m in net.modules()) for net in conditioners
+    )
+    with pytest.raises(ValueError, match="model.activation must be one of gelu, relu"):
+        RealNVP((1, 4, 4), levels=17, hidden_channels=4, activation="tanh")
+
 def test_masks_partition_the_input():
     assert checkerboard_mask(1, 4, 4, 0).sum() == 8
     torch.testing.assert_close(

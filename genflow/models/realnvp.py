@@ -5,7 +5,10 @@ References: Dinh et al., 2017, "Density estimation using Real NVP", arXiv:1605.0
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from torch import nn
 
 from genflow.bijections.base import Bijection, Compose, Inverted
 from genflow.bijections.coupling import (
@@ -52,35 +55,18 @@ def vector_flow(
 CHECKERBOARDS = ("gathered", "masked")
 
 
-def _image_coupling(
-    mask, channels: int, hidden_channels: int, num_blocks: int, dropout: float, io_kernel: int
-):
-    conditioner = ResNet(
-        channels + 1, 2 * channels, hidden_channels, num_blocks, dropout, io_kernel_size=io_kernel
-    )
-    return AffineCoupling(mask, conditioner, append_mask=True)
+Conditioner = Callable[[int, int], nn.Module]
 
 
 def _checkerboard_coupling(
-    shape: tuple[int, int, int],
-    parity: int,
-    checkerboard: str,
-    hidden_channels: int,
-    num_blocks: int,
-    dropout: float,
-    io_kernel: int = 3,
+    shape: tuple[int, int, int], parity: int, checkerboard: str, net: Conditioner
 ) -> Bijection:
     """``gathered`` runs the conditioner on the fixed half only (an even width is needed;
     odd widths fall back to ``masked``, which runs it on the whole half-zeroed image)."""
     c, h, w = shape
     if checkerboard == "gathered" and w % 2 == 0:
-        conditioner = ResNet(
-            c + 1, 2 * c, hidden_channels, num_blocks, dropout, io_kernel_size=io_kernel
-        )
-        return CheckerboardCoupling(c, conditioner, parity)
-    return _image_coupling(
-        checkerboard_mask(c, h, w, parity), c, hidden_channels, num_blocks, dropout, io_kernel
-    )
+        return CheckerboardCoupling(c, net(c + 1, 2 * c), parity)
+    return AffineCoupling(checkerboard_mask(c, h, w, parity), net(c + 1, 2 * c), append_mask=True)
 
 
 def multiscale_flow(
@@ -94,6 +80,7 @@ def multiscale_flow(
     checkerboard: str = "masked",
     batch_norm: bool = False,
     io_kernel: int = 3,
+    activation: str = "gelu",
 ) -> Bijection:
     """One scale: checkerboard couplings, squeeze, channel couplings, factor out half, recurse.
 
@@ -102,19 +89,50 @@ def multiscale_flow(
     ``checkerboard`` is ``gathered`` (the conditioner sees the fixed half only, half the
     work) or ``masked`` (the conditioner runs on the whole half-zeroed image, as in the paper).
     ``batch_norm`` follows every coupling with a per-channel batch-normalisation bijection
-    (the paper's section 3.7). ``io_kernel`` is the kernel of each conditioner's first and
-    last convolution (3, or 1 as nflows' and normflows' ConvResidualNet).
+    (the paper's section 3.7). Each conditioner is a ResNet of ``num_blocks`` blocks of
+    ``hidden_channels``; ``io_kernel`` is the kernel of its first and last convolution (3, or
+    1 as nflows' and normflows' ConvResidualNet), ``activation`` its nonlinearity.
     """
     if checkerboard not in CHECKERBOARDS:
         raise ValueError(
             f"unknown checkerboard '{checkerboard}'; valid: {', '.join(CHECKERBOARDS)}"
         )
+
+    def net(in_channels: int, out_channels: int) -> nn.Module:
+        return ResNet(
+            in_channels,
+            out_channels,
+            hidden_channels,
+            num_blocks,
+            dropout,
+            io_kernel_size=io_kernel,
+            activation=activation,
+        )
+
+    return _scales(
+        tuple(shape),
+        num_scales,
+        net,
+        couplings_per_scale,
+        final_couplings,
+        checkerboard,
+        batch_norm,
+    )
+
+
+def _scales(
+    shape: tuple[int, int, int],
+    num_scales: int,
+    net: Conditioner,
+    couplings_per_scale: int,
+    final_couplings: int,
+    checkerboard: str,
+    batch_norm: bool,
+) -> Bijection:
     c, h, w = shape
 
     def board(parity, size):
-        return _checkerboard_coupling(
-            size, parity, checkerboard, hidden_channels, num_blocks, dropout, io_kernel
-        )
+        return _checkerboard_coupling(size, parity, checkerboard, net)
 
     if num_scales <= 1 or h % 2 or w % 2:
         final = [board(i % 2, shape) for i in range(final_couplings)]
@@ -123,23 +141,18 @@ def multiscale_flow(
     layers.append(Squeeze())
     c2, h2, w2 = 4 * c, h // 2, w // 2
     channel_couplings: list[Bijection] = [
-        _image_coupling(
-            channel_mask(c2, h2, w2, i % 2), c2, hidden_channels, num_blocks, dropout, io_kernel
-        )
+        AffineCoupling(channel_mask(c2, h2, w2, i % 2), net(c2 + 1, 2 * c2), append_mask=True)
         for i in range(couplings_per_scale)
     ]
     layers += _normed(channel_couplings, c2, batch_norm)
-    inner = multiscale_flow(
+    inner = _scales(
         (c2 - c2 // 2, h2, w2),
         num_scales - 1,
-        hidden_channels,
-        num_blocks,
-        dropout,
+        net,
         couplings_per_scale,
         final_couplings,
         checkerboard,
         batch_norm,
-        io_kernel,
     )
     layers.append(FactorOut(inner, split=c2 // 2))
     layers.append(Inverted(Squeeze()))
@@ -167,6 +180,7 @@ class RealNVP(FlowModel):
         checkerboard: str = "masked",
         batch_norm: bool = False,
         io_kernel_size: int = 3,
+        activation: str = "gelu",
         **flow_options: Any,
     ):
         if not isinstance(batch_norm, bool):
@@ -184,6 +198,7 @@ class RealNVP(FlowModel):
                 checkerboard,
                 batch_norm,
                 io_kernel_size,
+                activation,
             )
         elif len(event_shape) == 1:
             flow = vector_flow(
