@@ -29,7 +29,7 @@ from genflow.models.maf import MAF
 from genflow.models.nice import NICE
 from genflow.models.realnvp import RealNVP, multiscale_flow, vector_flow
 from genflow.nn import MLP, ResNet
-from genflow.nn.conv_net import ConvNet, zero_conv
+from genflow.nn.conv_net import ConvNet, ZeroConv, zero_conv
 from genflow.nn.made import MADE
 
 
@@ -149,6 +149,11 @@ CASES = {
         "normal",
     ),
     "glow_flow": (lambda: glow_flow((1, 4, 4), 2, 2, 8), (1, 4, 4), "normal"),
+    "glow_flow_zero_logscale": (
+        lambda: glow_flow((1, 4, 4), 2, 2, 8, zero_logscale=3.0),
+        (1, 4, 4),
+        "normal",
+    ),
     "glow_flow_additive": (
         lambda: glow_flow((2, 4, 4), 2, 1, 8, additive=True),
         (2, 4, 4),
@@ -256,6 +261,23 @@ def test_realnvp_activation_reaches_every_conditioner():
     )
     with pytest.raises(ValueError, match="model.activation must be one of gelu, relu"):
         RealNVP((1, 4, 4), levels=17, hidden_channels=4, activation="tanh")
+
+
+def test_zero_logscale_scales_the_zero_conv_output_and_keeps_old_state_dicts():
+    """Glow's Conv2dZeros: the output is conv(x) * exp(3 * logs) per channel; without it the
+    module is the plain convolution with the state dict of earlier versions."""
+    conv = ZeroConv(2, 3, factor=3.0)
+    torch.nn.init.normal_(conv.weight)
+    with torch.no_grad():
+        conv.logs.copy_(torch.tensor([0.1, -0.2, 0.0]).view(3, 1, 1))
+    x = torch.randn(2, 2, 5, 5)
+    plain = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    expected = plain * torch.exp(3 * torch.tensor([0.1, -0.2, 0.0])).view(1, 3, 1, 1)
+    torch.testing.assert_close(conv(x), expected)
+    assert set(zero_conv(2, 3).state_dict()) == {"weight", "bias"}
+    with pytest.raises(ValueError, match="model.zero_logscale must be >= 0"):
+        ZeroConv(2, 3, factor=-1.0)
+
 
 def test_masks_partition_the_input():
     assert checkerboard_mask(1, 4, 4, 0).sum() == 8

@@ -19,7 +19,7 @@ from genflow.nn.conv_net import ConvNet, zero_conv
 
 
 def glow_step(
-    channels: int, hidden_channels: int, additive: bool, dropout: float
+    channels: int, hidden_channels: int, additive: bool, dropout: float, zero_logscale: float = 0.0
 ) -> list[Bijection]:
     """One step of flow: ActNorm, invertible 1x1 conv, coupling."""
     half, rest = channels // 2, channels - channels // 2
@@ -29,7 +29,7 @@ def glow_step(
         InvertibleConv1x1(channels),
         ChannelCoupling(
             channels,
-            ConvNet(half, out, hidden_channels, dropout),
+            ConvNet(half, out, hidden_channels, dropout, zero_logscale),
             "additive" if additive else "sigmoid",
         ),
     ]
@@ -42,23 +42,33 @@ def glow_flow(
     hidden_channels: int,
     additive: bool = False,
     dropout: float = 0.0,
+    zero_logscale: float = 0.0,
 ) -> Bijection:
     """Squeeze, K steps, then (below the top level) a learned prior on half the channels,
     which leave the flow while the rest go on to the next level. The output has the input's
-    shape, so the base is a standard normal over the whole image."""
+    shape, so the base is a standard normal over the whole image. ``zero_logscale`` > 0 gives
+    every zero-initialised convolution (couplings and split priors) Glow's learned output
+    log-scale with that factor (the paper's code: 3)."""
     c, h, w = shape
     if h % 2 or w % 2:
         raise ValueError(f"Glow needs even height and width at every level; got {shape}")
     c, h, w = 4 * c, h // 2, w // 2
     layers: list[Bijection] = [Squeeze()]
     for _ in range(steps_per_level):
-        layers += glow_step(c, hidden_channels, additive, dropout)
+        layers += glow_step(c, hidden_channels, additive, dropout, zero_logscale)
     if num_levels > 1:
         out, rest = c // 2, c - c // 2
         # the factored-out half z ~ N(mu(h), sigma(h)^2), written as z -> (z - mu) / sigma
-        layers.append(ChannelCoupling(c, zero_conv(rest, 2 * out), "exp", condition_on_second=True))
+        prior = zero_conv(rest, 2 * out, zero_logscale)
+        layers.append(ChannelCoupling(c, prior, "exp", condition_on_second=True))
         inner = glow_flow(
-            (rest, h, w), num_levels - 1, steps_per_level, hidden_channels, additive, dropout
+            (rest, h, w),
+            num_levels - 1,
+            steps_per_level,
+            hidden_channels,
+            additive,
+            dropout,
+            zero_logscale,
         )
         layers.append(FactorOut(inner, split=out))
     layers.append(Inverted(Squeeze()))
@@ -80,6 +90,7 @@ class Glow(FlowModel):
         hidden_channels: int = 128,
         additive: bool = False,
         dropout: float = 0.0,
+        zero_logscale: float = 0.0,
         **flow_options: Any,
     ):
         event_shape = tuple(event_shape)
@@ -88,6 +99,12 @@ class Glow(FlowModel):
                 f"Glow models images (C, H, W); got event shape {event_shape} (try model=realnvp or maf)"
             )
         flow = glow_flow(
-            event_shape, num_levels, steps_per_level, hidden_channels, additive, dropout
+            event_shape,
+            num_levels,
+            steps_per_level,
+            hidden_channels,
+            additive,
+            dropout,
+            zero_logscale,
         )
         super().__init__(flow, event_shape, levels, logit_alpha, **flow_options)
