@@ -90,6 +90,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         ("trainer.max_bad_steps", *positive_int),
         ("trainer.compile", lambda v: isinstance(v, bool), "true or false"),
         ("trainer.channels_last", lambda v: isinstance(v, bool), "true or false"),
+        ("trainer.deterministic", lambda v: isinstance(v, bool), "true or false"),
         (
             "trainer.precision",
             lambda v: v in ("fp32", "bf16", "fp16"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -74,3 +75,22 @@ def test_compiled_training_matches_eager_and_checkpoints_load_without_compile(wo
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     summary = json.loads(run_genflow(["eval", f"run={compiled}"], workdir).stdout.splitlines()[-1])
     assert 0 < summary["bpd"] < 8
+
+
+def test_trainer_deterministic_turns_on_torch_deterministic_algorithms(monkeypatch):
+    """trainer.deterministic=true: deterministic algorithms (warn-only, so an op without one
+    names itself), the cuBLAS workspace they need, no cuDNN autotuning."""
+    from genflow.engine.device import make_deterministic
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        make_deterministic()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = benchmark

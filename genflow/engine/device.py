@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from genflow.errors import GenflowError
@@ -49,3 +51,12 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "CPU"
+
+
+def make_deterministic() -> None:
+    """``trainer.deterministic``: PyTorch's deterministic algorithms where it has them (each
+    op without one warns and runs as it is), cuDNN without autotuning, and the cuBLAS
+    workspace setting its deterministic matmuls need (before the first one runs)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from genflow.data.datasets import check_labels, load_dataset
 from genflow.engine.checkpoint import load_checkpoint, load_first_good
+from genflow.engine.device import make_deterministic
 from genflow.engine.distributed import DistContext, micro_batch_seed
 from genflow.engine.ema import evaluation_weights
 from genflow.engine.launch import launch
@@ -86,6 +87,8 @@ def accept(cfg, run: RunDir) -> None:
 
 def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[str, Any]:
     """Build, fit and test on this process; under DDP, as rank ``ctx.rank``."""
+    if cfg.trainer.get("deterministic", False):
+        make_deterministic()
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model)  # before loading data: a bad model config fails fast
     splits = load_dataset(cfg.dataset)
