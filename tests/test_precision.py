@@ -50,7 +50,9 @@ def test_bf16_training_run_keeps_fp32_weights_and_finite_metrics(workdir):
 
 
 def test_fp16_training_run_scales_the_loss_and_checkpoints_the_scaler(workdir):
-    run_genflow(["train", *TINY, "trainer.precision=fp16", "trainer.sample_every=0"], workdir)
+    # with trainer.deterministic on, as benchmarks/gpu.py's resume check runs
+    args = ["trainer.precision=fp16", "trainer.sample_every=0", "trainer.deterministic=true"]
+    run_genflow(["train", *TINY, *args], workdir)
     [run_dir] = run_dirs(workdir)
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["scaler"]["scale"] > 0  # the GradScaler's state travels with the run

@@ -50,6 +50,7 @@ class TrainerConfig:
     channels_last: bool
     compile: bool
     precision: str
+    deterministic: bool
     ema: float | None
     patience: int | None
     progress_bar: bool
@@ -97,6 +98,7 @@ class TrainerConfig:
             channels_last=bool(t["channels_last"]),
             compile=bool(t["compile"]),
             precision=str(t["precision"]),
+            deterministic=bool(t.get("deterministic", False)),
             ema=optional(t["ema"], float),
             patience=optional(t["patience"], int) or None,
             progress_bar=bool(t["progress_bar"]),
