@@ -342,7 +342,8 @@ def ddp(args, env: dict, work: Path) -> list[tuple[str, str]]:
         return [(f"ddp x{gpus}", f"failed: {_last_line(log)}")]
     rate = _steps_per_sec(_run_dir(root))
     backend = "gloo" if accelerator == "cpu" else "nccl"
-    return [(f"ddp x{gpus} ({backend})", f"trained glow {args.ddp_steps} steps, {rate} steps/s")]
+    speed = f", {rate:.2f} steps/s" if rate is not None else ""
+    return [(f"ddp x{gpus} ({backend})", f"trained glow {args.ddp_steps} steps{speed}")]
 
 
 def evaluate(args, env: dict, work: Path) -> list[tuple[str, str]]:
