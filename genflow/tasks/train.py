@@ -87,7 +87,8 @@ def accept(cfg, run: RunDir) -> None:
 
 def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[str, Any]:
     """Build, fit and test on this process; under DDP, as rank ``ctx.rank``."""
-    if cfg.trainer.get("deterministic", False):
+    tcfg = TrainerConfig.from_cfg(cfg.trainer)
+    if tcfg.deterministic:
         make_deterministic()
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model)  # before loading data: a bad model config fails fast
@@ -99,7 +100,6 @@ def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[st
     optimizer = build_optimizer(model, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.optimizer.scheduler, int(cfg.trainer.max_steps))
     config = OmegaConf.to_container(cfg, resolve=True)
-    tcfg = TrainerConfig.from_cfg(cfg.trainer)
     trainer = Trainer(
         tcfg, int(cfg.seed), model, optimizer, scheduler, splits, run_dir, config, ctx
     )
