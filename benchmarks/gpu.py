@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import signal
@@ -58,6 +59,8 @@ MODELS = [
     "vae",
 ]
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+# convolutional image models, for which channels_last is worth a row
+IMAGE_MODELS = {"realnvp", "glow", "pixelcnn", "gated_pixelcnn", "pixelcnnpp", "pixelrnn", "vae"}
 # relative difference of the first batch's loss from the CPU float64 figure
 TOLERANCE = {"fp32": 1e-3, "bf16": 3e-2, "fp16": 1e-2}
 # a compiled graph draws its own noise (the torch function mode does not reach into it), so a
@@ -184,34 +187,31 @@ def matrix(args, env: dict) -> None:
     )
     print(header)
     print("-" * len(header), flush=True)
-    for dataset in args.shapes:
-        for model in args.models:
-            for precision in args.precisions:
-                for mode in args.modes:
-                    layouts = ["nchw", "nhwc"] if model in IMAGE_MODELS else ["nchw"]
-                    for layout in layouts:
-                        cmd = [sys.executable, __file__, "--one", model, dataset, precision]
-                        cmd += [mode, layout, *_passthrough(args)]
-                        row = f"{model:<15}{dataset:<8}{precision:<6}{mode:<9}{layout:<7}"
-                        r = run_measurement(cmd, env)
-                        if isinstance(r, str):
-                            print(f"{row}failed: {r}", flush=True)
-                            continue
-                        tolerance = TOLERANCE[precision]
-                        if mode == "compile":
-                            tolerance = max(tolerance, COMPILED_TOLERANCE)
-                        ok = "yes" if r["rel_diff"] <= tolerance else "NO"
-                        syncs = "-" if r["syncs"] is None else str(r["syncs"])
-                        print(
-                            f"{row}{r['params_m']:>10.2f}{r['loss0']:>10.4f}{r['rel_diff']:>9.1e}"
-                            f"{ok:>4}{r['steps_per_sec']:>9.2f}{r['examples_per_sec']:>9.0f}"
-                            f"{r['peak_mb']:>9.0f}{syncs:>6}",
-                            flush=True,
-                        )
-
-
-# convolutional image models, for which channels_last is worth a row
-IMAGE_MODELS = {"realnvp", "glow", "pixelcnn", "gated_pixelcnn", "pixelcnnpp", "pixelrnn", "vae"}
+    rows = [
+        (dataset, model, precision, mode, layout)
+        for dataset, model, precision, mode in itertools.product(
+            args.shapes, args.models, args.precisions, args.modes
+        )
+        for layout in (["nchw", "nhwc"] if model in IMAGE_MODELS else ["nchw"])
+    ]
+    for dataset, model, precision, mode, layout in rows:
+        cmd = [sys.executable, __file__, "--one", model, dataset, precision, mode, layout]
+        row = f"{model:<15}{dataset:<8}{precision:<6}{mode:<9}{layout:<7}"
+        r = run_measurement([*cmd, *_passthrough(args)], env)
+        if isinstance(r, str):
+            print(f"{row}failed: {r}", flush=True)
+            continue
+        tolerance = TOLERANCE[precision]
+        if mode == "compile":
+            tolerance = max(tolerance, COMPILED_TOLERANCE)
+        ok = "yes" if r["rel_diff"] <= tolerance else "NO"
+        syncs = "-" if r["syncs"] is None else str(r["syncs"])
+        print(
+            f"{row}{r['params_m']:>10.2f}{r['loss0']:>10.4f}{r['rel_diff']:>9.1e}"
+            f"{ok:>4}{r['steps_per_sec']:>9.2f}{r['examples_per_sec']:>9.0f}"
+            f"{r['peak_mb']:>9.0f}{syncs:>6}",
+            flush=True,
+        )
 
 
 def _passthrough(args) -> list[str]:
@@ -224,7 +224,7 @@ def _passthrough(args) -> list[str]:
 
 
 # -- the CLI sections -------------------------------------------------------------------------
-def genflow(args_list: list[str], env: dict, cwd: Path, timeout: float = 1800) -> tuple[int, str]:
+def run_cli(args_list: list[str], env: dict, cwd: Path, timeout: float = 1800) -> tuple[int, str]:
     proc = subprocess.run(
         [sys.executable, "-m", "genflow", *args_list],
         cwd=cwd,
@@ -237,7 +237,7 @@ def genflow(args_list: list[str], env: dict, cwd: Path, timeout: float = 1800) -
 
 
 def _run_dir(root: Path) -> Path:
-    [ckpt] = [p for p in root.glob("**/checkpoints/last.pt")]
+    [ckpt] = list(root.glob("**/checkpoints/last.pt"))
     return ckpt.parent.parent
 
 
@@ -282,7 +282,7 @@ def resume(args, env: dict, work: Path) -> list[tuple[str, str]]:
     for model in args.resume_models:
         common = [*_train_args(args, model, steps), f"trainer.precision={args.resume_precision}"]
         whole, broken = work / f"resume-{model}-whole", work / f"resume-{model}-killed"
-        rc, log = genflow([*common, f"output_root={whole}"], env, work)
+        rc, log = run_cli([*common, f"output_root={whole}"], env, work)
         if rc:
             rows.append((f"resume {model}", f"uninterrupted run failed: {_last_line(log)}"))
             continue
@@ -302,7 +302,7 @@ def resume(args, env: dict, work: Path) -> list[tuple[str, str]]:
                 killed_at = kill_at
                 break
             time.sleep(0.01)
-        rc, log = genflow([*common, f"output_root={broken}", "resume=auto"], env, work)
+        rc, log = run_cli([*common, f"output_root={broken}", "resume=auto"], env, work)
         if rc:
             rows.append((f"resume {model}", f"resumed run failed: {_last_line(log)}"))
             continue
@@ -327,9 +327,9 @@ def ddp(args, env: dict, work: Path) -> list[tuple[str, str]]:
     gpus = torch.cuda.device_count() if args.device != "cpu" else 1
     accelerator = "cpu" if args.device == "cpu" else "cuda"
     root = work / "ddp"
-    rc, log = genflow(
+    rc, log = run_cli(
         [
-            *_train_args(args, "glow", args.ddp_steps),
+            *_train_args(args, "glow", args.short_steps),
             "device=ddp",
             f"device.nproc_per_node={gpus}",
             f"device.accelerator={accelerator}",
@@ -343,15 +343,15 @@ def ddp(args, env: dict, work: Path) -> list[tuple[str, str]]:
     rate = _steps_per_sec(_run_dir(root))
     backend = "gloo" if accelerator == "cpu" else "nccl"
     speed = f", {rate:.2f} steps/s" if rate is not None else ""
-    return [(f"ddp x{gpus} ({backend})", f"trained glow {args.ddp_steps} steps{speed}")]
+    return [(f"ddp x{gpus} ({backend})", f"trained glow {args.short_steps} steps{speed}")]
 
 
 def evaluate(args, env: dict, work: Path) -> list[tuple[str, str]]:
     device = "cpu" if args.device == "cpu" else "cuda"
     rows = []
     root = work / "eval-pixelcnn"
-    rc, log = genflow(
-        [*_train_args(args, "pixelcnn", args.ddp_steps), f"output_root={root}"], env, work
+    rc, log = run_cli(
+        [*_train_args(args, "pixelcnn", args.short_steps), f"output_root={root}"], env, work
     )
     runs = [(args.resume_models[0], work / f"resume-{args.resume_models[0]}-killed")]
     runs.append(("pixelcnn", root) if rc == 0 else ("pixelcnn", None))
@@ -361,7 +361,7 @@ def evaluate(args, env: dict, work: Path) -> list[tuple[str, str]]:
             continue
         run_dir = _run_dir(where)
         start = time.perf_counter()
-        rc, log = genflow(["eval", f"run={run_dir}", f"device={device}"], env, work)
+        rc, log = run_cli(["eval", f"run={run_dir}", f"device={device}"], env, work)
         took = time.perf_counter() - start
         if rc:
             rows.append((f"eval {model}", f"failed: {_last_line(log)}"))
@@ -369,7 +369,7 @@ def evaluate(args, env: dict, work: Path) -> list[tuple[str, str]]:
             result = json.loads((run_dir / "eval.json").read_text())
             rows.append((f"eval {model}", f"test bpd {result['bpd']:.4f} in {took:.1f} s"))
         start = time.perf_counter()
-        rc, log = genflow(
+        rc, log = run_cli(
             ["sample", f"run={run_dir}", f"device={device}", "sample.n=64"], env, work
         )
         took = time.perf_counter() - start
@@ -418,7 +418,7 @@ def main() -> None:
     parser.add_argument("--resume-models", nargs="+", default=["glow", "pixelcnn"])
     parser.add_argument("--resume-steps", type=int, default=300)
     parser.add_argument("--resume-precision", default="bf16")
-    parser.add_argument("--ddp-steps", type=int, default=200)
+    parser.add_argument("--short-steps", type=int, default=200, help="the DDP and PixelCNN runs")
     parser.add_argument("--set", nargs="*", default=[], help="more overrides for the CLI runs")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check the code paths")
@@ -434,7 +434,7 @@ def main() -> None:
         print(f"gpu.py: no CUDA GPU here (torch {torch.__version__}); nothing measured")
         return
     if args.quick:
-        args.steps, args.warmup, args.resume_steps, args.ddp_steps = 2, 1, 12, 4
+        args.steps, args.warmup, args.resume_steps, args.short_steps = 2, 1, 12, 4
         args.batch_size = min(args.batch_size, 8)
     env = data_env()
     print(f"hardware: {hardware_line(args.device)}")
