@@ -11,7 +11,7 @@ checking on a small batch that both samplers give identical images for the same 
 A naive draw costs one full network pass per value, the same pass at every value, so with
 ``--naive-positions K`` the naive sampler is timed on its first K values and its images/s
 extrapolated to all of them (the table says which); the cached samplers are always timed on
-whole images. PixelCNN++ has no cached sampler yet: its row shows naive only.
+whole images.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from conftest import perturbed
 
 from genflow.models.gated_pixelcnn import GatedPixelCNN
 from genflow.models.pixelcnn import PixelCNN
+from genflow.models.pixelcnnpp import PixelCNNpp
 from genflow.models.pixelrnn import PixelRNN, skew, unskew
 from genflow.models.wavenet import WaveNet
 from genflow.nn.causal_conv import CausalConv1d
@@ -223,6 +224,10 @@ def test_masks_and_causal_conv_shapes():
         "wavenet_classes",
         "gated_colour_classes",
         "diagonal_bilstm_colour_classes",
+        "pixelcnnpp_grey",
+        "pixelcnnpp_colour",
+        "pixelcnnpp_grey_3_resolutions",
+        "pixelcnnpp_colour_classes",
     ],
 )
 def test_cached_and_naive_samplers_give_identical_samples(name):
@@ -246,6 +251,13 @@ def test_cached_and_naive_samplers_give_identical_samples(name):
         "diagonal_bilstm_colour_classes": lambda: PixelRNN(
             (3, 4, 4), 4, "diagonal_bilstm", 6, 2, num_classes=3
         ),
+        # PixelCNN++: a U-Net of num_resolutions sizes, each a multiple of 2 ** (levels - 1)
+        "pixelcnnpp_grey": lambda: PixelCNNpp((1, 8, 6), 5, 6, num_resnet=2, num_mixtures=3),
+        "pixelcnnpp_colour": lambda: PixelCNNpp((3, 4, 4), 4, 6, num_resnet=2, num_mixtures=3),
+        "pixelcnnpp_grey_3_resolutions": lambda: PixelCNNpp(
+            (1, 8, 8), 5, 6, num_resnet=1, num_resolutions=3, num_mixtures=3
+        ),
+        "pixelcnnpp_colour_classes": lambda: PixelCNNpp((3, 8, 4), 4, 6, 1, num_classes=3),
     }[name]()
     model = perturbed(model, 0.3).double().eval()
     # the conditional models: each image with its own class, every class present
@@ -334,7 +346,6 @@ def test_discretized_logistic_is_finite_at_the_edges_and_in_the_tails():
 
 
 def test_pixelcnnpp_output_sees_only_earlier_pixels():
-    from genflow.models.pixelcnnpp import PixelCNNpp
 
     model = perturbed(
         PixelCNNpp((2, 6, 6), levels=4, hidden_channels=6, num_resnet=1, num_resolutions=2), 0.3
@@ -356,8 +367,6 @@ def test_pixelcnnpp_output_sees_only_earlier_pixels():
 def test_pixelcnnpp_exact_probabilities_sum_to_one():
     import itertools
 
-    from genflow.models.pixelcnnpp import PixelCNNpp
-
     torch.manual_seed(0)
     model = perturbed(
         PixelCNNpp((1, 2, 2), levels=3, hidden_channels=4, num_resnet=1, num_resolutions=1), 0.3
@@ -371,7 +380,6 @@ def test_pixelcnnpp_exact_probabilities_sum_to_one():
 
 
 def _conditional_arm(name):
-    from genflow.models.pixelcnnpp import PixelCNNpp
 
     return {
         "pixelcnn": lambda: PixelCNN((1, 2, 2), 3, hidden_channels=8, num_layers=1, num_classes=3),

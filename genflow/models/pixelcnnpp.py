@@ -18,7 +18,11 @@ from genflow.nn.shifted_conv import (
     DownShiftedConv2d,
     DownShiftedDeconv2d,
     GatedResnet,
+    buffer,
+    concat_elu,
+    conv_region,
     down_shift,
+    interior,
     right_shift,
 )
 from genflow.numeric import full_precision
@@ -30,6 +34,13 @@ class PixelCNNpp(AutoregressiveModel):
     The output at a pixel sees only earlier pixels; its channels are modelled jointly by a
     mixture of ``num_mixtures`` discretized logistics with linear R -> G -> B dependence.
     With ``num_classes`` a learned class vector joins the gate inputs of every gated ResNet.
+
+    ``sample`` is cached (Ramachandran et al., 2017, "Fast Generation for Convolutional
+    Autoregressive Models", arXiv:1704.06001): every feature map is kept, the ``u`` stream
+    (rows above only) is computed a row at a time when its row's inputs are known, and the
+    ``ul`` stream one position at a time, at a coarse resolution only on the pixels that
+    start its 2x2 (4x4, ...) cell. Each position of each map is computed once, from exactly
+    the values the full pass reads, so the images equal ``sample_naive``'s for the same seed.
     """
 
     image_only = True
@@ -144,3 +155,164 @@ class PixelCNNpp(AutoregressiveModel):
                 params, self.levels, self.num_mixtures, c, temperature
             )
         return x
+
+    # -- cached sampling ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
+        return self.sample_cached(n, temperature, y)
+
+    @torch.no_grad()
+    def sample_cached(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
+        if self.training and any(isinstance(m, nn.Dropout) for m in self.modules()):
+            # dropout draws a fresh mask per full pass: only the naive sampler reproduces it
+            return self.sample_naive(n, temperature, y)
+        c, height, width = self.event_shape
+        device = self.out.weight.device
+        vectors = self.class_vectors(self.labels(n, y, device))
+        maps = _Maps(n, self.out.weight, height, width)
+        xs = maps.map("xs", c + 1, 0)  # the scaled image and the channel of ones
+        interior(xs, 0, height, 0, width)[:, c] = 1.0
+        x = torch.zeros(n, *self.event_shape, dtype=torch.long, device=device)
+        for i in range(height):
+            self._cached_pass(maps, vectors, i, None)  # the u stream's rows that row i reads
+            for j in range(width):
+                params = self._cached_pass(maps, vectors, i, j)
+                value = dlm.sample(params, self.levels, self.num_mixtures, c, temperature)
+                x[:, :, i : i + 1, j : j + 1] = value
+                interior(xs, i, i + 1, j, j + 1)[:, :c] = self.scale(value)
+        return x
+
+    def _region(self, level: int, i: int, j: int | None) -> tuple[int, int, int, int] | None:
+        """The output region (rows r0..r1-1, columns c0..c1-1) at ``level`` (size halved
+        ``level`` times) that becomes computable at row ``i`` (u stream: ``j`` None) or pixel
+        (i, j) (ul stream), or None when nothing at that level does."""
+        step = 1 << level
+        if i % step or (j is not None and j % step):
+            return None
+        a = i >> level
+        if j is None:
+            return (a, a + 1, 0, self.event_shape[2] >> level)
+        return (a, a + 1, j >> level, (j >> level) + 1)
+
+    def _block_at(self, maps, name, block: GatedResnet, x, aux, classes, level, region) -> Tensor:
+        """``block(x, aux, classes)`` at ``region`` of its output, its two convolutions
+        reading their cached inputs (``x`` and ``aux``: the region's values)."""
+        e_in = maps.map((name, "in"), 2 * x.shape[1], level)
+        interior(e_in, *region).copy_(concat_elu(x))
+        h = conv_region(block.conv_in, e_in, *region)
+        if block.aux is not None:
+            h = h + block.aux(concat_elu(aux))
+        e_out = maps.map((name, "out"), 2 * h.shape[1], level)
+        interior(e_out, *region).copy_(block.dropout(concat_elu(h)))
+        pre = conv_region(block.conv_out, e_out, *region)
+        if classes is not None:
+            pre = pre + classes[:, :, None, None]
+        a, b = pre.chunk(2, dim=1)
+        return x + a * torch.sigmoid(b)
+
+    def _cached_pass(self, maps, vectors, i: int, j: int | None) -> Tensor | None:
+        """``parameters_of`` restricted to what becomes computable at row ``i`` of the u
+        stream (``j`` None) or at pixel (i, j) of the ul stream; the latter returns the
+        pixel's mixture parameters (B, P, 1, 1). Map keys follow ``parameters_of``: (stream,
+        index in u_list / ul_list), (stream, "up", block), (stream, "upsampled", level)."""
+        num_res, nr = self.num_resolutions, self.num_resnet
+        down, up = len(self.down_u), len(self.up_u)
+        c_du, c_dul = vectors[:down], vectors[down : 2 * down]
+        c_uu, c_uul = vectors[2 * down : 2 * down + up], vectors[2 * down + up :]
+        stream = "u" if j is None else "ul"
+        xs = maps["xs"]
+
+        def get(key, region):
+            return interior(maps[key], *region)
+
+        def put(key, level, region, value):
+            interior(maps.map(key, value.shape[1], level), *region).copy_(value)
+            return value
+
+        region = self._region(0, i, j)
+        if j is None:  # down_shift(u_in(xs)): row i reads the input rows i - 2, i - 1
+            value = conv_region(self.u_in, xs, i - 1, i, *region[2:]) if i > 0 else None
+        else:  # down_shift(ul_in_up(xs)) + right_shift(ul_in_left(xs))
+            above = conv_region(self.ul_in_up, xs, i - 1, i, j, j + 1) if i > 0 else 0.0
+            left = conv_region(self.ul_in_left, xs, i, i + 1, j - 1, j) if j > 0 else 0.0
+            value = above + left if i > 0 or j > 0 else None
+        if value is None:  # the shifted-in zeros: the map's buffer is zero already
+            maps.map((stream, 0), self.out.in_channels, 0)
+        else:
+            put((stream, 0), 0, region, value)
+        for level in range(num_res):
+            region = self._region(level, i, j)
+            if region is None:
+                break
+            start = level * (nr + 1)  # u_list index of this level's first map
+            for b in range(nr):
+                k = level * nr + b
+                x = get((stream, start + b), region)
+                if j is None:
+                    value = self._block_at(
+                        maps, ("down_u", k), self.down_u[k], x, None, c_du[k], level, region
+                    )
+                else:
+                    aux = get(("u", start + b + 1), region)
+                    value = self._block_at(
+                        maps, ("down_ul", k), self.down_ul[k], x, aux, c_dul[k], level, region
+                    )
+                put((stream, start + b + 1), level, region, value)
+            coarse = self._region(level + 1, i, j) if level < num_res - 1 else None
+            if coarse is not None:
+                conv = (self.downsample_u if j is None else self.downsample_ul)[level]
+                value = conv_region(conv, maps[(stream, start + nr)], *coarse)
+                put((stream, start + nr + 1), level + 1, coarse, value)
+        k = 0
+        for level in reversed(range(num_res)):
+            last = level == num_res - 1
+            blocks = nr if last else nr + 1
+            region = self._region(level, i, j)
+            if region is None:
+                k += blocks
+                continue
+            start = level * (nr + 1)
+            for b in range(blocks):
+                if b > 0:
+                    x = get((stream, "up", k - 1), region)
+                else:
+                    x = get((stream, start + nr) if last else (stream, "upsampled", level), region)
+                skip = start + (nr - 1 if last else nr) - b  # the u_list entry popped here
+                if j is None:
+                    value = self._block_at(
+                        maps, ("up_u", k), self.up_u[k], x, get(("u", skip), region),
+                        c_uu[k], level, region,
+                    )  # fmt: skip
+                else:
+                    aux = torch.cat([get(("u", "up", k), region), get(("ul", skip), region)], 1)
+                    value = self._block_at(
+                        maps, ("up_ul", k), self.up_ul[k], x, aux, c_uul[k], level, region
+                    )
+                put((stream, "up", k), level, region, value)
+                k += 1
+            if level > 0:  # the 2x-upsampled rows (u) or 2x2 cell (ul) this region feeds
+                deconv = (self.upsample_u if j is None else self.upsample_ul)[level - 1]
+                r0, _, c0, c1 = region
+                put(
+                    (stream, "upsampled", level - 1),
+                    level - 1,
+                    (2 * r0, 2 * r0 + 2, 2 * c0, 2 * c1),
+                    deconv(value),
+                )
+        return None if j is None else self.out(F.elu(value))
+
+
+class _Maps(dict):
+    """Cached sampling's feature maps by key, each a zero-bordered buffer made on first use
+    at its level's size (the image's, halved ``level`` times)."""
+
+    def __init__(self, n: int, like: Tensor, height: int, width: int):
+        super().__init__()
+        self.n, self.like, self.height, self.width = n, like, height, width
+
+    def map(self, key, channels: int, level: int) -> Tensor:
+        if key not in self:
+            size = (self.height >> level, self.width >> level)
+            self[key] = buffer(self.n, channels, *size, self.like)
+        return self[key]

@@ -70,6 +70,35 @@ class DownRightShiftedDeconv2d(nn.ConvTranspose2d):
         return out[:, :, : out.shape[2] - kh + 1, : out.shape[3] - kw + 1]
 
 
+# Cached sampling keeps every feature map in a zero-bordered buffer (B, C, H + 1, W + 2): one
+# zero row on top and one zero column on each side, the interior at [1:, 1:-1]. Those zeros are
+# exactly the padding every shifted convolution above adds, so an output region is one
+# unpadded convolution of a buffer slice.
+def buffer(n: int, channels: int, height: int, width: int, like: Tensor) -> Tensor:
+    """A zero map in the cached samplers' bordered layout."""
+    return like.new_zeros(n, channels, height + 1, width + 2)
+
+
+def interior(buf: Tensor, r0: int, r1: int, c0: int, c1: int) -> Tensor:
+    """The view of rows r0..r1-1 and columns c0..c1-1 of a bordered buffer's map."""
+    return buf[:, :, 1 + r0 : 1 + r1, 1 + c0 : 1 + c1]
+
+
+def conv_region(conv: nn.Conv2d, buf: Tensor, r0: int, r1: int, c0: int, c1: int) -> Tensor:
+    """Output rows r0..r1-1, columns c0..c1-1 of a shifted convolution (``DownShiftedConv2d``
+    or ``DownRightShiftedConv2d``, any stride) of the map held in the bordered ``buf``: the
+    values ``conv(map)[:, :, r0:r1, c0:c1]``, reading only the input window they need."""
+    (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
+    left, right, top, _ = conv.pad
+    if max(left, right, top) > 1:
+        raise ValueError(
+            f"a bordered buffer holds one row and column of padding; {conv} needs more"
+        )
+    rows = slice(r0 * sh - top + 1, (r1 - 1) * sh + kh - top + 1)
+    cols = slice(c0 * sw - left + 1, (c1 - 1) * sw + kw - left + 1)
+    return F.conv2d(buf[:, :, rows, cols], conv.weight, conv.bias, stride=conv.stride)
+
+
 def concat_elu(x: Tensor) -> Tensor:
     """ELU of [x, -x]: both signs of every feature pass (Salimans et al., 2017)."""
     return F.elu(torch.cat([x, -x], dim=1))
