@@ -9,7 +9,8 @@ genflow's model as ``genflow train model=X dataset=mnist`` composes it (plus the
 library's own implementation of the same architecture (benchmarks/baselines.py), checks that
 the parameter counts agree within 2%, and trains every side in one process:
 
-- the same data order (batch i of EpochBatches(seed 0) at step i), batch, optimizer (Adam,
+- the same data order (batch i of EpochBatches(seed ``--seed``) at step i), the same seed for
+  every side's initialisation, batch, optimizer (Adam,
   constant learning rate ``--lr``, no clipping), step budget, and the same uniform
   dequantization noise (the RNG is seeded per step before each side's forward; genflow's
   ``model.dequantization=variational``, which the peers lack, is off) through the same logit
@@ -100,7 +101,7 @@ class Side:
         self.make_optimizer(lr)
         self.seconds, self.steps, self.skipped = 0.0, 0, 0
 
-    def train(self, batches, first: int, count: int, device) -> None:
+    def train(self, batches, first: int, count: int, device, seed: int = 0) -> None:
         torch = self.torch
         from genflow.engine.precision import autocast
 
@@ -108,7 +109,7 @@ class Side:
         sync(device)
         start = time.perf_counter()
         for i in range(first, first + count):
-            torch.manual_seed(1_000_003 * (i + 1))  # the same noise for every side at step i
+            torch.manual_seed(1_000_003 * (i + 1) + seed)  # the same noise for every side at step i
             x = batches(i)
             with autocast(self.precision, device):
                 loss = self.forward(x).float().mean()
@@ -142,7 +143,7 @@ def build_sides(name: str, cfg, batches, args, device) -> list[Side]:
     from genflow.tasks.common import build_model
 
     sides = []
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     plain = build_model(cfg.model).to(device)
     plain.initialize(batches(0))
     state = {k: v.clone() for k, v in plain.state_dict().items()}
@@ -168,7 +169,7 @@ def build_sides(name: str, cfg, batches, args, device) -> list[Side]:
         if (name, library) == ("maf", "normflows") and num_dims > SEQUENTIAL_LIMIT:
             print(f"{name}: {library} skipped: its log-prob is {num_dims} sequential passes")
             continue
-        torch.manual_seed(0)
+        torch.manual_seed(args.seed)
         nll, module = build(cfg)
         module = module.to(device)
         with torch.no_grad():
@@ -191,6 +192,9 @@ def main() -> None:
     parser.add_argument("--eval-batch-size", type=int, default=500)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="initialisation, data order and noise (all sides)"
+    )
     args = parser.parse_args()
 
     data_env()
@@ -201,7 +205,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"hardware: {hardware(args.device)}; batch {args.batch_size}, Adam {args.lr:g}")
+    print(
+        f"hardware: {hardware(args.device)}; batch {args.batch_size}, Adam {args.lr:g}, "
+        f"seed {args.seed}"
+    )
     header = (
         f"{'model':<8} {'library':<22} {'params':>9} {'test bpd':>9} {'worst':>8} "
         f"{'skipped':>7} {'steps/s':>8} {'genflow/this':>12} {'fast/this':>10}"
@@ -212,7 +219,7 @@ def main() -> None:
         cfg = compose(name, "mnist", ARCHITECTURES[name] + args.set)
         if splits is None:
             splits = load_dataset(cfg.dataset).to(device)
-        batches = EpochBatches(splits.train, args.batch_size, seed=0)
+        batches = EpochBatches(splits.train, args.batch_size, seed=args.seed)
         sides = build_sides(name, cfg, batches, args, device)
         counts = [sum(p.numel() for p in side.params) for side in sides]
         for side, count in zip(sides, counts, strict=True):
@@ -225,7 +232,7 @@ def main() -> None:
         while done < args.steps:
             count = min(per_round, args.steps - done)
             for side in sides:
-                side.train(batches, done, count, device)
+                side.train(batches, done, count, device, args.seed)
             done += count
             print(f"{name}: {done}/{args.steps} steps", flush=True)
         results = [side.evaluate(splits.test, args.eval_batch_size) for side in sides]
