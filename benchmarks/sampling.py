@@ -24,6 +24,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from genflow.config import config_dir
+from genflow.engine.device import describe_hardware
 from genflow.tasks.common import build_model
 
 
@@ -68,12 +69,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    hardware = (
-        torch.cuda.get_device_name()
-        if device.type == "cuda"
-        else f"CPU, {torch.get_num_threads()} threads"
-    )
-    print(f"hardware: {hardware} (torch {torch.__version__}); images 1x28x28, 256 levels")
+    hardware = describe_hardware(device)
+    print(f"hardware: {hardware}; images 1x28x28, 256 levels")
     print(
         f"{'model':<15} {'batch':>5} {'naive img/s':>12} {'naive timed on':>14} "
         f"{'cached img/s':>13} {'speed-up':>9}"
