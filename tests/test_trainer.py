@@ -344,6 +344,9 @@ def test_the_end_of_a_run_says_the_result_where_the_best_step_was_and_what_next(
     assert len(quiet) == 2 and "wandb" not in quiet[-1]
     rising = _tcfg(monitor={"metric": "nll", "mode": "max"})
     assert len(result_lines(summary, state, 1.35, rising, tmp_path, wandb)) == 2
+    # a budget's stop one step after a validation: its last value is no sign of overfitting
+    just_after = TrainState(step=401, best_metric=1.2, best_step=400)
+    assert len(result_lines(summary, just_after, 1.21, _tcfg(eval_every=100), tmp_path, wandb)) == 2
 
 
 def test_wandb_online_without_an_api_key_says_what_to_do(tmp_path, monkeypatch):

@@ -176,7 +176,10 @@ def result_lines(summary, state, last_value, tcfg, run_dir: Path, logger_cfg) ->
         f"{state.step}); run directory {run_dir}"
     ]
     monitor = tcfg.monitor
-    if last_value is not None and state.best_step > 0 and state.best_step < state.step:
+    # a full validation interval after the best step: a last validation a few steps later (a
+    # time budget's stop right after a scheduled one) differs by noise, not by overfitting
+    later = state.best_step > 0 and state.step - state.best_step >= tcfg.eval_every
+    if last_value is not None and later:
         worse = (
             last_value - state.best_metric
             if monitor.mode == "min"
