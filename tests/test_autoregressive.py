@@ -346,7 +346,6 @@ def test_discretized_logistic_is_finite_at_the_edges_and_in_the_tails():
 
 
 def test_pixelcnnpp_output_sees_only_earlier_pixels():
-
     model = perturbed(
         PixelCNNpp((2, 6, 6), levels=4, hidden_channels=6, num_resnet=1, num_resolutions=2), 0.3
     ).double()
@@ -380,7 +379,6 @@ def test_pixelcnnpp_exact_probabilities_sum_to_one():
 
 
 def _conditional_arm(name):
-
     return {
         "pixelcnn": lambda: PixelCNN((1, 2, 2), 3, hidden_channels=8, num_layers=1, num_classes=3),
         "wavenet": lambda: WaveNet((1, 2, 2), 3, 8, 8, layers_per_block=2, num_classes=3),

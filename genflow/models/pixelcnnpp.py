@@ -19,7 +19,6 @@ from genflow.nn.shifted_conv import (
     DownShiftedDeconv2d,
     GatedResnet,
     buffer,
-    concat_elu,
     conv_region,
     down_shift,
     interior,
@@ -104,14 +103,22 @@ class PixelCNNpp(AutoregressiveModel):
         _, h, w = self.event_shape
         return ((i, j) for i in range(h) for j in range(w))
 
+    def _block_classes(self, y: Tensor | None) -> tuple[list, list, list, list]:
+        """The class vectors of labels ``y`` for the down u, down ul, up u and up ul blocks
+        (each a list of None for an unconditional pass)."""
+        vectors = self.class_vectors(y)
+        down, up = len(self.down_u), len(self.up_u)
+        return (
+            vectors[:down],
+            vectors[down : 2 * down],
+            vectors[2 * down : 2 * down + up],
+            vectors[2 * down + up :],
+        )
+
     def parameters_of(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Mixture parameters for every pixel, each from the pixels before it (and the class
         labels ``y`` of a conditional model)."""
-        down = len(self.down_u)
-        up = len(self.up_u)
-        vectors = self.class_vectors(y)
-        c_du, c_dul = vectors[:down], vectors[down : 2 * down]
-        c_uu, c_uul = vectors[2 * down : 2 * down + up], vectors[2 * down + up :]
+        c_du, c_dul, c_uu, c_uul = self._block_classes(y)
         xs = self.scale(x)
         xs = torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)  # tells padding from data
         u_list = [down_shift(self.u_in(xs))]
@@ -169,15 +176,15 @@ class PixelCNNpp(AutoregressiveModel):
             return self.sample_naive(n, temperature, y)
         c, height, width = self.event_shape
         device = self.out.weight.device
-        vectors = self.class_vectors(self.labels(n, y, device))
+        sites = self._block_classes(self.labels(n, y, device))
         maps = _Maps(n, self.out.weight, height, width)
         xs = maps.map("xs", c + 1, 0)  # the scaled image and the channel of ones
         interior(xs, 0, height, 0, width)[:, c] = 1.0
         x = torch.zeros(n, *self.event_shape, dtype=torch.long, device=device)
         for i in range(height):
-            self._cached_pass(maps, vectors, i, None)  # the u stream's rows that row i reads
+            self._cached_pass(maps, sites, i, None)  # the u stream's rows that row i reads
             for j in range(width):
-                params = self._cached_pass(maps, vectors, i, j)
+                params = self._cached_pass(maps, sites, i, j)
                 value = dlm.sample(params, self.levels, self.num_mixtures, c, temperature)
                 x[:, :, i : i + 1, j : j + 1] = value
                 interior(xs, i, i + 1, j, j + 1)[:, :c] = self.scale(value)
@@ -195,31 +202,14 @@ class PixelCNNpp(AutoregressiveModel):
             return (a, a + 1, 0, self.event_shape[2] >> level)
         return (a, a + 1, j >> level, (j >> level) + 1)
 
-    def _block_at(self, maps, name, block: GatedResnet, x, aux, classes, level, region) -> Tensor:
-        """``block(x, aux, classes)`` at ``region`` of its output, its two convolutions
-        reading their cached inputs (``x`` and ``aux``: the region's values)."""
-        e_in = maps.map((name, "in"), 2 * x.shape[1], level)
-        interior(e_in, *region).copy_(concat_elu(x))
-        h = conv_region(block.conv_in, e_in, *region)
-        if block.aux is not None:
-            h = h + block.aux(concat_elu(aux))
-        e_out = maps.map((name, "out"), 2 * h.shape[1], level)
-        interior(e_out, *region).copy_(block.dropout(concat_elu(h)))
-        pre = conv_region(block.conv_out, e_out, *region)
-        if classes is not None:
-            pre = pre + classes[:, :, None, None]
-        a, b = pre.chunk(2, dim=1)
-        return x + a * torch.sigmoid(b)
-
-    def _cached_pass(self, maps, vectors, i: int, j: int | None) -> Tensor | None:
+    def _cached_pass(self, maps, sites, i: int, j: int | None) -> Tensor | None:
         """``parameters_of`` restricted to what becomes computable at row ``i`` of the u
         stream (``j`` None) or at pixel (i, j) of the ul stream; the latter returns the
-        pixel's mixture parameters (B, P, 1, 1). Map keys follow ``parameters_of``: (stream,
-        index in u_list / ul_list), (stream, "up", block), (stream, "upsampled", level)."""
+        pixel's mixture parameters (B, P, 1, 1). ``sites``: ``_block_classes``'s four lists.
+        Map keys follow ``parameters_of``: (stream, index in u_list / ul_list), (stream, "up",
+        block), (stream, "upsampled", level)."""
         num_res, nr = self.num_resolutions, self.num_resnet
-        down, up = len(self.down_u), len(self.up_u)
-        c_du, c_dul = vectors[:down], vectors[down : 2 * down]
-        c_uu, c_uul = vectors[2 * down : 2 * down + up], vectors[2 * down + up :]
+        c_du, c_dul, c_uu, c_uul = sites
         stream = "u" if j is None else "ul"
         xs = maps["xs"]
 
@@ -229,6 +219,12 @@ class PixelCNNpp(AutoregressiveModel):
         def put(key, level, region, value):
             interior(maps.map(key, value.shape[1], level), *region).copy_(value)
             return value
+
+        def block(name, module: GatedResnet, x, aux, classes, level, region):
+            width = 2 * x.shape[1]  # concat_elu's channels, into either convolution
+            cache_in = maps.map((name, "in"), width, level)
+            cache_out = maps.map((name, "out"), width, level)
+            return module.forward_region(x, aux, classes, cache_in, cache_out, region)
 
         region = self._region(0, i, j)
         if j is None:  # down_shift(u_in(xs)): row i reads the input rows i - 2, i - 1
@@ -250,14 +246,10 @@ class PixelCNNpp(AutoregressiveModel):
                 k = level * nr + b
                 x = get((stream, start + b), region)
                 if j is None:
-                    value = self._block_at(
-                        maps, ("down_u", k), self.down_u[k], x, None, c_du[k], level, region
-                    )
+                    value = block(("down_u", k), self.down_u[k], x, None, c_du[k], level, region)
                 else:
                     aux = get(("u", start + b + 1), region)
-                    value = self._block_at(
-                        maps, ("down_ul", k), self.down_ul[k], x, aux, c_dul[k], level, region
-                    )
+                    value = block(("down_ul", k), self.down_ul[k], x, aux, c_dul[k], level, region)
                 put((stream, start + b + 1), level, region, value)
             coarse = self._region(level + 1, i, j) if level < num_res - 1 else None
             if coarse is not None:
@@ -280,15 +272,11 @@ class PixelCNNpp(AutoregressiveModel):
                     x = get((stream, start + nr) if last else (stream, "upsampled", level), region)
                 skip = start + (nr - 1 if last else nr) - b  # the u_list entry popped here
                 if j is None:
-                    value = self._block_at(
-                        maps, ("up_u", k), self.up_u[k], x, get(("u", skip), region),
-                        c_uu[k], level, region,
-                    )  # fmt: skip
+                    skipped = get(("u", skip), region)
+                    value = block(("up_u", k), self.up_u[k], x, skipped, c_uu[k], level, region)
                 else:
                     aux = torch.cat([get(("u", "up", k), region), get(("ul", skip), region)], 1)
-                    value = self._block_at(
-                        maps, ("up_ul", k), self.up_ul[k], x, aux, c_uul[k], level, region
-                    )
+                    value = block(("up_ul", k), self.up_ul[k], x, aux, c_uul[k], level, region)
                 put((stream, "up", k), level, region, value)
                 k += 1
             if level > 0:  # the 2x-upsampled rows (u) or 2x2 cell (ul) this region feeds

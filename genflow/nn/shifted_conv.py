@@ -118,10 +118,26 @@ class GatedResnet(nn.Module):
         self, x: Tensor, aux: Tensor | None = None, classes: Tensor | None = None
     ) -> Tensor:
         """``classes``: (B, 2C) class vectors added to the gate's inputs (conditional models)."""
-        h = self.conv_in(concat_elu(x))
-        if self.aux is not None:
-            h = h + self.aux(concat_elu(aux))
-        pre = self.conv_out(self.dropout(concat_elu(h)))
+        h = self._aux(self.conv_in(concat_elu(x)), aux)
+        return self._gate(x, self.conv_out(self.dropout(concat_elu(h))), classes)
+
+    def forward_region(
+        self, x: Tensor, aux: Tensor | None, classes: Tensor | None, cache_in, cache_out, region
+    ) -> Tensor:
+        """``forward`` at ``region`` (r0, r1, c0, c1) of its output, for cached sampling:
+        ``x`` and ``aux`` are the region's values; each convolution's input is written into
+        its bordered buffer (``cache_in``, ``cache_out``) and read back from there, with the
+        rows above and the columns around the region that earlier regions wrote."""
+        interior(cache_in, *region).copy_(concat_elu(x))
+        h = self._aux(conv_region(self.conv_in, cache_in, *region), aux)
+        interior(cache_out, *region).copy_(self.dropout(concat_elu(h)))
+        return self._gate(x, conv_region(self.conv_out, cache_out, *region), classes)
+
+    def _aux(self, h: Tensor, aux: Tensor | None) -> Tensor:
+        return h if self.aux is None else h + self.aux(concat_elu(aux))
+
+    @staticmethod
+    def _gate(x: Tensor, pre: Tensor, classes: Tensor | None) -> Tensor:
         if classes is not None:
             pre = pre + classes[:, :, None, None]
         a, b = pre.chunk(2, dim=1)
