@@ -20,6 +20,10 @@ the parameter counts agree within 2%, and trains every side in one process:
   untimed steps (where torch.compile compiles) from which every side is reset to its start;
 - a non-finite loss skips that step's update and is counted.
 
+With ``--ema D ...`` every side also keeps an exponential moving average of its weights per
+decay D (genflow's ``trainer.ema``, the same code on every side, outside the timed steps) and
+is tested with it too, one more row per side and decay.
+
 genflow runs twice: plain (fp32, eager) and with its fast settings (``--fast``: bf16 autocast
 and torch.compile by default). Then every side is evaluated on the full 10k MNIST test split
 (fp32, eval mode, the same noise), and a table gives test bpd, the worst example's bpd,
@@ -87,6 +91,8 @@ class Side:
         self.steps = 0
         self.skipped = 0
         self.torch = torch
+        self.averages = {}  # decay -> AveragedModel (--ema), updated after each step, untimed
+        self.ema_seconds = 0.0
 
     def make_optimizer(self, lr: float) -> None:
         self.optimizer = self.torch.optim.Adam(self.params, lr=lr)
@@ -101,8 +107,16 @@ class Side:
         self.make_optimizer(lr)
         self.seconds, self.steps, self.skipped = 0.0, 0, 0
 
+    def keep_averages(self, decays) -> None:
+        """An EMA of the weights per decay (genflow's ``trainer.ema``, the same code for
+        every side), from the weights the timed steps start at."""
+        from genflow.engine.ema import build_ema
+
+        self.averages = {d: build_ema(self.module, d) for d in decays}
+
     def train(self, batches, first: int, count: int, device, seed: int = 0) -> None:
         torch = self.torch
+        from genflow.engine.ema import update_ema
         from genflow.engine.precision import autocast
 
         self.module.train()
@@ -119,8 +133,14 @@ class Side:
                 self.optimizer.step()
             else:
                 self.skipped += 1
+            if self.averages:
+                self.ema_seconds -= time.perf_counter()
+                for average in self.averages.values():
+                    update_ema(average, self.module)
+                self.ema_seconds += time.perf_counter()
         sync(device)
-        self.seconds += time.perf_counter() - start
+        self.seconds += time.perf_counter() - start - self.ema_seconds
+        self.ema_seconds = 0.0
         self.steps += count
 
     def evaluate(self, data, batch_size: int) -> tuple[float, float]:
@@ -135,6 +155,15 @@ class Side:
         values = torch.cat(values)
         bad = ~torch.isfinite(values)
         return float(values.mean()), float(values.max()) if not bad.any() else math.inf
+
+    def evaluate_average(self, decay: float, data, batch_size: int) -> tuple[float, float]:
+        """``evaluate`` with the EMA's weights in the module, then the trained ones back."""
+        trained = {k: v.clone() for k, v in self.module.state_dict().items()}
+        self.module.load_state_dict(self.averages[decay].module.state_dict())
+        try:
+            return self.evaluate(data, batch_size)
+        finally:
+            self.module.load_state_dict(trained)
 
 
 def build_sides(name: str, cfg, batches, args, device) -> list[Side]:
@@ -195,6 +224,13 @@ def main() -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="initialisation, data order and noise (all sides)"
     )
+    parser.add_argument(
+        "--ema",
+        nargs="*",
+        type=float,
+        default=[],
+        help="also test every side with an EMA of its weights at these decays (untimed)",
+    )
     args = parser.parse_args()
 
     data_env()
@@ -210,7 +246,7 @@ def main() -> None:
         f"seed {args.seed}"
     )
     header = (
-        f"{'model':<8} {'library':<22} {'params':>9} {'test bpd':>9} {'worst':>8} "
+        f"{'model':<8} {'library':<30} {'params':>9} {'test bpd':>9} {'worst':>8} "
         f"{'skipped':>7} {'steps/s':>8} {'genflow/this':>12} {'fast/this':>10}"
     )
     splits = None
@@ -227,6 +263,7 @@ def main() -> None:
                 print(f"{name}: {side.name} has {count} parameters, genflow {counts[0]} (> 2%)")
         for side in sides:
             side.warm_up(batches, args.warmup, args.lr, device)
+            side.keep_averages(args.ema)
         per_round = max(1, args.steps // args.rounds)
         done = 0
         while done < args.steps:
@@ -242,7 +279,7 @@ def main() -> None:
         fast = 1 if args.fast else None
         for k, (side, count, (bpd, worst)) in enumerate(zip(sides, counts, results, strict=True)):
             row = (
-                f"{name:<8} {side.name:<22} {count:>9} {_figure(bpd, 4):>9} "
+                f"{name:<8} {side.name:<30} {count:>9} {_figure(bpd, 4):>9} "
                 f"{_figure(worst, 2):>8} {side.skipped:>7} {speeds[k]:>8.2f}"
             )
             if not side.name.startswith("genflow"):
@@ -250,6 +287,13 @@ def main() -> None:
                 if fast is not None:
                     row += f" {speeds[fast] / speeds[k]:>9.2f}x"
             print(row, flush=True)
+        for decay in args.ema:
+            for side, count in zip(sides, counts, strict=True):
+                bpd, worst = side.evaluate_average(decay, splits.test, args.eval_batch_size)
+                label = f"{side.name} EMA {decay:g}"
+                print(
+                    f"{name:<8} {label:<30} {count:>9} {_figure(bpd, 4):>9} {_figure(worst, 2):>8}"
+                )
 
 
 def _figure(value: float, decimals: int) -> str:
