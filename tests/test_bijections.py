@@ -29,7 +29,7 @@ from genflow.models.maf import MAF
 from genflow.models.nice import NICE
 from genflow.models.realnvp import RealNVP, multiscale_flow, vector_flow
 from genflow.nn import MLP, ResNet
-from genflow.nn.conv_net import ConvNet, ZeroConv, zero_conv
+from genflow.nn.conv_net import ConvNet, HiddenActNorm, ZeroConv, zero_conv
 from genflow.nn.made import MADE
 
 
@@ -151,6 +151,11 @@ CASES = {
     "glow_flow": (lambda: glow_flow((1, 4, 4), 2, 2, 8), (1, 4, 4), "normal"),
     "glow_flow_zero_logscale": (
         lambda: glow_flow((1, 4, 4), 2, 2, 8, zero_logscale=3.0),
+        (1, 4, 4),
+        "normal",
+    ),
+    "glow_flow_hidden_actnorm": (
+        lambda: glow_flow((1, 4, 4), 2, 2, 8, hidden_actnorm=True),
         (1, 4, 4),
         "normal",
     ),
@@ -277,6 +282,25 @@ def test_zero_logscale_scales_the_zero_conv_output_and_keeps_old_state_dicts():
     assert set(zero_conv(2, 3).state_dict()) == {"weight", "bias"}
     with pytest.raises(ValueError, match="model.zero_logscale must be >= 0"):
         ZeroConv(2, 3, factor=-1.0)
+
+
+def test_hidden_actnorm_normalises_the_first_batch_and_replaces_the_conv_bias():
+    """Glow's coupling network with ``actnorm``: bias-free hidden convolutions, each followed
+    by an ActNorm that the first training batch sets to zero mean, unit variance per channel."""
+    torch.manual_seed(0)
+    net = ConvNet(2, 4, hidden_channels=6, actnorm=True)
+    convs = [m for m in net.modules() if type(m) is torch.nn.Conv2d]
+    assert len(convs) == 2 and all(c.bias is None for c in convs)
+    seen = []
+    for m in net.modules():
+        if isinstance(m, HiddenActNorm):
+            m.register_forward_hook(lambda module, args, out: seen.append(out))
+    net(3.0 * torch.randn(16, 2, 5, 5) + 1.0)
+    assert len(seen) == 2
+    for out in seen:
+        torch.testing.assert_close(out.mean((0, 2, 3)), torch.zeros(6), atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.std((0, 2, 3)), torch.ones(6), atol=1e-4, rtol=0)
+    assert all(type(m) is not HiddenActNorm for m in ConvNet(2, 4, 6).modules())
 
 
 def test_masks_partition_the_input():

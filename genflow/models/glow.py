@@ -19,7 +19,12 @@ from genflow.nn.conv_net import ConvNet, zero_conv
 
 
 def glow_step(
-    channels: int, hidden_channels: int, additive: bool, dropout: float, zero_logscale: float = 0.0
+    channels: int,
+    hidden_channels: int,
+    additive: bool,
+    dropout: float,
+    zero_logscale: float = 0.0,
+    hidden_actnorm: bool = False,
 ) -> list[Bijection]:
     """One step of flow: ActNorm, invertible 1x1 conv, coupling."""
     half, rest = channels // 2, channels - channels // 2
@@ -29,7 +34,7 @@ def glow_step(
         InvertibleConv1x1(channels),
         ChannelCoupling(
             channels,
-            ConvNet(half, out, hidden_channels, dropout, zero_logscale),
+            ConvNet(half, out, hidden_channels, dropout, zero_logscale, hidden_actnorm),
             "additive" if additive else "sigmoid",
         ),
     ]
@@ -43,19 +48,21 @@ def glow_flow(
     additive: bool = False,
     dropout: float = 0.0,
     zero_logscale: float = 0.0,
+    hidden_actnorm: bool = False,
 ) -> Bijection:
     """Squeeze, K steps, then (below the top level) a learned prior on half the channels,
     which leave the flow while the rest go on to the next level. The output has the input's
     shape, so the base is a standard normal over the whole image. ``zero_logscale`` > 0 gives
     every zero-initialised convolution (couplings and split priors) Glow's learned output
-    log-scale with that factor (the paper's code: 3)."""
+    log-scale with that factor (the paper's code: 3); ``hidden_actnorm`` puts an ActNorm after
+    each hidden convolution of the couplings' networks (the paper's code)."""
     c, h, w = shape
     if h % 2 or w % 2:
         raise ValueError(f"Glow needs even height and width at every level; got {shape}")
     c, h, w = 4 * c, h // 2, w // 2
     layers: list[Bijection] = [Squeeze()]
     for _ in range(steps_per_level):
-        layers += glow_step(c, hidden_channels, additive, dropout, zero_logscale)
+        layers += glow_step(c, hidden_channels, additive, dropout, zero_logscale, hidden_actnorm)
     if num_levels > 1:
         out, rest = c // 2, c - c // 2
         # the factored-out half z ~ N(mu(h), sigma(h)^2), written as z -> (z - mu) / sigma
@@ -69,6 +76,7 @@ def glow_flow(
             additive,
             dropout,
             zero_logscale,
+            hidden_actnorm,
         )
         layers.append(FactorOut(inner, split=out))
     layers.append(Inverted(Squeeze()))
@@ -91,6 +99,7 @@ class Glow(FlowModel):
         additive: bool = False,
         dropout: float = 0.0,
         zero_logscale: float = 0.0,
+        hidden_actnorm: bool = False,
         **flow_options: Any,
     ):
         event_shape = tuple(event_shape)
@@ -106,5 +115,6 @@ class Glow(FlowModel):
             additive,
             dropout,
             zero_logscale,
+            hidden_actnorm,
         )
         super().__init__(flow, event_shape, levels, logit_alpha, **flow_options)

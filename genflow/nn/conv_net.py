@@ -29,11 +29,27 @@ class ZeroConv(nn.Conv2d):
         return out * torch.exp(self.factor * self.logs)
 
 
+class HiddenActNorm(nn.Module):
+    """ActNorm on hidden features (its log-determinant unused): per-channel bias and scale
+    set by the first training batch to zero mean and unit variance, then learned."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        from genflow.bijections.actnorm import ActNorm
+
+        self.norm = ActNorm(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x)[0]
+
+
 class ConvNet(nn.Module):
     """in -> 3x3 -> ReLU -> 1x1 -> ReLU -> 3x3 (zero-initialised) -> out.
 
     The zero last layer makes the coupling it drives start as the identity; with
-    ``zero_logscale`` > 0 it is Glow's Conv2dZeros (:class:`ZeroConv`).
+    ``zero_logscale`` > 0 it is Glow's Conv2dZeros (:class:`ZeroConv`). With ``actnorm`` the
+    two hidden convolutions lose their bias and are each followed by an ActNorm with
+    data-dependent initialisation, as in the paper's code (conv -> actnorm -> ReLU).
     References: Kingma & Dhariwal, 2018, arXiv:1807.03039 (section 3.3).
     """
 
@@ -44,12 +60,20 @@ class ConvNet(nn.Module):
         hidden_channels: int = 64,
         dropout: float = 0.0,
         zero_logscale: float = 0.0,
+        actnorm: bool = False,
     ):
         super().__init__()
+
+        def norm() -> nn.Module:
+            return HiddenActNorm(hidden_channels) if actnorm else nn.Identity()
+
+        bias = not actnorm  # ActNorm's bias replaces the convolution's
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
+            nn.Conv2d(in_channels, hidden_channels, 3, padding=1, bias=bias),
+            norm(),
             nn.ReLU(),
-            nn.Conv2d(hidden_channels, hidden_channels, 1),
+            nn.Conv2d(hidden_channels, hidden_channels, 1, bias=bias),
+            norm(),
             nn.ReLU(),
             nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
             ZeroConv(hidden_channels, out_channels, zero_logscale),
