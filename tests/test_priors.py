@@ -179,3 +179,46 @@ def test_vampprior_pseudo_inputs_start_at_the_first_training_images():
     vae.initialize(batch)
     expected = batch[[0, 1, 2, 0, 1]].float() / 16  # cycling through a batch smaller than K
     torch.testing.assert_close(vae.prior.pseudo_inputs.detach(), expected)
+
+
+@pytest.mark.parametrize("kind", ["mog", "flow"])
+def test_aggregate_fit_trains_the_prior_on_the_codes_and_leaves_the_vae_as_under_n01(kind):
+    """model.prior.fit=aggregate: the encoder and decoder get exactly the gradients of the
+    standard-prior VAE; the prior gets those of the codes' cross-entropy under it alone."""
+
+    def build(prior):
+        torch.manual_seed(0)
+        return VAE((1, 4, 4), 5, DZ, hidden_features=8, prior=prior).double()
+
+    def make_prior(fit):
+        if kind == "mog":
+            return priors.MixturePrior(DZ, num_components=3, fit=fit)
+        return perturbed(priors.FlowPrior(DZ, "realnvp", 2, 8, fit=fit), 0.2)
+
+    standard, fitted, joint = build(None), build(make_prior("aggregate")), build(make_prior("elbo"))
+    fitted.prior.double()
+    joint.prior.load_state_dict(fitted.prior.state_dict())
+    x = torch.randint(0, 5, (6, 1, 4, 4))
+    grads = {}
+    for name, vae in (("standard", standard), ("fitted", fitted), ("joint", joint)):
+        torch.manual_seed(1)
+        vae(x).loss.backward()
+        grads[name] = {n: p.grad for n, p in vae.named_parameters() if not n.startswith("prior.")}
+    for n, g in grads["standard"].items():
+        torch.testing.assert_close(grads["fitted"][n], g, msg=n)
+    assert any(not torch.allclose(grads["joint"][n], g) for n, g in grads["standard"].items())
+    torch.manual_seed(1)
+    mean, log_scale, context = fitted.q_params(x)
+    codes = fitted.draw_posterior(mean, log_scale, context, 1)[0].flatten(0, 1).detach()
+    params = list(fitted.prior.parameters())
+    expected = torch.autograd.grad(fitted.bpd(-fitted.prior.log_prob(codes).mean()), params)
+    for p, e in zip(params, expected, strict=True):
+        assert e.abs().sum() > 0
+        torch.testing.assert_close(p.grad, e)
+
+
+def test_aggregate_fit_needs_a_prior_of_its_own():
+    with pytest.raises(ValueError, match="model.prior.fit=aggregate needs a prior"):
+        priors.VampPrior(DZ, (1, 2, 2), 4, fit="aggregate")
+    with pytest.raises(ValueError, match="model.prior.fit must be one of elbo, aggregate"):
+        priors.MixturePrior(DZ, fit="posterior")

@@ -30,6 +30,7 @@ from genflow.numeric import full_precision
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 FLOW_PRIOR_KINDS = ("realnvp", "maf")
+PRIOR_FITS = ("elbo", "aggregate")
 
 Encode = Callable[[Tensor], tuple[Tensor, Tensor]]
 
@@ -56,13 +57,23 @@ def diagonal_mixture_sample(
 
 
 class Prior(nn.Module):
-    """A density over R^features with ``log_prob`` and ``sample``."""
+    """A density over R^features with ``log_prob`` and ``sample``.
+
+    ``fit`` says how a learnable prior trains: ``elbo`` (with the encoder and decoder, by the
+    ELBO, so it also shapes the posterior) or ``aggregate`` (by maximum likelihood of the
+    posterior's codes, detached, while the encoder and decoder train against N(0, I): the
+    prior follows the aggregate posterior q(z) = E_x q(z|x) without changing it, and the
+    bounds are then evaluated with it).
+    """
 
     standard = False
 
-    def __init__(self, features: int):
+    def __init__(self, features: int, fit: str = "elbo"):
         super().__init__()
         self.features = int(features)
+        if fit not in PRIOR_FITS:
+            raise ValueError(f"model.prior.fit must be one of {', '.join(PRIOR_FITS)}, got {fit}")
+        self.fit = fit
 
     def log_prob(self, z: Tensor, encode: Encode | None = None) -> Tensor:
         raise NotImplementedError
@@ -91,8 +102,8 @@ class MixturePrior(Prior):
     """A learned mixture of K diagonal Gaussians: means, log-scales and weights are trained
     with the VAE (means start at N(0, 1) draws, scales at 1, weights equal)."""
 
-    def __init__(self, features: int, num_components: int = 16, seed: int = 0):
-        super().__init__(features)
+    def __init__(self, features: int, num_components: int = 16, seed: int = 0, fit: str = "elbo"):
+        super().__init__(features, fit)
         num_components = _check_components(num_components)
         generator = torch.Generator().manual_seed(int(seed))
         self.mean = nn.Parameter(torch.randn(num_components, features, generator=generator))
@@ -129,8 +140,14 @@ class VampPrior(Prior):
         event_shape: tuple[int, ...],
         num_components: int = 64,
         seed: int = 0,
+        fit: str = "elbo",
     ):
-        super().__init__(features)
+        super().__init__(features, fit)
+        if fit == "aggregate":
+            raise ValueError(
+                "model.prior.fit=aggregate needs a prior with its own parameters (mog, flow); "
+                "the VampPrior's components come from the encoder, which that fit leaves alone"
+            )
         from genflow.models.vae import image_layout
 
         num_components = _check_components(num_components)
@@ -179,8 +196,9 @@ class FlowPrior(Prior):
         hidden_features: int = 128,
         hidden_layers: int = 2,
         seed: int = 0,
+        fit: str = "elbo",
     ):
-        super().__init__(features)
+        super().__init__(features, fit)
         if kind not in FLOW_PRIOR_KINDS:
             raise ValueError(
                 f"unknown flow prior kind '{kind}'; valid: {', '.join(FLOW_PRIOR_KINDS)}"

@@ -102,6 +102,10 @@ class VAE(GenerativeModel):
         check_prior(self.prior, self.latent_features)
         # the KL of a diagonal Gaussian from N(0, I) in closed form; Monte Carlo otherwise
         self.analytic_kl = not self.has_flow and self.prior.standard
+        # model.prior.fit=aggregate: the encoder and decoder train against N(0, I), the prior
+        # by maximum likelihood of their detached codes
+        self.fit_aggregate = getattr(self.prior, "fit", "elbo") == "aggregate"
+        self.standard_normal = StandardPrior(latent_features)
         self.mc_samples = int(mc_samples)
         self.kl_warmup_steps = int(kl_warmup_steps)
         self.free_bits = float(free_bits)
@@ -176,15 +180,26 @@ class VAE(GenerativeModel):
         return z.view(b, k, d), log_q0 - logdet.view(b, k)
 
     def _log_terms(
-        self, x: Tensor, mean: Tensor, log_scale: Tensor, context: Tensor, k: int
+        self,
+        x: Tensor,
+        mean: Tensor,
+        log_scale: Tensor,
+        context: Tensor,
+        k: int,
+        codes: list[Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """log p(x|z), log p(z), log q(z|x), each (B, k), for k posterior samples."""
+        """log p(x|z), log p(z), log q(z|x), each (B, k), for k posterior samples. With
+        ``codes`` (a list) the samples (B * k, Dz) are appended to it and log p(z) is the
+        standard normal's: the training terms of ``model.prior.fit=aggregate``."""
         b = x.shape[0]
         z, log_q = self.draw_posterior(mean, log_scale, context, k)
         flat = z.flatten(0, 1)
         params = full_precision(self.decoder(flat))
         targets = self._layout(x).repeat_interleave(k, dim=0)
         log_px_z = self.likelihood.log_prob(params, targets).view(b, k)
+        if codes is not None:
+            codes.append(flat)
+            return log_px_z, self.standard_normal.log_prob(flat).view(b, k), log_q
         return log_px_z, self.prior_log_prob(flat).view(b, k), log_q
 
     @torch.no_grad()
@@ -202,9 +217,12 @@ class VAE(GenerativeModel):
 
     def forward(self, x: Tensor) -> Output:
         mean, log_scale, context = self.q_params(x)
-        log_px_z, log_pz, log_q = self._log_terms(x, mean, log_scale, context, self.mc_samples)
+        codes: list[Tensor] | None = [] if self.fit_aggregate else None
+        log_px_z, log_pz, log_q = self._log_terms(
+            x, mean, log_scale, context, self.mc_samples, codes
+        )
         recon = -log_px_z.mean(1)
-        if self.analytic_kl:
+        if self.analytic_kl or (codes is not None and not self.has_flow):
             kl_dims = gaussian_kl(mean, log_scale)
             kl = kl_dims.sum(1)
             kl_term = kl_dims.mean(0).clamp(min=self.free_bits).sum()
@@ -223,6 +241,12 @@ class VAE(GenerativeModel):
             "kl": kl.mean().detach(),
             "beta": beta.detach(),
         }
+        if codes is not None:
+            # the prior's own objective: the cross-entropy of the codes under it; its
+            # gradient reaches the prior alone (the ELBO terms above see N(0, I))
+            cross_entropy = -self.prior_log_prob(codes[0].detach()).mean()
+            loss = loss + self.bpd(cross_entropy)
+            metrics["prior_nll"] = cross_entropy.detach()
         return Output(loss=loss, metrics=metrics)
 
     # -- evaluation ----------------------------------------------------------------------
