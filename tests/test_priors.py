@@ -220,5 +220,7 @@ def test_aggregate_fit_trains_the_prior_on_the_codes_and_leaves_the_vae_as_under
 def test_aggregate_fit_needs_a_prior_of_its_own():
     with pytest.raises(ValueError, match="model.prior.fit=aggregate needs a prior"):
         priors.VampPrior(DZ, (1, 2, 2), 4, fit="aggregate")
+    with pytest.raises(ValueError, match="the standard normal has nothing to fit"):
+        priors.StandardPrior(DZ, fit="aggregate")
     with pytest.raises(ValueError, match="model.prior.fit must be one of elbo, aggregate"):
         priors.MixturePrior(DZ, fit="posterior")

@@ -87,8 +87,13 @@ class StandardPrior(Prior):
 
     standard = True
 
-    def __init__(self, features: int):
-        super().__init__(features)
+    def __init__(self, features: int, fit: str = "elbo"):
+        super().__init__(features, fit)
+        if fit == "aggregate":
+            raise ValueError(
+                "model.prior.fit=aggregate needs a learnable prior (model/prior=mog or flow); "
+                "the standard normal has nothing to fit"
+            )
         self.normal = StandardNormal((int(features),))
 
     def log_prob(self, z: Tensor, encode: Encode | None = None) -> Tensor:
