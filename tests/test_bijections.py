@@ -29,7 +29,7 @@ from genflow.models.maf import MAF
 from genflow.models.nice import NICE
 from genflow.models.realnvp import RealNVP, multiscale_flow, vector_flow
 from genflow.nn import MLP, ResNet
-from genflow.nn.conv_net import ConvNet, HiddenActNorm, ZeroConv, zero_conv
+from genflow.nn.conv_net import ActNormConv2d, ConvNet, ZeroConv, zero_conv
 from genflow.nn.made import MADE
 
 
@@ -284,23 +284,34 @@ def test_zero_logscale_scales_the_zero_conv_output_and_keeps_old_state_dicts():
         ZeroConv(2, 3, factor=-1.0)
 
 
-def test_hidden_actnorm_normalises_the_first_batch_and_replaces_the_conv_bias():
-    """Glow's coupling network with ``actnorm``: bias-free hidden convolutions, each followed
-    by an ActNorm that the first training batch sets to zero mean, unit variance per channel."""
+def test_hidden_actnorm_normalises_the_first_batch_and_is_conv_then_actnorm():
+    """Glow's coupling network with ``actnorm``: each hidden convolution is bias-free and then
+    ActNorm'd, (conv(x) + b) * exp(logs), with b and logs set by the first training batch to
+    zero mean, unit variance per channel; folded into one convolution, the same function."""
     torch.manual_seed(0)
     net = ConvNet(2, 4, hidden_channels=6, actnorm=True)
-    convs = [m for m in net.modules() if type(m) is torch.nn.Conv2d]
+    convs = [m for m in net.modules() if isinstance(m, ActNormConv2d)]
     assert len(convs) == 2 and all(c.bias is None for c in convs)
     seen = []
-    for m in net.modules():
-        if isinstance(m, HiddenActNorm):
-            m.register_forward_hook(lambda module, args, out: seen.append(out))
+    hooks = [
+        m.register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
+        for m in convs
+    ]
     net(3.0 * torch.randn(16, 2, 5, 5) + 1.0)
+    for hook in hooks:
+        hook.remove()
     assert len(seen) == 2
-    for out in seen:
+    for conv, (x, out) in zip(convs, seen, strict=True):
         torch.testing.assert_close(out.mean((0, 2, 3)), torch.zeros(6), atol=1e-5, rtol=0)
         torch.testing.assert_close(out.std((0, 2, 3)), torch.ones(6), atol=1e-4, rtol=0)
-    assert all(type(m) is not HiddenActNorm for m in ConvNet(2, 4, 6).modules())
+        with torch.no_grad():  # away from the initial values: still conv, then ActNorm
+            conv.actnorm_bias.add_(torch.randn(6))
+            conv.actnorm_logs.add_(0.3 * torch.randn(6))
+            plain = torch.nn.functional.conv2d(x, conv.weight, None, padding=conv.padding)
+            view = (1, -1, 1, 1)
+            expected = (plain + conv.actnorm_bias.view(view)) * conv.actnorm_logs.exp().view(view)
+            torch.testing.assert_close(conv(x), expected)
+    assert not any(isinstance(m, ActNormConv2d) for m in ConvNet(2, 4, 6).modules())
 
 
 def test_masks_partition_the_input():

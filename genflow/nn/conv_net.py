@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -29,18 +30,42 @@ class ZeroConv(nn.Conv2d):
         return out * torch.exp(self.factor * self.logs)
 
 
-class HiddenActNorm(nn.Module):
-    """ActNorm on hidden features (its log-determinant unused): per-channel bias and scale
-    set by the first training batch to zero mean and unit variance, then learned."""
+class ActNormConv2d(nn.Conv2d):
+    """A bias-free convolution followed by ActNorm, y = (conv(x) + b) * exp(logs) per output
+    channel, computed as one convolution with weight W * exp(logs) and bias b * exp(logs):
+    the same function and gradients at no extra pass over the activations. The first
+    training batch sets b and logs so that each output channel has zero mean and unit
+    variance (Glow's data-dependent initialisation); the ``initialized`` buffer keeps it
+    from happening again on resume, mirrored by ``_ready`` like :class:`ActNorm`."""
 
-    def __init__(self, channels: int):
-        super().__init__()
-        from genflow.bijections.actnorm import ActNorm
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0):
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding, bias=False)
+        self.actnorm_bias = nn.Parameter(torch.zeros(out_channels))
+        self.actnorm_logs = nn.Parameter(torch.zeros(out_channels))
+        self.register_buffer("initialized", torch.tensor(False))
+        self._ready = False
 
-        self.norm = ActNorm(channels)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ready = False  # the loaded flag decides at the next forward
+
+    @torch.no_grad()
+    def _initialize(self, x: Tensor) -> None:
+        out = F.conv2d(x, self.weight, None, self.stride, self.padding)
+        self.actnorm_bias.copy_(-out.mean((0, 2, 3)))
+        self.actnorm_logs.copy_(-torch.log(out.std((0, 2, 3)) + 1e-6))
+        self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x)[0]
+        if not self._ready:
+            if bool(self.initialized):
+                self._ready = True
+            elif self.training:
+                self._initialize(x)
+                self._ready = True
+        scale = torch.exp(self.actnorm_logs)
+        weight = self.weight * scale.view(-1, 1, 1, 1)
+        return F.conv2d(x, weight, self.actnorm_bias * scale, self.stride, self.padding)
 
 
 class ConvNet(nn.Module):
@@ -48,8 +73,9 @@ class ConvNet(nn.Module):
 
     The zero last layer makes the coupling it drives start as the identity; with
     ``zero_logscale`` > 0 it is Glow's Conv2dZeros (:class:`ZeroConv`). With ``actnorm`` the
-    two hidden convolutions lose their bias and are each followed by an ActNorm with
-    data-dependent initialisation, as in the paper's code (conv -> actnorm -> ReLU).
+    two hidden convolutions are bias-free and each followed by an ActNorm with data-dependent
+    initialisation, as in the paper's code (conv -> actnorm -> ReLU), folded into the
+    convolution (:class:`ActNormConv2d`).
     References: Kingma & Dhariwal, 2018, arXiv:1807.03039 (section 3.3).
     """
 
@@ -64,16 +90,11 @@ class ConvNet(nn.Module):
     ):
         super().__init__()
 
-        def norm() -> nn.Module:
-            return HiddenActNorm(hidden_channels) if actnorm else nn.Identity()
-
-        bias = not actnorm  # ActNorm's bias replaces the convolution's
+        conv = ActNormConv2d if actnorm else nn.Conv2d
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, hidden_channels, 3, padding=1, bias=bias),
-            norm(),
+            conv(in_channels, hidden_channels, 3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(hidden_channels, hidden_channels, 1, bias=bias),
-            norm(),
+            conv(hidden_channels, hidden_channels, 1),
             nn.ReLU(),
             nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
             ZeroConv(hidden_channels, out_channels, zero_logscale),
