@@ -57,7 +57,7 @@ class ActNormConv2d(nn.Conv2d):
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self._ready:
+        if not self._ready and not torch.compiler.is_compiling():  # as in ActNorm
             if bool(self.initialized):
                 self._ready = True
             elif self.training:
