@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genflow.bijections.actnorm import DataInitialized
+
 
 class ZeroConv(nn.Conv2d):
     """A 3x3 convolution that starts at zero, its output times exp(factor * logs) with a
@@ -30,39 +32,25 @@ class ZeroConv(nn.Conv2d):
         return out * torch.exp(self.factor * self.logs)
 
 
-class ActNormConv2d(nn.Conv2d):
+class ActNormConv2d(DataInitialized, nn.Conv2d):
     """A bias-free convolution followed by ActNorm, y = (conv(x) + b) * exp(logs) per output
     channel, computed as one convolution with weight W * exp(logs) and bias b * exp(logs):
     the same function and gradients at no extra pass over the activations. The first
     training batch sets b and logs so that each output channel has zero mean and unit
-    variance (Glow's data-dependent initialisation); the ``initialized`` buffer keeps it
-    from happening again on resume, mirrored by ``_ready`` like :class:`ActNorm`."""
+    variance (Glow's data-dependent initialisation), once (:class:`DataInitialized`)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0):
         super().__init__(in_channels, out_channels, kernel_size, padding=padding, bias=False)
         self.actnorm_bias = nn.Parameter(torch.zeros(out_channels))
         self.actnorm_logs = nn.Parameter(torch.zeros(out_channels))
-        self.register_buffer("initialized", torch.tensor(False))
-        self._ready = False
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._ready = False  # the loaded flag decides at the next forward
-
-    @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
         out = F.conv2d(x, self.weight, None, self.stride, self.padding)
         self.actnorm_bias.copy_(-out.mean((0, 2, 3)))
         self.actnorm_logs.copy_(-torch.log(out.std((0, 2, 3)) + 1e-6))
-        self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self._ready and not torch.compiler.is_compiling():  # as in ActNorm
-            if bool(self.initialized):
-                self._ready = True
-            elif self.training:
-                self._initialize(x)
-                self._ready = True
+        self._initialize_once(x)
         scale = torch.exp(self.actnorm_logs)
         weight = self.weight * scale.view(-1, 1, 1, 1)
         return F.conv2d(x, weight, self.actnorm_bias * scale, self.stride, self.padding)
