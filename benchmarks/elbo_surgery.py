@@ -28,26 +28,25 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from flows import data_env, hardware  # noqa: E402
 
-LOG_2PI = math.log(2 * math.pi)
-
 
 def surgery(model, x, draws: int, chunk: int = 512) -> dict[str, float]:
     """Average KL, I(x; z) and KL(q(z) || p(z)) in nats over the examples ``x``."""
     import torch
 
-    mean, log_scale, _ = model.q_params(x)
+    from genflow.models.priors import diagonal_mixture_log_prob
+
+    mean, log_scale, context = model.q_params(x)
     n, d = mean.shape
-    eps = torch.randn(n, draws, d, dtype=mean.dtype, device=mean.device)
-    z = mean.unsqueeze(1) + log_scale.exp().unsqueeze(1) * eps
-    log_q_own = (-0.5 * eps.pow(2) - log_scale.unsqueeze(1) - 0.5 * LOG_2PI).sum(2)
+    z, log_q_own = model.draw_posterior(
+        mean, log_scale, context, draws
+    )  # (n, draws, d), (n, draws)
     flat = z.reshape(-1, d)
     log_p = model.prior_log_prob(flat).view(n, draws)
-    aggregate = []
-    for part in flat.split(chunk):
-        e = (part.unsqueeze(1) - mean.unsqueeze(0)) * torch.exp(-log_scale).unsqueeze(0)
-        log_q = (-0.5 * e.pow(2) - log_scale.unsqueeze(0) - 0.5 * LOG_2PI).sum(2)
-        aggregate.append(torch.logsumexp(log_q, 1) - math.log(n))
-    log_q_aggregate = torch.cat(aggregate).view(n, draws)
+    # q(z) is the equal-weight mixture of the n posteriors
+    equal = torch.zeros(n, dtype=mean.dtype, device=mean.device)
+    log_q_aggregate = torch.cat(
+        [diagonal_mixture_log_prob(part, equal, mean, log_scale) for part in flat.split(chunk)]
+    ).view(n, draws)
     average_kl = float((log_q_own - log_p).mean())
     marginal_kl = float((log_q_aggregate - log_p).mean())
     return {"kl": average_kl, "mutual_info": average_kl - marginal_kl, "marginal_kl": marginal_kl}
