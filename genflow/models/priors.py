@@ -67,12 +67,19 @@ class Prior(nn.Module):
     """
 
     standard = False
+    # why ``fit=aggregate`` cannot apply to this prior (None: it can)
+    no_aggregate_fit: str | None = None
 
     def __init__(self, features: int, fit: str = "elbo"):
         super().__init__()
         self.features = int(features)
         if fit not in PRIOR_FITS:
             raise ValueError(f"model.prior.fit must be one of {', '.join(PRIOR_FITS)}, got {fit}")
+        if fit == "aggregate" and self.no_aggregate_fit:
+            raise ValueError(
+                "model.prior.fit=aggregate needs a prior with its own parameters "
+                f"(model/prior=mog or flow); {self.no_aggregate_fit}"
+            )
         self.fit = fit
 
     def log_prob(self, z: Tensor, encode: Encode | None = None) -> Tensor:
@@ -86,14 +93,10 @@ class StandardPrior(Prior):
     """p(z) = N(0, I): the VAE's default, the KL of a Gaussian posterior in closed form."""
 
     standard = True
+    no_aggregate_fit = "the standard normal has nothing to fit"
 
     def __init__(self, features: int, fit: str = "elbo"):
         super().__init__(features, fit)
-        if fit == "aggregate":
-            raise ValueError(
-                "model.prior.fit=aggregate needs a learnable prior (model/prior=mog or flow); "
-                "the standard normal has nothing to fit"
-            )
         self.normal = StandardNormal((int(features),))
 
     def log_prob(self, z: Tensor, encode: Encode | None = None) -> Tensor:
@@ -139,6 +142,10 @@ class VampPrior(Prior):
     z); the prior is still a normalised mixture, so every bound stays a bound.
     """
 
+    no_aggregate_fit = (
+        "the VampPrior's components come from the encoder, which that fit leaves alone"
+    )
+
     def __init__(
         self,
         features: int,
@@ -148,11 +155,6 @@ class VampPrior(Prior):
         fit: str = "elbo",
     ):
         super().__init__(features, fit)
-        if fit == "aggregate":
-            raise ValueError(
-                "model.prior.fit=aggregate needs a prior with its own parameters (mog, flow); "
-                "the VampPrior's components come from the encoder, which that fit leaves alone"
-            )
         from genflow.models.vae import image_layout
 
         num_components = _check_components(num_components)

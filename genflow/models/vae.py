@@ -209,6 +209,12 @@ class VAE(GenerativeModel):
             self.prior.initialize(self._encoder_inputs(batch))
 
     # -- the objective -------------------------------------------------------------------
+    @property
+    def analytic_training_kl(self) -> bool:
+        """The training KL in closed form: a Gaussian posterior whose encoder trains against
+        N(0, I), the standard prior's or (``fit=aggregate``) in place of the prior's."""
+        return self.analytic_kl or (self.fit_aggregate and not self.has_flow)
+
     def kl_weight(self) -> Tensor:
         """beta of the KL warm-up: step / kl_warmup_steps, at most 1."""
         if self.kl_warmup_steps <= 0:
@@ -222,7 +228,7 @@ class VAE(GenerativeModel):
             x, mean, log_scale, context, self.mc_samples, codes
         )
         recon = -log_px_z.mean(1)
-        if self.analytic_kl or (codes is not None and not self.has_flow):
+        if self.analytic_training_kl:
             kl_dims = gaussian_kl(mean, log_scale)
             kl = kl_dims.sum(1)
             kl_term = kl_dims.mean(0).clamp(min=self.free_bits).sum()
