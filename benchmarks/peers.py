@@ -92,7 +92,6 @@ class Side:
         self.skipped = 0
         self.torch = torch
         self.averages = {}  # decay -> AveragedModel (--ema), updated after each step, untimed
-        self.ema_seconds = 0.0
 
     def make_optimizer(self, lr: float) -> None:
         self.optimizer = self.torch.optim.Adam(self.params, lr=lr)
@@ -122,6 +121,7 @@ class Side:
         self.module.train()
         sync(device)
         start = time.perf_counter()
+        untimed = 0.0  # the EMA updates
         for i in range(first, first + count):
             torch.manual_seed(1_000_003 * (i + 1) + seed)  # the same noise for every side at step i
             x = batches(i)
@@ -134,13 +134,12 @@ class Side:
             else:
                 self.skipped += 1
             if self.averages:
-                self.ema_seconds -= time.perf_counter()
+                untimed -= time.perf_counter()
                 for average in self.averages.values():
                     update_ema(average, self.module)
-                self.ema_seconds += time.perf_counter()
+                untimed += time.perf_counter()
         sync(device)
-        self.seconds += time.perf_counter() - start - self.ema_seconds
-        self.ema_seconds = 0.0
+        self.seconds += time.perf_counter() - start - untimed
         self.steps += count
 
     def evaluate(self, data, batch_size: int) -> tuple[float, float]:
