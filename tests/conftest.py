@@ -59,6 +59,12 @@ MODEL_TINY = {
     "realnvp": ["model.hidden_channels=8", "model.num_blocks=1", *SMALL_DEQUANTIZER],
     "nice": ["model.hidden_features=32", "model.hidden_layers=1", *SMALL_DEQUANTIZER],
     "maf": ["model.hidden_features=32", "model.num_layers=2", *SMALL_DEQUANTIZER],
+    "nsf": [
+        "model.hidden_channels=8",
+        "model.steps_per_level=1",
+        "model.hidden_features=16",
+        *SMALL_DEQUANTIZER,
+    ],
     "glow": ["model.hidden_channels=8", "model.steps_per_level=2", *SMALL_DEQUANTIZER],
     "pixelcnn": ["model.hidden_channels=8", "model.num_layers=2"],
     "wavenet": ["model.residual_channels=8", "model.skip_channels=8", "model.layers_per_block=3"],

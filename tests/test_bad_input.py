@@ -16,7 +16,7 @@ COMMAND_LINE = [
     (["trian"], "unknown command 'trian'; valid commands: train, eval, sample"),
     (
         ["train", "model=realnvpp"],
-        "unknown model 'realnvpp'; valid choices: energy_flow, gated_pixelcnn, glow, maf, nice, pixelcnn, pixelcnnpp, pixelrnn, realnvp, vae, wavenet",
+        "unknown model 'realnvpp'; valid choices: energy_flow, gated_pixelcnn, glow, maf, nice, nsf, pixelcnn, pixelcnnpp, pixelrnn, realnvp, vae, wavenet",
     ),
     (
         ["train", "dataset=mnsit"],
@@ -74,6 +74,18 @@ COMMAND_LINE = [
         "model WaveNet models discrete values but dataset 'pinwheel' is continuous",
     ),
     (["train", "seed=abc"], "seed='abc' is not valid; seed must be an integer"),
+    (
+        ["train", "model=nsf", "model.num_bins=1"],
+        "model.num_bins must be an integer >= 2, got 1",
+    ),
+    (
+        ["train", "model=nsf", "model.tail_bound=0"],
+        "model.tail_bound must be a positive number (the spline acts on [-B, B]), got 0",
+    ),
+    (
+        ["train", "model=nsf", "model.kind=masked"],
+        "model.kind must be one of coupling, autoregressive, got 'masked'",
+    ),
     (
         ["train", "model.hidden_channels=0"],
         "model.hidden_channels=0 is not valid; model.hidden_channels must be a positive integer",

@@ -24,9 +24,11 @@ from genflow.bijections.coupling import (
 from genflow.bijections.elementwise import BatchNormFlow, DiagonalScaling
 from genflow.bijections.permutation import Permutation
 from genflow.bijections.reshape import Flatten
+from genflow.bijections.spline import MaskedSplineAutoregressive, SplineCoupling
 from genflow.models.glow import glow_flow
 from genflow.models.maf import MAF
 from genflow.models.nice import NICE
+from genflow.models.nsf import spline_image_flow, spline_vector_flow
 from genflow.models.realnvp import RealNVP, multiscale_flow, vector_flow
 from genflow.nn import MLP, ResNet
 from genflow.nn.conv_net import ActNormConv2d, ConvNet, ZeroConv, zero_conv
@@ -149,6 +151,40 @@ CASES = {
         "normal",
     ),
     "glow_flow": (lambda: glow_flow((1, 4, 4), 2, 2, 8), (1, 4, 4), "normal"),
+    "lu_linear_vector": (lambda: InvertibleConv1x1(5), (5,), "normal"),
+    "spline_coupling_vector": (
+        lambda: SplineCoupling(alternating_mask(5), MLP(3, 2 * 14, 16, 2), 5, 2.0),
+        (5,),
+        "wide",
+    ),
+    "spline_coupling_channels": (
+        lambda: SplineCoupling([1, 0, 1], ConvNet(2, 1 * 11, 8), 4, 2.0),
+        (3, 2, 2),
+        "wide",
+    ),
+    "made_spline": (
+        lambda: MaskedSplineAutoregressive(MADE(4, 16, 2, 3 * 6 - 1, ordering="random"), 6, 2.0),
+        (4,),
+        "wide",
+    ),
+    "nsf_vector_coupling": (
+        lambda: spline_vector_flow(4, "coupling", 2, 16, 1, num_bins=4),
+        (4,),
+        "normal",
+    ),
+    "nsf_vector_coupling_mlp": (
+        lambda: spline_vector_flow(
+            3, "coupling", 3, 16, hidden_layers=1, conditioner="mlp", linear="permutation"
+        ),
+        (3,),
+        "normal",
+    ),
+    "nsf_vector_autoregressive": (
+        lambda: spline_vector_flow(4, "autoregressive", 2, 16, hidden_layers=1, num_bins=4),
+        (4,),
+        "normal",
+    ),
+    "nsf_image": (lambda: spline_image_flow((1, 4, 4), 2, 1, 8, 4, 3.0), (1, 4, 4), "normal"),
     "glow_flow_zero_logscale": (
         lambda: glow_flow((1, 4, 4), 2, 2, 8, zero_logscale=3.0),
         (1, 4, 4),
@@ -174,6 +210,8 @@ def _case(name):
     batch = 3
     if sampler == "unit":
         x = torch.rand(batch, *shape, dtype=torch.float64) * 0.98 + 0.01
+    elif sampler == "wide":  # splines: inside [-2, 2] and in both tails
+        x = 1.6 * torch.randn(batch, *shape, dtype=torch.float64)
     else:
         x = torch.randn(batch, *shape, dtype=torch.float64)
     return layer, x

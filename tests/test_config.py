@@ -71,6 +71,7 @@ SMALL = {
     "realnvp": ["model.hidden_channels=4", "model.hidden_features=8"],
     "nice": ["model.hidden_features=8", "model.hidden_layers=1"],
     "maf": ["model.hidden_features=8", "model.num_layers=2"],
+    "nsf": ["model.hidden_features=8", "model.hidden_channels=4", "model.steps_per_level=1"],
     "glow": ["model.hidden_channels=4", "model.steps_per_level=1"],
     "pixelcnn": ["model.hidden_channels=4", "model.num_layers=1"],
     "wavenet": ["model.residual_channels=4", "model.skip_channels=4", "model.layers_per_block=1"],

@@ -153,6 +153,46 @@ MUTANTS = [
         ("tests/test_bijections.py",),
         "an affine coupling's forward log-det has the wrong sign",
     ),
+    Mutant(
+        "spline_log_slope_denominator",
+        "genflow/bijections/rational_quadratic.py",
+        "log_slope = torch.log(numerator) - 2.0 * torch.log(denominator)",
+        "log_slope = torch.log(numerator) - torch.log(denominator)",
+        ("tests/test_splines.py", "tests/test_bijections.py"),
+        "the spline's log-slope drops one power of its denominator",
+    ),
+    Mutant(
+        "spline_inverse_root",
+        "genflow/bijections/rational_quadratic.py",
+        "b = h_k * d_k - dy * curvature",
+        "b = h_k * d_k + dy * curvature",
+        ("tests/test_splines.py",),
+        "the spline's inverse solves the wrong quadratic",
+    ),
+    Mutant(
+        "spline_boundary_slope",
+        "genflow/bijections/rational_quadratic.py",
+        "derivatives = F.pad(inner, (1, 1), value=1.0)",
+        "derivatives = F.pad(inner, (1, 1), value=2.0)",
+        ("tests/test_splines.py",),
+        "the spline's slope at +-B no longer meets the identity tails",
+    ),
+    Mutant(
+        "spline_tails_not_identity",
+        "genflow/bijections/rational_quadratic.py",
+        "out = torch.where(inside, spline, x)",
+        "out = spline",
+        ("tests/test_splines.py",),
+        "inputs outside [-B, B] get the spline's value at 0 instead of passing unchanged",
+    ),
+    Mutant(
+        "spline_coupling_moves_fixed",
+        "genflow/bijections/spline.py",
+        "x.index_select(1, self.moved_index), params, self.tail_bound, inverse",
+        "x.index_select(1, self.fixed_index), params, self.tail_bound, inverse",
+        ("tests/test_bijections.py",),
+        "the coupling transforms the features it conditions on (not invertible)",
+    ),
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -59,12 +61,24 @@ class MaskedAffineAutoregressive(Bijection):
         return (x - shift) * torch.exp(-log_scale), -sum_except_batch(log_scale)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x = torch.zeros_like(z)
-        log_scale = torch.zeros_like(z)
-        columns = torch.arange(z.shape[1], device=z.device)
-        for i in torch.argsort(self.made.degrees).tolist():
-            # variable i depends only on variables earlier in the order, already filled in;
-            # after the last pass every parameter is final
+        def invert(x: Tensor) -> tuple[Tensor, Tensor]:
             shift, log_scale = self._params(x, context)
-            x = torch.where(columns == i, z * torch.exp(log_scale) + shift, x)
-        return x, sum_except_batch(log_scale)
+            return z * torch.exp(log_scale) + shift, sum_except_batch(log_scale)
+
+        return autoregressive_inverse(z, self.made.degrees, invert)
+
+
+def autoregressive_inverse(
+    z: Tensor, degrees: Tensor, invert: Callable[[Tensor], tuple[Tensor, Tensor]]
+) -> tuple[Tensor, Tensor]:
+    """Invert an autoregressive layer in D passes. ``invert(x)`` maps the noise ``z`` back
+    with the parameters computed from the current ``x`` and returns (x, logdet); variable i,
+    in the order of ``degrees``, is kept from the pass where every variable before it is
+    final, and after the last pass every parameter (and so the log-det) is final."""
+    x = torch.zeros_like(z)
+    logdet = z.new_zeros(z.shape[0])
+    columns = torch.arange(z.shape[1], device=z.device)
+    for i in torch.argsort(degrees).tolist():
+        candidate, logdet = invert(x)
+        x = torch.where(columns == i, candidate, x)
+    return x, logdet

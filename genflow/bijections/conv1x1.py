@@ -1,6 +1,9 @@
-"""Invertible 1x1 convolution in LU form: a learned permutation of channels."""
+"""Invertible 1x1 convolution in LU form: a learned permutation of channels (or, on vectors,
+the LU-parameterised linear layer of neural spline flows)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +16,11 @@ class InvertibleConv1x1(Bijection):
     """Data -> noise: y = W x at every pixel, W = P L (U + diag(sign * exp(log_s))).
 
     P is a fixed permutation, L unit lower triangular, U strictly upper triangular; the
-    log-det is H * W * sum(log_s), O(C) instead of O(C^3). Starts at a random rotation.
-    References: Kingma & Dhariwal, 2018, "Glow", arXiv:1807.03039 (section 3.2).
+    log-det is H * W * sum(log_s), O(C) instead of O(C^3). Starts at a random rotation. On
+    vectors (B, C) it is the linear map y = W x with log-det sum(log_s), as the neural spline
+    flows put between their splines ("LU linear").
+    References: Kingma & Dhariwal, 2018, "Glow", arXiv:1807.03039 (section 3.2); Durkan et al.,
+    2019, arXiv:1906.04032.
     """
 
     def __init__(self, channels: int):
@@ -36,12 +42,14 @@ class InvertibleConv1x1(Bijection):
         return self.p @ lower @ upper
 
     def _conv(self, x: Tensor, w: Tensor) -> Tensor:
+        if x.dim() == 2:
+            return F.linear(x, w)
         return F.conv2d(x, w.view(*w.shape, 1, 1))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        logdet = self.log_s.sum() * x.shape[2] * x.shape[3]
+        logdet = self.log_s.sum() * math.prod(x.shape[2:])
         return self._conv(x, self.weight()), logdet.expand(x.shape[0])
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        logdet = -self.log_s.sum() * y.shape[2] * y.shape[3]
+        logdet = -self.log_s.sum() * math.prod(y.shape[2:])
         return self._conv(y, torch.linalg.inv(self.weight())), logdet.expand(y.shape[0])

@@ -6,6 +6,7 @@ Convolutions", arXiv:1807.03039.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from genflow.bijections.actnorm import ActNorm
@@ -17,6 +18,9 @@ from genflow.bijections.squeeze import Squeeze
 from genflow.models.flow import FlowModel
 from genflow.nn.conv_net import ConvNet, zero_conv
 
+# channels -> the coupling of one step of flow on that many channels
+CouplingFactory = Callable[[int], Bijection]
+
 
 def glow_step(
     channels: int,
@@ -25,8 +29,12 @@ def glow_step(
     dropout: float,
     zero_logscale: float = 0.0,
     hidden_actnorm: bool = False,
+    coupling: CouplingFactory | None = None,
 ) -> list[Bijection]:
-    """One step of flow: ActNorm, invertible 1x1 conv, coupling."""
+    """One step of flow: ActNorm, invertible 1x1 conv, coupling (``coupling(channels)`` when
+    given: the neural spline flow's image model puts a spline coupling there)."""
+    if coupling is not None:
+        return [ActNorm(channels), InvertibleConv1x1(channels), coupling(channels)]
     half, rest = channels // 2, channels - channels // 2
     out = rest if additive else 2 * rest
     return [
@@ -49,6 +57,7 @@ def glow_flow(
     dropout: float = 0.0,
     zero_logscale: float = 0.0,
     hidden_actnorm: bool = False,
+    coupling: CouplingFactory | None = None,
 ) -> Bijection:
     """Squeeze, K steps, then (below the top level) a learned prior on half the channels,
     which leave the flow while the rest go on to the next level. The output has the input's
@@ -62,7 +71,9 @@ def glow_flow(
     c, h, w = 4 * c, h // 2, w // 2
     layers: list[Bijection] = [Squeeze()]
     for _ in range(steps_per_level):
-        layers += glow_step(c, hidden_channels, additive, dropout, zero_logscale, hidden_actnorm)
+        layers += glow_step(
+            c, hidden_channels, additive, dropout, zero_logscale, hidden_actnorm, coupling
+        )
     if num_levels > 1:
         out, rest = c // 2, c - c // 2
         # the factored-out half z ~ N(mu(h), sigma(h)^2), written as z -> (z - mu) / sigma
@@ -77,6 +88,7 @@ def glow_flow(
             dropout,
             zero_logscale,
             hidden_actnorm,
+            coupling,
         )
         layers.append(FactorOut(inner, split=out))
     layers.append(Inverted(Squeeze()))
