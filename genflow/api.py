@@ -78,22 +78,32 @@ class Run:
         labels = self._splits(split, root).labels_of(split)
         return None if labels is None else labels.to(self.device)
 
-    def _labels_for(self, n: int, y) -> Tensor | None:
-        """``y`` as a class-conditional model takes it (None for an unconditional one), or
-        one sentence saying why it cannot."""
+    def contexts(self, split: str = "test", root: str | Path | None = None) -> Tensor | None:
+        """A split's context vectors on the run's device (None where the dataset has none)."""
+        context = self._splits(split, root).context
+        return None if context is None else context[split].to(self.device)
+
+    def _labels_for(self, n: int, y, context=None) -> Tensor | None:
+        """The class labels ``y`` or the ``context`` as a conditional model takes them (None
+        for an unconditional one), or one sentence saying why it cannot."""
+        if y is not None and context is not None:
+            raise GenflowError("pass either y (class labels) or context, not both")
         try:
-            return self.model.labels(n, y, self.device)
+            return self.model.condition(n, y if context is None else context, self.device)
         except ValueError as err:
             raise GenflowError(str(err)) from err
 
     @torch.no_grad()
-    def log_prob(self, x: Tensor, seed: int | None = 0, y: Tensor | None = None) -> Tensor:
+    def log_prob(
+        self, x: Tensor, seed: int | None = 0, y: Tensor | None = None, context=None
+    ) -> Tensor:
         """log p(x) in nats per example, as the metrics count it (dequantization and every
         log-det included; VAEs: the importance-weighted bound with ``model.iw_samples``).
         ``seed`` fixes the noise as evaluation does (None: the global RNG). A
-        class-conditional model gives log p(x | y) for class labels ``y``."""
+        class-conditional model gives log p(x | y) for class labels ``y``, a model of a
+        context log p(x | c) for ``context`` (one vector, or one per example)."""
         x = self.check(x)
-        y = self._labels_for(len(x), y)
+        y = self._labels_for(len(x), y, context)
         if seed is None:
             return self.model.conditional_log_prob(x, y)
         with seeded_rng(seed, self.device):
@@ -101,17 +111,21 @@ class Run:
 
     def evaluate(self, split: str = "test", batch_size: int = 500, seed: int = 0) -> dict[str, Any]:
         """The metrics genflow eval reports for ``split``: means over the split and the tail
-        (of log p(x | y) with the split's labels for a class-conditional model)."""
-        labels = self.labels(split) if self.model.num_classes is not None else None
+        (of log p(x | y) with the split's labels or contexts for a conditional model)."""
+        labels = self._splits(split, None).conditions(split, self.model.conditioned_on)
+        labels = None if labels is None else labels.to(self.device)
         return evaluate(
             self.model, self.data(split), batch_size, seed=seed, tails=True, labels=labels
         )
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None, y=None) -> Tensor:
+    def sample(
+        self, n: int, temperature: float = 1.0, seed: int | None = None, y=None, context=None
+    ) -> Tensor:
         """``n`` samples in data units (integers in [0, levels) for discrete data); a
-        class-conditional model draws class ``y`` (an int, or n labels)."""
-        y = self._labels_for(n, y)
+        class-conditional model draws class ``y`` (an int, or n labels), a model of a context
+        draws from p(x | c) for ``context`` (one vector for all n, or n vectors)."""
+        y = self._labels_for(n, y, context)
         extra = {} if y is None else {"y": y}
         if seed is None:
             return self.model.sample(n, temperature, **extra)

@@ -299,9 +299,11 @@ def _preflight(command: str, overrides: list[str], root: Path) -> list[str]:
     multirun = any(f in ("-m", "--multirun") for f in flags) or search
     cfg = None
     if not multirun:  # a sweep's jobs are checked one by one, so one bad job cannot stop it
+        from genflow.data.tabular import complete_table_config
         from genflow.validation import validate_train_config
 
         cfg = compose_train([o for o in plain if not o.startswith("resume=")], root)
+        complete_table_config(cfg.dataset)
         validate_train_config(cfg)
     named = sweep_names(plain, root) if multirun and not search else []
     return [*flags, *prepare_resume(plain, root, cfg), *named]

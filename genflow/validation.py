@@ -233,6 +233,16 @@ def validate_sample_config(cfg: DictConfig) -> None:
         lambda v: v is None or (_integer(v) and v >= 0),
         "null or a class index (an integer >= 0)",
     )
+    _check(
+        cfg,
+        "sample.context",
+        lambda v: (
+            v is None
+            or (isinstance(v, str) and v != "")
+            or (OmegaConf.is_list(v) and len(v) > 0 and all(_number(c) for c in v))
+        ),
+        "null, a split (train, val, test), a list of numbers or a .npy or .csv file",
+    )
     _check_checkpoint(cfg)
 
 
@@ -324,11 +334,12 @@ def _check_model_fits_data(cfg: DictConfig) -> None:
         )
     target = str(cfg.model.get("_target_", ""))
     model_class = _model_class(target)
+    _check_context(cfg, model_class, target)
     if model_class.discrete_only and cfg.dataset.levels is None:
         name = target.rsplit(".", 1)[-1]
         raise GenflowError(
             f"model {name} models discrete values but dataset '{cfg.dataset.name}' is continuous "
-            "(dataset.levels is null); use a flow (model=realnvp, maf, nice) for 2-D toys"
+            "(dataset.levels is null); use a flow (model=nsf, realnvp, maf, nice) for vectors and tables"
         )
     for part in VAE_PARTS:
         node = OmegaConf.select(cfg, f"model.{part}", default=None)
@@ -360,8 +371,28 @@ def _check_model_fits_data(cfg: DictConfig) -> None:
         name = target.rsplit(".", 1)[-1]
         raise GenflowError(
             f"model {name} needs image data (C, H, W) but dataset '{cfg.dataset.name}' has "
-            f"shape {data_shape}; for vectors use model=realnvp, maf or nice"
+            f"shape {data_shape}; for vectors use model=nsf, realnvp, maf or nice"
         )
+
+
+def _check_context(cfg: DictConfig, model_class, target: str) -> None:
+    """A dataset that carries a context needs a model that takes one, of its width."""
+    name = target.rsplit(".", 1)[-1]
+    data_context = OmegaConf.select(cfg, "dataset.context_features", default=None)
+    if data_context and not model_class.takes_context:
+        raise GenflowError(
+            f"dataset '{cfg.dataset.name}' carries a context of {data_context} values per "
+            f"example, but model {name} cannot be conditioned on one (the flows can: nsf, "
+            "maf, realnvp, nice, glow); leave dataset.context_columns empty"
+        )
+    if "context_features" in cfg.model:
+        model_context = OmegaConf.select(cfg, "model.context_features", default=None)
+        if model_context != data_context:
+            raise GenflowError(
+                f"model.context_features={model_context} does not match the dataset's "
+                f"context of {data_context} values; leave model.context_features at "
+                "${oc.select:dataset.context_features,null}"
+            )
 
 
 def _model_class(target: str):

@@ -21,7 +21,7 @@ from genflow.bijections.coupling import (
     channel_mask,
     checkerboard_mask,
 )
-from genflow.bijections.elementwise import BatchNormFlow, DiagonalScaling
+from genflow.bijections.elementwise import BatchNormFlow, DiagonalScaling, Standardize
 from genflow.bijections.permutation import Permutation
 from genflow.bijections.reshape import Flatten
 from genflow.bijections.spline import MaskedSplineAutoregressive, SplineCoupling
@@ -48,6 +48,12 @@ def _image_batch_norm_in_eval_mode():
     layer.running_mean.copy_(torch.tensor([0.5, -1.0, 0.2]))
     layer.running_var.copy_(torch.tensor([0.3, 2.0, 0.7]))
     return layer.eval()
+
+
+def _standardize():
+    layer = Standardize((3,))
+    layer.set(torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.3, 4.0, 1.5]))
+    return layer
 
 
 def _image_coupling(mask):
@@ -152,6 +158,7 @@ CASES = {
     ),
     "glow_flow": (lambda: glow_flow((1, 4, 4), 2, 2, 8), (1, 4, 4), "normal"),
     "lu_linear_vector": (lambda: InvertibleConv1x1(5), (5,), "normal"),
+    "standardize": (_standardize, (3,), "normal"),
     "spline_coupling_vector": (
         lambda: SplineCoupling(alternating_mask(5), MLP(3, 2 * 14, 16, 2), 5, 2.0),
         (5,),

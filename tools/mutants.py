@@ -193,6 +193,30 @@ MUTANTS = [
         ("tests/test_bijections.py",),
         "the coupling transforms the features it conditions on (not invertible)",
     ),
+    Mutant(
+        "standardize_logdet_dropped",
+        "genflow/bijections/elementwise.py",
+        "return (x - self.loc) / self.scale, -self._log_scale(x)",
+        "return (x - self.loc) / self.scale, 0.0 * self._log_scale(x)",
+        ("tests/test_tabular.py", "tests/test_bijections.py"),
+        "a table's standardisation is applied but its log-det is not counted (NLL in the wrong units)",
+    ),
+    Mutant(
+        "context_base_scale_dropped",
+        "genflow/models/flow.py",
+        "base = self.base.log_prob(standard) - log_scale.flatten(1).sum(1)",
+        "base = self.base.log_prob(standard)",
+        ("tests/test_context.py",),
+        "the context's base log-scale scales z but its log-det is dropped (p(x | c) unnormalised)",
+    ),
+    Mutant(
+        "context_not_in_conditioners",
+        "genflow/models/flow.py",
+        "flow_context = h if self.flow_takes_context else None",
+        "flow_context = None",
+        ("tests/test_context.py",),
+        "the vector flows' conditioners never see the context (only the base does)",
+    ),
 ]
 
 

@@ -78,3 +78,38 @@ class BatchNormFlow(Bijection):
         positions = math.prod(y.shape[2:])
         logdet = (0.5 * torch.log(var + self.eps) - self.log_gamma).sum() * positions
         return x, logdet.expand(y.shape[0])
+
+
+class Standardize(Bijection):
+    """Data -> noise: y = (x - loc) / scale with fixed ``loc`` and ``scale`` (buffers, stored in
+    the checkpoint): a table's standardisation, computed on its training split. Its log-det,
+    -sum(log scale), is counted, so a likelihood through it stays in the data's own units.
+
+    It starts as the identity; a state dict written before it existed (a 2-D toy's run) loads
+    as the identity too.
+    """
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(shape))
+        self.register_buffer("scale", torch.ones(shape))
+
+    def set(self, loc: Tensor, scale: Tensor) -> None:
+        if not bool((torch.as_tensor(scale) > 0).all()):
+            raise ValueError("a standardisation needs positive scales")
+        self.loc.copy_(torch.as_tensor(loc).reshape(self.loc.shape))
+        self.scale.copy_(torch.as_tensor(scale).reshape(self.scale.shape))
+
+    def _log_scale(self, x: Tensor) -> Tensor:
+        return torch.log(self.scale).sum().expand(x.shape[0])
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return (x - self.loc) / self.scale, -self._log_scale(x)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return y * self.scale + self.loc, self._log_scale(y)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "loc", torch.zeros_like(self.loc))
+        state_dict.setdefault(prefix + "scale", torch.ones_like(self.scale))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genflow.data.sbi import TASKS, load_sbi
+from genflow.data.tabular import TABLE_DATASETS, load_table
 from genflow.data.toys import TOYS, make_toy
 from genflow.errors import GenflowError, first_line
 
@@ -30,19 +32,39 @@ class DataSplits:
     # class labels per split name (int64, one per example) where the dataset has them; used
     # for pictures (the VAE's latent scatter), never by the likelihoods
     labels: dict[str, Tensor] | None = None
+    # a table's standardisation from its training split, (loc, scale) per column: the model
+    # keeps it (and counts its log-det), the splits stay in the data's own units
+    standardization: tuple[Tensor, Tensor] | None = None
+    # a context vector per example, per split name (float32 (N, C)): what a conditional
+    # model p(x | c) is conditioned on; and its training split's (loc, scale)
+    context: dict[str, Tensor] | None = None
+    context_standardization: tuple[Tensor, Tensor] | None = None
+    # an SBI task's reference observations, each (x_o, exact posterior samples (N, D)): the
+    # test's classifier two-sample test compares the model's p(theta | x_o) with them
+    references: list[tuple[Tensor, Tensor]] | None = None
 
     def to(self, device: torch.device | str) -> DataSplits:
-        labels = None if self.labels is None else {k: v.to(device) for k, v in self.labels.items()}
+        move = lambda d: None if d is None else {k: v.to(device) for k, v in d.items()}  # noqa: E731
         return replace(
             self,
             train=self.train.to(device),
             val=self.val.to(device),
             test=self.test.to(device),
-            labels=labels,
+            labels=move(self.labels),
+            context=move(self.context),
         )
 
     def labels_of(self, split: str) -> Tensor | None:
         return None if self.labels is None else self.labels.get(split)
+
+    def conditions(self, split: str, conditioned_on: str | None) -> Tensor | None:
+        """What a model conditioned on ``class`` or ``context`` (GenerativeModel.conditioned_on)
+        is given with each example of ``split``; None for an unconditional model."""
+        if conditioned_on == "class":
+            return self.labels_of(split)
+        if conditioned_on == "context":
+            return None if self.context is None else self.context.get(split)
+        return None
 
     def scored(self, split: str) -> Tensor:
         """The split as evaluation scores it: values in [0, levels). The stored training split
@@ -246,6 +268,8 @@ LOADERS: dict[str, Callable] = {
     "binarized_mnist": lambda cfg: _binarized(cfg, LOADERS["mnist"](cfg)),
     "image_folder": _image_folder,
     **{name: _toy for name in TOYS},
+    **{name: load_table for name in TABLE_DATASETS},
+    **{name: load_sbi for name in TASKS},
 }
 
 
@@ -292,6 +316,22 @@ def load_dataset(cfg) -> DataSplits:
         )
     check_range(splits, cfg)
     return splits
+
+
+def check_conditions(splits: DataSplits, cfg, model) -> None:
+    """A conditional model needs what it is conditioned on in every split: labels in
+    [0, num_classes), or contexts of its width."""
+    if model.conditioned_on == "class":
+        check_labels(splits, cfg, model.num_classes)
+    elif model.conditioned_on == "context":
+        width = None if splits.context is None else splits.context["train"].shape[1]
+        if width != model.context_features:
+            has = "no context" if width is None else f"a context of {width} values"
+            raise GenflowError(
+                f"the model takes a context of {model.context_features} values per example, "
+                f"but dataset '{cfg.name}' has {has}; leave model.context_features at "
+                "${dataset.context_features}"
+            )
 
 
 def check_labels(splits: DataSplits, cfg, num_classes: int) -> None:

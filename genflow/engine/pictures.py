@@ -89,12 +89,109 @@ def save_samples(
             ax.set_xlim(-lim, lim)
             ax.set_ylim(-lim, lim)
         if caption:
-            fig.suptitle(caption, fontsize=9)
+            import textwrap
+
+            fig.suptitle(textwrap.fill(caption, 50 * panels), fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
         return path
+    if samples.dim() == 2:
+        return save_pairs(samples, reference, path, caption)
     raise ValueError(f"cannot draw samples of shape {tuple(samples.shape)}")
+
+
+PAIR_COLUMNS = 4
+
+
+def save_pairs(
+    samples: Tensor, reference: Tensor | None, path: Path, caption: str | None = None
+) -> Path:
+    """Vectors of more than two columns: the first ``PAIR_COLUMNS`` columns pair by pair, the
+    data (grey) under the samples (blue), and each column's histogram on the diagonal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = min(PAIR_COLUMNS, samples.shape[1])
+    points = samples[:, :k].float().numpy()
+    data = None if reference is None else reference.detach().cpu()[:, :k].float().numpy()
+    both = points if data is None else data
+    low, high = (torch.from_numpy(both).quantile(q, dim=0).numpy() for q in (0.005, 0.995))
+    pad = 0.1 * (high - low) + 1e-9
+    low, high = low - pad, high + pad
+    fig, axes = plt.subplots(k, k, figsize=(2.2 * k, 2.2 * k), squeeze=False)
+    for i in range(k):
+        for j in range(k):
+            ax = axes[i][j]
+            if i == j:
+                bins = torch.linspace(float(low[i]), float(high[i]), 41).numpy()
+                if data is not None:
+                    ax.hist(data[:, i], bins=bins, density=True, color="0.6", label="data")
+                ax.hist(points[:, i], bins=bins, density=True, histtype="step", label="samples")
+            else:
+                if data is not None:
+                    ax.scatter(data[:, j], data[:, i], s=1, color="0.6", alpha=0.4)
+                ax.scatter(points[:, j], points[:, i], s=1, alpha=0.5)
+                ax.set_ylim(low[i], high[i])
+            ax.set_xlim(low[j], high[j])
+            ax.tick_params(labelsize=6)
+            if i == k - 1:
+                ax.set_xlabel(f"column {j}", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(f"column {i}", fontsize=7)
+    title = f"first {k} of {samples.shape[1]} columns: data (grey), samples (blue)"
+    fig.suptitle(f"{caption}\n{title}" if caption else title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_posteriors(references: list, draws: list[Tensor], scores: list[float], path: Path) -> Path:
+    """An SBI task's posteriors, one panel per reference observation: exact posterior samples
+    (grey) under the model's (blue), over the first two parameters (or a histogram of one),
+    each titled with its C2ST accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    k = len(references)
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.4), squeeze=False)
+    for ax, (_, exact), drawn, score in zip(axes[0], references, draws, scores, strict=True):
+        exact, drawn = exact.detach().cpu().float(), drawn.detach().cpu().float()
+        if exact.shape[1] == 1:
+            both = torch.cat((exact, drawn))[:, 0]
+            bins = torch.linspace(float(both.min()), float(both.max()), 41).numpy()
+            ax.hist(exact[:, 0].numpy(), bins=bins, density=True, color="0.6")
+            ax.hist(drawn[:, 0].numpy(), bins=bins, density=True, histtype="step")
+        else:
+            ax.scatter(exact[:, 0].numpy(), exact[:, 1].numpy(), s=2, color="0.5", alpha=0.6)
+            ax.scatter(drawn[:, 0].numpy(), drawn[:, 1].numpy(), s=1, alpha=0.3)
+            ax.set_ylabel("theta 1", fontsize=7)
+            low, high = exact[:, :2].min(0).values, exact[:, :2].max(0).values
+            pad = 0.25 * (high - low) + 1e-6  # the exact posterior's box: stray draws clip
+            ax.set_xlim(float(low[0] - pad[0]), float(high[0] + pad[0]))
+            ax.set_ylim(float(low[1] - pad[1]), float(high[1] + pad[1]))
+        ax.set_xlabel("theta 0", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.set_title(f"c2st {score:.3f}", fontsize=8)
+    dims = references[0][1].shape[1]
+    shown = {1: "its parameter", 2: "its 2 parameters"}.get(
+        dims, f"the first 2 of {dims} parameters"
+    )
+    fig.suptitle(
+        f"p(theta | x_o) at {k} observations, {shown}: exact (grey), "
+        "model (blue); c2st 0.5 is indistinguishable",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 @torch.no_grad()
@@ -196,11 +293,19 @@ def class_labels(num_classes: int, n: int, label: int | None, device, first: int
 
 
 def draw_samples(
-    model, n: int, temperature: float = 1.0, label: int | None = None, first: int = 0
+    model,
+    n: int,
+    temperature: float = 1.0,
+    label: int | None = None,
+    first: int = 0,
+    contexts: Tensor | None = None,
 ) -> tuple[Tensor, int | None]:
     """``n`` samples and the grid's images per row: a class-conditional model draws the
     classes in turn (a class per column; ``first`` is the first image's index in the grid)
-    or only ``label``; others draw plainly."""
+    or only ``label``; a model of p(x | c) draws one sample per row of ``contexts``; others
+    draw plainly."""
+    if model.conditioned_on == "context":
+        return model.sample(n, temperature, y=contexts[:n]), None
     if model.num_classes is None:
         return model.sample(n, temperature), None
     device = next(model.parameters()).device
@@ -218,11 +323,14 @@ def write_step_pictures(
     logger=None,
     val_labels: Tensor | None = None,
     scatter_points: int = 2000,
+    val_context: Tensor | None = None,
 ) -> Path:
     """The pictures of a training step: ``n`` samples (``step_<step>.png``), the model's own
     extra grids (reconstructions, traversals ...), for 2-D data the density, and for a model
     with a 2-D latent space the codes of up to ``scatter_points`` validation examples,
-    coloured by ``val_labels`` when the dataset has labels. Drawn in eval mode on an RNG
+    coloured by ``val_labels`` when the dataset has labels. A model of p(x | c) draws one
+    sample for each of the first ``n`` contexts of ``val_context``, shown beside the
+    validation examples that go with them (no density picture). Drawn in eval mode on an RNG
     stream seeded with ``seed`` (the caller's stream is untouched), so the grids of
     successive steps show the same noise; a class-conditional model draws a class per
     column. ``run_dir`` (a RunDir) names the files; each is logged to ``logger``."""
@@ -230,19 +338,25 @@ def write_step_pictures(
 
     was_training = model.training
     model.eval()
+    conditional = val_context is not None and model.conditioned_on == "context"
+    if conditional:
+        n = min(n, len(val))
     with seeded_rng(seed, val.device):
-        samples, nrow = draw_samples(model, n)
+        samples, nrow = draw_samples(model, n, contexts=val_context if conditional else None)
         extra = model.pictures(val[:n])
         codes = model.latent_points(val[:scatter_points])
     model.train(was_training)
-    two_d = val.dim() == 2
+    vectors = val.dim() == 2
+    two_d = vectors and val.shape[1] == 2 and not conditional
     what = f"{n} samples" + (", a class per column" if nrow and model.num_classes else "")
+    if conditional:
+        what += ", one per validation context"
     written = {
         "samples": save_samples(
             samples,
             run_dir.picture("step", step),
             model.levels,
-            val if two_d else None,
+            (val[:n] if conditional else val) if vectors else None,
             nrow,
             caption=f"step {step}: {what}, temperature 1",
         )

@@ -106,9 +106,10 @@ class Trainer(TrainingCheckpoints):
         self._start_state: dict[str, Any] | None = None  # see TrainingCheckpoints
 
     def labels_of(self, split: str) -> torch.Tensor | None:
-        """A split's class labels when the model is class-conditional (model.num_classes: it
-        trains and is scored on p(x | y)), else None."""
-        return self.splits.labels_of(split) if self.model.num_classes is not None else None
+        """What a conditional model is given with a split's examples (it trains and is scored
+        on p(x | y)): class labels (model.num_classes) or context vectors (a dataset's
+        context); None for an unconditional model."""
+        return self.splits.conditions(split, self.model.conditioned_on)
 
     @property
     def eval_model(self) -> GenerativeModel:
@@ -427,4 +428,5 @@ class Trainer(TrainingCheckpoints):
             self.seed,
             self.logger,
             val_labels=self.splits.labels_of("val"),
+            val_context=self.splits.conditions("val", "context"),
         )

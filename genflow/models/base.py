@@ -11,6 +11,20 @@ import torch
 from torch import Tensor, nn
 
 
+def check_context_features(context_features) -> int | None:
+    if context_features is None:
+        return None
+    if (
+        isinstance(context_features, bool)
+        or not isinstance(context_features, int)
+        or context_features < 1
+    ):
+        raise ValueError(
+            f"model.context_features must be null or a positive integer, got {context_features}"
+        )
+    return context_features
+
+
 def check_num_classes(num_classes) -> int | None:
     if num_classes is None:
         return None
@@ -51,6 +65,8 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
     can_encode: ClassVar[bool] = False
     # the per-example metrics evaluate(x) returns (what trainer.monitor may pick)
     eval_metrics: ClassVar[tuple[str, ...]] = ("nll", "bpd")
+    # the family can be conditioned on a context vector per example (model.context_features)
+    takes_context: ClassVar[bool] = False
 
     def __init__(self, event_shape: tuple[int, ...], levels: int | None = None):
         super().__init__()
@@ -62,12 +78,61 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
         self.iw_samples: int | None = None
         # classes of a class-conditional model (None: unconditional, no labels anywhere)
         self.num_classes: int | None = None
+        # width of the context vector of a model of p(x | c) (None: no context)
+        self.context_features: int | None = None
+
+    @property
+    def conditioned_on(self) -> str | None:
+        """What the second argument of forward, log_prob, evaluate and sample is: ``class``
+        (an integer label per example), ``context`` (a vector per example) or None."""
+        if self.num_classes is not None:
+            return "class"
+        if self.context_features is not None:
+            return "context"
+        return None
+
+    def condition(
+        self, n: int, c: Tensor | None, device, check_range: bool = True
+    ) -> Tensor | None:
+        """The (n,) class labels or (n, context_features) context vectors a call conditions
+        on, checked (one sentence); None for an unconditional model. One context (or label)
+        for all n examples may be given alone."""
+        if self.context_features is None:
+            return self.labels(n, c, device, check_range)
+        if c is None:
+            raise ValueError(
+                f"this {type(self).__name__} is a density conditioned on a context of "
+                f"{self.context_features} values (p(x | c)): pass the context"
+            )
+        c = torch.as_tensor(c, device=device)
+        if not c.is_floating_point():
+            c = c.float()
+        if c.dim() == 1 and c.shape[0] == self.context_features:
+            c = c.unsqueeze(0)
+        if c.dim() != 2 or c.shape[1] != self.context_features:
+            raise ValueError(
+                f"the context has shape {tuple(c.shape)}, but this {type(self).__name__} takes "
+                f"{self.context_features} values per example (a context of shape "
+                f"({n}, {self.context_features}) or ({self.context_features},))"
+            )
+        if len(c) == 1 and n != 1:
+            c = c.expand(n, -1)
+        if len(c) != n:
+            raise ValueError(f"{len(c)} contexts for {n} examples")
+        return c
 
     @staticmethod
     def check_config(model_cfg) -> None:
         """Raise ValueError (one sentence) for settings the constructor would reject; called on
-        the composed config before any run directory exists. By default: model.num_classes."""
+        the composed config before any run directory exists. By default: model.num_classes
+        and model.context_features."""
         check_num_classes(model_cfg.get("num_classes"))
+        check_context_features(model_cfg.get("context_features"))
+        if model_cfg.get("num_classes") is not None and model_cfg.get("context_features"):
+            raise ValueError(
+                "model.num_classes and model.context_features both condition the model; a "
+                "class is one kind of context: use one of them"
+            )
 
     def labels(self, n: int, y: Tensor | None, device, check_range: bool = True) -> Tensor | None:
         """The (n,) labels a call conditions on: None for an unconditional model; checked
@@ -77,8 +142,9 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
         if self.num_classes is None:
             if y is not None:
                 raise ValueError(
-                    f"{type(self).__name__} is not class-conditional (train it with "
-                    "model.num_classes=K to condition on labels)"
+                    f"{type(self).__name__} is not conditional (train it with "
+                    "model.num_classes=K to condition on labels, or on a dataset with context "
+                    "columns to condition on a context)"
                 )
             return None
         if y is None:
@@ -97,7 +163,8 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
         return y
 
     def conditional_log_prob(self, x: Tensor, y: Tensor | None) -> Tensor:
-        """log p(x), or log p(x | y) when labels ``y`` are given (conditional models only)."""
+        """log p(x), or log p(x | y) when labels or contexts ``y`` are given (conditional
+        models only)."""
         return self.log_prob(x) if y is None else self.log_prob(x, y)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Output:
@@ -147,6 +214,12 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
         """2-D latent codes (N, 2) of a batch for a scatter picture; None: no 2-D latent."""
         return None
 
+    def set_data_standardization(self, loc: Tensor, scale: Tensor) -> None:
+        """A table's standardisation from its training split (loc, scale per column). Flows of
+        continuous data run on (x - loc) / scale with the log-det counted; other models ignore
+        it (their likelihoods are of the data as given either way)."""
+
     @torch.no_grad()
-    def initialize(self, batch: Tensor) -> None:
-        """Data-dependent initialisation (ActNorm); done once, before any wrapper."""
+    def initialize(self, batch: Tensor, y: Tensor | None = None) -> None:
+        """Data-dependent initialisation (ActNorm); done once, before any wrapper. ``y``: the
+        batch's labels or contexts, for a conditional model."""

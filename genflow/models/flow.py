@@ -8,10 +8,13 @@ import torch
 from torch import Tensor, nn
 
 from genflow.bijections.base import Bijection
+from genflow.bijections.elementwise import Standardize
 from genflow.bijections.logit import Logit
 from genflow.distributions.dequantization import make_dequantizer
 from genflow.distributions.normal import StandardNormal
-from genflow.models.base import GenerativeModel, check_num_classes
+from genflow.models.base import GenerativeModel, check_context_features, check_num_classes
+from genflow.nn.context import ContextEmbedding, check_context_net
+from genflow.numeric import full_precision
 
 
 class FlowModel(GenerativeModel):
@@ -31,9 +34,17 @@ class FlowModel(GenerativeModel):
     learned mean and log-scale per class over the whole latent (zero at the start, so every
     class starts at N(0, I)), as Glow conditions its prior on the class; the flow itself is
     shared. ``encode`` / ``decode`` stay the unconditional bijection.
+
+    With ``context_features`` the model is p(x | c) for a context vector c per example: c is
+    standardised (the training split's statistics) and optionally embedded by an MLP
+    (``context_net``, see genflow/nn/context.py), then feeds the base, a diagonal Gaussian
+    whose mean and log-scale are a linear function of it (zero at the start: N(0, I)), and,
+    where the family says so (``flow_takes_context``: the vector flows), every conditioner of
+    the flow. Families size their conditioners with ``embedded_width``.
     """
 
     can_encode = True
+    takes_context = True
 
     def __init__(
         self,
@@ -46,18 +57,37 @@ class FlowModel(GenerativeModel):
         dequantizer_hidden: int = 32,
         dequantizer_couplings: int = 4,
         num_classes: int | None = None,
+        context_features: int | None = None,
+        context_net: dict | None = None,
+        flow_takes_context: bool = False,
     ):
         super().__init__(event_shape, levels)
         self.num_classes = check_num_classes(num_classes)
+        self.context_features = check_context_features(context_features)
+        if self.num_classes is not None and self.context_features is not None:
+            raise ValueError(
+                "model.num_classes and model.context_features both condition the model; a "
+                "class is one kind of context: use one of them"
+            )
         if self.num_classes is not None:
             shape = (self.num_classes, *self.event_shape)
             self.class_loc = nn.Parameter(torch.zeros(shape))
             self.class_log_scale = nn.Parameter(torch.zeros(shape))
+        if self.context_features is not None:
+            self.context_embedding = ContextEmbedding(
+                self.context_features, **check_context_net(context_net)
+            )
+            self.context_base = nn.Linear(self.context_embedding.out_features, 2 * self.num_dims)
+            nn.init.zeros_(self.context_base.weight)
+            nn.init.zeros_(self.context_base.bias)
+        self.flow_takes_context = bool(flow_takes_context) and self.context_features is not None
         self.flow = flow
         self.dequantizer = make_dequantizer(
             dequantization, self.event_shape, self.levels, dequantizer_hidden, dequantizer_couplings
         )
         self.logit = Logit(logit_alpha) if (logit_alpha is not None and self.levels) else None
+        # continuous data: a fixed standardisation (a table's, set from its training split)
+        self.standardize = None if self.levels else Standardize(self.event_shape)
         self.base = base if base is not None else StandardNormal(self.event_shape)
 
     def preprocess(self, x: Tensor, noise: bool = True) -> tuple[Tensor, Tensor]:
@@ -80,6 +110,9 @@ class FlowModel(GenerativeModel):
         if self.logit is not None:
             y, ld = self.logit(y)
             logdet = logdet + ld
+        if self.standardize is not None:
+            y, ld = self.standardize(y)
+            logdet = logdet + ld
         return y, logdet
 
     def _float_dtype(self) -> torch.dtype:
@@ -90,31 +123,49 @@ class FlowModel(GenerativeModel):
 
     def postprocess(self, y: Tensor) -> Tensor:
         """Continuous flow space -> data space (discrete levels for discrete data)."""
+        if self.standardize is not None:
+            y, _ = self.standardize.inverse(y)
         if self.logit is not None:
             y, _ = self.logit.inverse(y)
         if self.levels:
             y = torch.floor(y * self.levels).clamp(0, self.levels - 1)
         return y
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        y = self.labels(len(x), y, x.device, check_range=False)
-        u, logdet = self.preprocess(x)
-        z, ld = self.flow(u)
+    def _conditioning(
+        self, n: int, y: Tensor | None, device, check_range: bool = True
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """(base mean, base log-scale, the flow's context) for the labels or contexts ``y``;
+        Nones for an unconditional model."""
+        y = self.condition(n, y, device, check_range)
         if y is None:
+            return None, None, None
+        if self.num_classes is not None:
+            return self.class_loc[y], self.class_log_scale[y], None
+        h = self.context_embedding(y)
+        loc, log_scale = self.context_base(h).chunk(2, dim=1)
+        shape = (len(h), *self.event_shape)
+        flow_context = h if self.flow_takes_context else None
+        return loc.reshape(shape), log_scale.reshape(shape), flow_context
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        loc, log_scale, context = self._conditioning(len(x), y, x.device, check_range=False)
+        u, logdet = self.preprocess(x)
+        z, ld = self.flow(u, context)
+        if loc is None:
             return self.base.log_prob(z) + logdet + ld
-        # z ~ N(loc_y, exp(log_scale_y)^2): the standardised z under N(0, I), minus the scales
-        log_scale = self.class_log_scale[y]
-        standard = (z - self.class_loc[y]) * torch.exp(-log_scale)
+        # z ~ N(loc, exp(log_scale)^2): the standardised z under N(0, I), minus the scales
+        log_scale = full_precision(log_scale)
+        standard = (z - loc) * torch.exp(-log_scale)
         base = self.base.log_prob(standard) - log_scale.flatten(1).sum(1)
         return base + logdet + ld
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
-        y = self.labels(n, y, next(self.parameters()).device)
+        loc, log_scale, context = self._conditioning(n, y, next(self.parameters()).device)
         z = self.base.sample(n, temperature)
-        if y is not None:
-            z = self.class_loc[y] + torch.exp(self.class_log_scale[y]) * z
-        return self.decode(z)
+        if loc is not None:
+            z = loc + torch.exp(log_scale) * z
+        return self.decode(z, context)
 
     @torch.no_grad()
     def data_box_mass(self, n: int, batch_size: int = 500) -> float:
@@ -143,15 +194,32 @@ class FlowModel(GenerativeModel):
         return self.flow(y)[0]
 
     @torch.no_grad()
-    def decode(self, z: Tensor) -> Tensor:
-        """Latent z -> data."""
-        y, _ = self.flow.inverse(z)
+    def decode(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """Latent z -> data (``context``: the embedded context of a conditional flow)."""
+        y, _ = self.flow.inverse(z, context)
         return self.postprocess(y)
 
+    def set_data_standardization(
+        self,
+        loc: Tensor | None,
+        scale: Tensor | None,
+        context_loc: Tensor | None = None,
+        context_scale: Tensor | None = None,
+    ) -> None:
+        """Continuous data: the flow sees (x - loc) / scale, its log-det counted; a
+        conditional flow standardises its context likewise (no log-det: c is given)."""
+        if loc is not None:
+            if self.standardize is None:
+                raise ValueError("only a flow of continuous data takes a standardisation")
+            self.standardize.set(loc, scale)
+        if context_loc is not None and self.context_features is not None:
+            self.context_embedding.set_standardization(context_loc, context_scale)
+
     @torch.no_grad()
-    def initialize(self, batch: Tensor) -> None:
-        """One forward pass in training mode runs every data-dependent init (ActNorm)."""
+    def initialize(self, batch: Tensor, y: Tensor | None = None) -> None:
+        """One forward pass in training mode runs every data-dependent init (ActNorm); a
+        conditional flow needs the batch's labels or contexts ``y``."""
         was_training = self.training
         self.train()
-        self.log_prob(batch)
+        self.log_prob(batch, y)
         self.train(was_training)

@@ -15,6 +15,7 @@ from genflow.bijections.elementwise import BatchNormFlow
 from genflow.bijections.permutation import Permutation
 from genflow.bijections.reshape import Flatten
 from genflow.models.flow import FlowModel
+from genflow.nn.context import embedded_width
 from genflow.nn.made import MADE
 
 PERMUTATIONS = ("reverse", "random", "none")
@@ -54,10 +55,20 @@ class MAF(FlowModel):
             )
         event_shape = tuple(event_shape)
         features = math.prod(event_shape)
+        width = embedded_width(
+            flow_options.get("context_features"), flow_options.get("context_net")
+        )
         layers: list[Bijection] = [Flatten(event_shape)]
         for i in range(num_layers):
             made = MADE(
-                features, hidden_features, hidden_layers, 2, ordering, hidden_degrees, seed=seed + i
+                features,
+                hidden_features,
+                hidden_layers,
+                2,
+                ordering,
+                hidden_degrees,
+                context_features=width or None,
+                seed=seed + i,
             )
             layers.append(MaskedAffineAutoregressive(made, scale=scale))
             if batch_norm:
@@ -69,4 +80,11 @@ class MAF(FlowModel):
                     else Permutation.random(features, seed + i)
                 )
         layers.append(Inverted(Flatten(event_shape)))
-        super().__init__(Compose(layers), event_shape, levels, logit_alpha, **flow_options)
+        super().__init__(
+            Compose(layers),
+            event_shape,
+            levels,
+            logit_alpha,
+            flow_takes_context=True,
+            **flow_options,
+        )

@@ -14,6 +14,7 @@ from genflow.bijections.coupling import AdditiveCoupling, alternating_mask
 from genflow.bijections.elementwise import DiagonalScaling
 from genflow.bijections.reshape import Flatten
 from genflow.models.flow import FlowModel
+from genflow.nn.context import embedded_width
 from genflow.nn.mlp import MLP
 
 
@@ -33,10 +34,13 @@ class NICE(FlowModel):
     ):
         event_shape = tuple(event_shape)
         features = math.prod(event_shape)
+        width = embedded_width(
+            flow_options.get("context_features"), flow_options.get("context_net")
+        )
         couplings = [
             AdditiveCoupling(
                 alternating_mask(features, parity=i % 2),
-                MLP(features, features, hidden_features, hidden_layers, dropout),
+                MLP(features + width, features, hidden_features, hidden_layers, dropout),
             )
             for i in range(num_layers)
         ]
@@ -48,4 +52,6 @@ class NICE(FlowModel):
                 Inverted(Flatten(event_shape)),
             ]
         )
-        super().__init__(flow, event_shape, levels, logit_alpha, **flow_options)
+        super().__init__(
+            flow, event_shape, levels, logit_alpha, flow_takes_context=True, **flow_options
+        )

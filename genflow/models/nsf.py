@@ -25,6 +25,7 @@ from genflow.bijections.spline import MaskedSplineAutoregressive, SplineCoupling
 from genflow.models.base import GenerativeModel
 from genflow.models.flow import FlowModel
 from genflow.models.glow import glow_flow
+from genflow.nn.context import embedded_width
 from genflow.nn.conv_net import ConvNet
 from genflow.nn.made import MADE
 from genflow.nn.mlp import MLP
@@ -169,7 +170,11 @@ class NSF(FlowModel):
     ):
         check_nsf(kind, conditioner, linear, num_bins, tail_bound, activation)
         event_shape = tuple(event_shape)
-        if len(event_shape) == 3 and kind == "coupling":
+        width = embedded_width(
+            flow_options.get("context_features"), flow_options.get("context_net")
+        )
+        multiscale = len(event_shape) == 3 and kind == "coupling"
+        if multiscale:
             flow = spline_image_flow(
                 event_shape,
                 num_levels,
@@ -194,6 +199,7 @@ class NSF(FlowModel):
                 dropout,
                 linear,
                 batch_norm,
+                context_features=width,
                 seed=seed,
             )
             if len(event_shape) == 3:
@@ -202,7 +208,15 @@ class NSF(FlowModel):
             raise ValueError(
                 f"NSF takes vectors (D,) or images (C, H, W); got event shape {event_shape}"
             )
-        super().__init__(flow, event_shape, levels, logit_alpha, **flow_options)
+        # the multi-scale image stack takes the context in its base only
+        super().__init__(
+            flow,
+            event_shape,
+            levels,
+            logit_alpha,
+            flow_takes_context=not multiscale,
+            **flow_options,
+        )
 
     @staticmethod
     def check_config(model_cfg) -> None:

@@ -22,6 +22,7 @@ from genflow.bijections.elementwise import BatchNormFlow
 from genflow.bijections.factor_out import FactorOut
 from genflow.bijections.squeeze import Squeeze
 from genflow.models.flow import FlowModel
+from genflow.nn.context import embedded_width
 from genflow.nn.mlp import MLP
 from genflow.nn.resnet import ResNet
 
@@ -40,12 +41,14 @@ def vector_flow(
     hidden_layers: int,
     dropout: float,
     batch_norm: bool = False,
+    context_features: int = 0,
 ) -> Bijection:
-    """Affine couplings with alternating masks and MLP conditioners."""
+    """Affine couplings with alternating masks and MLP conditioners (which also read a
+    context of ``context_features`` values, when there is one)."""
     layers: list[Bijection] = [
         AffineCoupling(
             alternating_mask(features, parity=i % 2),
-            MLP(features, 2 * features, hidden_features, hidden_layers, dropout),
+            MLP(features + context_features, 2 * features, hidden_features, hidden_layers, dropout),
         )
         for i in range(num_layers)
     ]
@@ -201,11 +204,28 @@ class RealNVP(FlowModel):
                 activation,
             )
         elif len(event_shape) == 1:
+            width = embedded_width(
+                flow_options.get("context_features"), flow_options.get("context_net")
+            )
             flow = vector_flow(
-                event_shape[0], num_layers, hidden_features, hidden_layers, dropout, batch_norm
+                event_shape[0],
+                num_layers,
+                hidden_features,
+                hidden_layers,
+                dropout,
+                batch_norm,
+                context_features=width,
             )
         else:
             raise ValueError(
                 f"RealNVP takes vectors (D,) or images (C, H, W); got event shape {event_shape}"
             )
-        super().__init__(flow, event_shape, levels, logit_alpha, **flow_options)
+        # the multi-scale image flow takes a context in its base only
+        super().__init__(
+            flow,
+            event_shape,
+            levels,
+            logit_alpha,
+            flow_takes_context=len(event_shape) == 1,
+            **flow_options,
+        )

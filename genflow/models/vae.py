@@ -203,7 +203,7 @@ class VAE(GenerativeModel):
         return log_px_z, self.prior_log_prob(flat).view(b, k), log_q
 
     @torch.no_grad()
-    def initialize(self, batch: Tensor) -> None:
+    def initialize(self, batch: Tensor, y: Tensor | None = None) -> None:
         """Data-dependent start: a VampPrior's pseudo-inputs become the first batch's images."""
         if hasattr(self.prior, "initialize"):
             self.prior.initialize(self._encoder_inputs(batch))

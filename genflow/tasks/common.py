@@ -62,17 +62,33 @@ def evaluation_summary(
     progress: bool = False,
     ctx: DistContext | None = None,
     labels: torch.Tensor | None = None,
+    references: list | None = None,
 ) -> dict[str, Any]:
-    """eval.json's content; a class-conditional model is scored on p(x | y) with ``labels``,
-    and the summary says so (``conditional_on``)."""
+    """eval.json's content; a conditional model is scored on p(x | y) with ``labels`` (class
+    labels or contexts), and the summary says so (``conditional_on``). With an SBI task's
+    ``references`` (observation, exact posterior samples), it adds the classifier two-sample
+    test of the model's posterior samples against them: ``c2st`` (their mean; 0.5 is
+    perfect) and ``c2st_per_observation``, and draws both in ``samples/posterior*.png``."""
     metrics = evaluate(
         model, data, batch_size, progress=progress, ctx=ctx, tails=True, labels=labels
     )
     extra: dict[str, Any] = {}
+    if references and model.conditioned_on == "context" and (ctx is None or ctx.is_main):
+        from genflow.engine.c2st import posterior_c2st
+        from genflow.engine.pictures import save_posteriors
+
+        extra["c2st"], scores, draws = posterior_c2st(model, references)
+        extra["c2st_per_observation"] = scores
+        run = RunDir.of_checkpoint(checkpoint)
+        picture = run.eval_json(split, checkpoint.name).with_suffix(".png").name
+        picture = picture.replace("eval", "posterior", 1)
+        extra["posterior_picture"] = str(
+            save_posteriors(references, draws, scores, run.samples / picture)
+        )
     if model.iw_samples is not None:
         extra["iw_samples"] = int(model.iw_samples)
-    if model.num_classes is not None:
-        extra["conditional_on"] = "class"
+    if model.conditioned_on is not None:
+        extra["conditional_on"] = model.conditioned_on
     extra["hardware"] = describe_hardware(data.device)
     run = RunDir.of_checkpoint(checkpoint)
     return {
@@ -95,8 +111,12 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 def headline(summary: dict[str, Any]) -> str:
     """The main figures of an evaluation summary, in words."""
     if "bpd" in summary:
-        given = " given the class (log p(x | y))" if summary.get("conditional_on") else ""
-        return f"bpd {summary['bpd']:.4f}, nll {summary['nll']:.2f} nats{given}"
+        given = {
+            "class": " given the class (log p(x | y))",
+            "context": " given the context (log p(x | c))",
+        }.get(summary.get("conditional_on"), "")
+        c2st = f", c2st {summary['c2st']:.3f}" if "c2st" in summary else ""
+        return f"bpd {summary['bpd']:.4f}, nll {summary['nll']:.2f} nats{given}{c2st}"
     # a flow fitted to an energy (model=energy_flow): the bound on log Z and the KL
     return (
         f"log Z bound {summary['log_z_bound']:.4f} (grid log Z {summary['log_z']:.4f}), "

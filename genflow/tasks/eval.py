@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from genflow.data.datasets import DatasetNotFound, check_labels, load_dataset
+from genflow.data.datasets import DatasetNotFound, check_conditions, load_dataset
 from genflow.engine.device import resolve_device
 from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError
@@ -38,9 +38,9 @@ def run(cfg) -> dict[str, Any]:
             f"holds '{err.folder}'>"
         ) from err
     labels = None
-    if model.num_classes is not None:  # scored as p(x | y), with the split's labels
-        check_labels(splits, dataset_cfg, model.num_classes)
-        labels = splits.labels_of(cfg.split).to(device)
+    if model.conditioned_on is not None:  # scored as p(x | y), with the split's labels or contexts
+        check_conditions(splits, dataset_cfg, model)
+        labels = splits.conditions(cfg.split, model.conditioned_on).to(device)
     data = splits.scored(cfg.split).to(device)
     summary = evaluation_summary(
         model,
@@ -51,6 +51,7 @@ def run(cfg) -> dict[str, Any]:
         cfg.split,
         progress=True,
         labels=labels,
+        references=splits.references,
     )
     path = run_dir.eval_json(cfg.split, checkpoint.name)
     write_json(path, summary)

@@ -60,6 +60,86 @@ def interpolate(model, cfg, ckpt, run_dir: RunDir, checkpoint, device) -> dict[s
     }
 
 
+CONTEXT_SPLITS = ("train", "val", "test")
+
+
+def sampling_contexts(
+    model, spec, n: int, ckpt
+) -> tuple[torch.Tensor | None, torch.Tensor | None, str | None]:
+    """The ``n`` contexts a conditional model draws for (``sample.context``), the data that go
+    with them where there are some (to draw beside the samples), and what they are in words.
+
+    ``null`` or a split name: the split's contexts in order (test by default), cycled to n,
+    beside that split's examples; a list of numbers: one context for every sample; a path to
+    a .npy or .csv file: its rows, cycled."""
+    if model.conditioned_on != "context":
+        if spec is not None:
+            raise GenflowError(
+                f"sample.context is for a model of p(x | c); this run's {type(model).__name__} "
+                "takes no context"
+            )
+        return None, None, None
+    width = model.context_features
+    reference = None
+    if spec is None or (isinstance(spec, str) and spec in CONTEXT_SPLITS):
+        split = spec or "test"
+        splits = load_dataset(OmegaConf.create(ckpt["config"]["dataset"]))
+        rows, reference = splits.context[split], splits.scored(split)
+        what = f"one per {split} context, in order"
+    elif isinstance(spec, str):
+        rows = _context_file(spec)
+        what = f"one per row of {spec}"
+    else:
+        rows = torch.as_tensor(list(spec), dtype=torch.float32).reshape(1, -1)
+        what = f"all for the context {rows[0].tolist()}"
+    if rows.dim() != 2 or rows.shape[1] != width:
+        raise GenflowError(
+            f"sample.context gives contexts of {rows.shape[-1]} values; this run's model takes "
+            f"{width}"
+        )
+    index = torch.arange(n) % len(rows)
+    return rows[index].float(), None if reference is None else reference[index], what
+
+
+def context_tag(spec) -> str:
+    """``sample.context`` in a file name: the split, the file's stem, or the numbers."""
+    import re
+    from pathlib import Path
+
+    if isinstance(spec, str):
+        tag = spec if spec in CONTEXT_SPLITS else Path(spec).stem
+    else:
+        values = [f"{float(v):g}" for v in spec]
+        tag = "_".join(values[:4]) + ("_etc" if len(values) > 4 else "")
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", tag)[:60]
+
+
+def _context_file(spec: str) -> torch.Tensor:
+    from pathlib import Path
+
+    import numpy as np
+
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise GenflowError(
+            f"sample.context={spec}: not a split ({', '.join(CONTEXT_SPLITS)}), a list of "
+            "numbers or an existing .npy or .csv file"
+        )
+    try:
+        if path.suffix.lower() == ".npy":
+            values = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() == ".csv":
+            values = np.loadtxt(path, delimiter=",", ndmin=2)
+        else:
+            raise GenflowError(f"sample.context={spec}: contexts are read from .npy or .csv files")
+    except (OSError, ValueError) as err:
+        raise GenflowError(f"sample.context={spec} could not be read ({err})") from err
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise GenflowError(f"sample.context={spec} holds NaN or infinite values")
+    return torch.from_numpy(values.reshape(len(values), -1) if values.ndim else values[None])
+
+
 def run(cfg) -> dict[str, Any]:
     validate_sample_config(cfg)
     s = cfg.sample
@@ -72,6 +152,7 @@ def run(cfg) -> dict[str, Any]:
         print(json.dumps(summary), flush=True)
         return summary
     label = s.get("label")
+    contexts, reference, drawn_for = sampling_contexts(model, s.get("context"), int(s.n), ckpt)
     if label is not None and model.num_classes is None:
         raise GenflowError(
             f"sample.label={label}: this run's {type(model).__name__} is not class-conditional "
@@ -88,27 +169,39 @@ def run(cfg) -> dict[str, Any]:
         for start in range(0, int(s.n), int(s.batch_size)):
             size = min(int(s.batch_size), int(s.n) - start)
             # the classes in turn continue across batches: class = image index mod K
-            drawn, nrow = draw_samples(model, size, float(s.temperature), label, start)
+            drawn, nrow = draw_samples(
+                model,
+                size,
+                float(s.temperature),
+                label,
+                start,
+                None if contexts is None else contexts[start : start + size].to(device),
+            )
             chunks.append(drawn)
     samples = torch.cat(chunks).cpu()
     out_dir = run_dir.samples
     stem = f"sample_{checkpoint.stem}_n{s.n}_t{float(s.temperature):g}_seed{s.seed}"
     if label is not None:
         stem += f"_label{label}"
+    if contexts is not None and s.get("context") is not None:
+        stem += f"_context-{context_tag(s.context)}"
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(samples, out_dir / f"{stem}.pt")
-    reference = None
     extra = {}
-    if samples.dim() == 2:  # 2-D data: draw the data beside the samples, and the density
+    if contexts is not None:
+        torch.save(contexts, out_dir / f"{stem}_context.pt")
+        extra["context"] = str(out_dir / f"{stem}_context.pt")
+    elif samples.dim() == 2:  # vectors: draw the data beside the samples; 2-D: the density
         reference = load_dataset(OmegaConf.create(ckpt["config"]["dataset"])).val
-        density = density_picture(model, reference, out_dir / f"density_{checkpoint.stem}.png")
-        extra["density"] = str(density)
+        if samples.shape[1] == 2:
+            density = density_picture(model, reference, out_dir / f"density_{checkpoint.stem}.png")
+            extra["density"] = str(density)
     drawn = (
         f"class {label}"
         if label is not None
         else "a class per column"
         if model.num_classes is not None
-        else "samples"
+        else drawn_for or "samples"
     )
     caption = (
         f"{checkpoint.name} (step {ckpt['trainer']['step']}): {s.n} draws, {drawn}, "

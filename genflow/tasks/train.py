@@ -11,7 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from genflow.data.datasets import check_labels, load_dataset
+from genflow.data.datasets import check_conditions, load_dataset
+from genflow.data.tabular import complete_table_config
 from genflow.engine.checkpoint import load_checkpoint, load_first_good
 from genflow.engine.device import make_deterministic
 from genflow.engine.distributed import DistContext, micro_batch_seed
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 # what the final test record in metrics.jsonl carries of eval.json's summary
 TEST_RECORD_KEYS = (
+    "c2st",
     "bpd",
     "nll",
     "elbo",
@@ -52,6 +54,7 @@ TEST_RECORD_KEYS = (
 
 
 def run(cfg) -> dict[str, Any]:
+    complete_table_config(cfg.dataset)
     validate_train_config(cfg)
     run_dir = output_dir()
     with RunDir(run_dir).locked():  # one training process per run directory
@@ -93,8 +96,13 @@ def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[st
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model)  # before loading data: a bad model config fails fast
     splits = load_dataset(cfg.dataset)
-    if model.num_classes is not None:
-        check_labels(splits, cfg.dataset, model.num_classes)
+    check_conditions(splits, cfg.dataset, model)
+    if splits.standardization is not None or splits.context_standardization is not None:
+        # a table's training statistics (a resume's checkpoint holds the same values)
+        model.set_data_standardization(
+            *(splits.standardization or (None, None)),
+            *(splits.context_standardization or (None, None)),
+        )
     splits = splits.to(device)
     model = model.to(device)
     optimizer = build_optimizer(model, cfg.optimizer)
@@ -112,7 +120,7 @@ def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[st
             log.info("resume=auto: no earlier run with this config; starting fresh")
         if ctx.is_main:  # data-dependent init (ActNorm); the trainer broadcasts it
             torch.manual_seed(micro_batch_seed(int(cfg.seed), 0))
-            model.initialize(trainer.batches(0))
+            model.initialize(*trainer.batches.labeled(0))
     num_params = sum(p.numel() for p in model.parameters())
     log.info(
         "run directory %s; %s on %s (%.2fM parameters) on %s%s",
@@ -141,6 +149,7 @@ def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[st
             "test",
             ctx=ctx,
             labels=trainer.labels_of("test"),
+            references=splits.references,
         )
         logger.log(
             state.step,
