@@ -128,7 +128,7 @@ COMMAND_LINE = [
     ),
     (
         ["train", "model=vae", "model/posterior=sylvestre"],
-        "unknown model/posterior 'sylvestre'; valid choices: gaussian, householder, iaf, planar, radial, sylvester",
+        "unknown model/posterior 'sylvestre'; valid choices: gaussian, householder, iaf, nsf, planar, radial, sylvester",
     ),
     (
         ["train", "model/posterior=planar"],

@@ -267,7 +267,8 @@ def test_help_lists_commands_and_groups(workdir, capsys):
     assert (
         "model: energy_flow, gated_pixelcnn, glow, maf, nice, nsf, pixelcnn, pixelcnnpp, pixelrnn, realnvp, vae, wavenet"
         in proc.stdout
-        and "model/posterior: gaussian, householder, iaf, planar, radial, sylvester" in proc.stdout
+        and "model/posterior: gaussian, householder, iaf, nsf, planar, radial, sylvester"
+        in proc.stdout
         and "dataset:" in proc.stdout
         and "optimizer/scheduler:" in proc.stdout
     )

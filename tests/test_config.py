@@ -33,7 +33,7 @@ def test_expected_groups_exist():
         "model/posterior",
     ):
         assert group in GROUPS, group
-    assert {"gaussian", "planar", "radial", "iaf", "sylvester", "householder"} == set(
+    assert {"gaussian", "planar", "radial", "iaf", "nsf", "sylvester", "householder"} == set(
         GROUPS["model/posterior"]
     )
     assert {"adam", "adamw", "adamax"} <= set(GROUPS["optimizer"])

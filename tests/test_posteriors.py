@@ -22,6 +22,7 @@ CASES = {
     "iaf_gated": lambda: posteriors.iaf(
         FEATURES, CONTEXT, num_flows=2, hidden_features=16, gated=True
     ),
+    "nsf": lambda: posteriors.nsf(FEATURES, CONTEXT, num_flows=2, hidden_features=16, num_bins=4),
     "sylvester_orthogonal": lambda: posteriors.sylvester(
         FEATURES, CONTEXT, num_flows=3, variant="orthogonal", num_ortho_vectors=3
     ),
@@ -32,7 +33,7 @@ CASES = {
         FEATURES, CONTEXT, num_flows=3, variant="triangular"
     ),
 }
-INVERTIBLE = {"householder", "iaf", "iaf_gated"}
+INVERTIBLE = {"householder", "iaf", "iaf_gated", "nsf"}
 
 
 def _case(name, batch=4):

@@ -12,6 +12,8 @@ from genflow.bijections.base import Compose
 from genflow.bijections.householder import HouseholderReflection
 from genflow.bijections.planar import Planar
 from genflow.bijections.radial import Radial
+from genflow.bijections.rational_quadratic import check_spline, params_per_coordinate
+from genflow.bijections.spline import MaskedSplineAutoregressive
 from genflow.bijections.sylvester import Sylvester
 from genflow.nn.made import MADE
 
@@ -73,6 +75,37 @@ def iaf(
             seed=i,
         )
         steps.append(MaskedAffineAutoregressive(made, scale="gated" if gated else "softclamp"))
+    return Compose(steps)
+
+
+def nsf(
+    features: int,
+    context_features: int,
+    num_flows: int = 4,
+    hidden_features: int = 256,
+    num_layers: int = 1,
+    num_bins: int = 8,
+    tail_bound: float = 3.0,
+) -> Compose:
+    """Spline inverse autoregressive flow (Durkan et al., 2019, RQ-NSF (AR) as a posterior):
+    the IAF's steps with a monotone rational-quadratic spline of ``num_bins`` bins on
+    [-tail_bound, tail_bound] (identity outside) in place of the affine map, the encoder's
+    context entering each MADE, the order reversed between steps. One pass per step from
+    noise to latent, so drawing z_K and scoring it cost no inversion."""
+    check_spline(num_bins, tail_bound)
+    n = _check_num_flows(num_flows)
+    steps = []
+    for i in range(n):
+        made = MADE(
+            features,
+            hidden_features,
+            num_layers,
+            params_per_coordinate(num_bins),
+            "natural" if i % 2 == 0 else "reversed",
+            context_features=context_features,
+            seed=i,
+        )
+        steps.append(MaskedSplineAutoregressive(made, num_bins, tail_bound))
     return Compose(steps)
 
 

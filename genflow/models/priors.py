@@ -23,13 +23,15 @@ from genflow.bijections.autoregressive import MaskedAffineAutoregressive
 from genflow.bijections.base import Bijection, Compose
 from genflow.bijections.coupling import AffineCoupling, alternating_mask
 from genflow.bijections.permutation import Permutation
+from genflow.bijections.rational_quadratic import check_spline
+from genflow.bijections.spline import SplineCoupling
 from genflow.distributions.normal import StandardNormal
 from genflow.nn.made import MADE
 from genflow.nn.mlp import MLP
 from genflow.numeric import full_precision
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-FLOW_PRIOR_KINDS = ("realnvp", "maf")
+FLOW_PRIOR_KINDS = ("realnvp", "maf", "nsf")
 PRIOR_FITS = ("elbo", "aggregate")
 
 Encode = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -153,6 +155,8 @@ class VampPrior(Prior):
         num_components: int = 64,
         seed: int = 0,
         fit: str = "elbo",
+        num_bins: int = 8,
+        tail_bound: float = 3.0,
     ):
         super().__init__(features, fit)
         from genflow.models.vae import image_layout
@@ -191,8 +195,10 @@ class FlowPrior(Prior):
 
     ``kind``: ``realnvp`` (affine couplings on alternating halves, MLP conditioners: both
     directions one pass) or ``maf`` (MADE layers, order reversed between layers: density
-    one pass, sampling D passes). Every layer starts as the identity, so training starts
-    from the standard prior.
+    one pass, sampling D passes) or ``nsf`` (rational-quadratic spline couplings of
+    ``num_bins`` bins on [-tail_bound, tail_bound], identity tails, on alternating halves:
+    both directions one pass). Every layer starts as the identity, so training starts from
+    the standard prior.
     """
 
     def __init__(
@@ -204,6 +210,8 @@ class FlowPrior(Prior):
         hidden_layers: int = 2,
         seed: int = 0,
         fit: str = "elbo",
+        num_bins: int = 8,
+        tail_bound: float = 3.0,
     ):
         super().__init__(features, fit)
         if kind not in FLOW_PRIOR_KINDS:
@@ -212,9 +220,16 @@ class FlowPrior(Prior):
             )
         if features < 2:
             raise ValueError(f"a flow prior needs model.latent_features >= 2, got {features}")
+        if kind == "nsf":
+            check_spline(num_bins, tail_bound)
         layers: list[Bijection] = []
         for i in range(num_layers):
-            if kind == "realnvp":
+            if kind == "nsf":
+                mask = alternating_mask(features, i % 2)
+                fixed, out = SplineCoupling.conditioner_sizes(mask, num_bins)
+                conditioner = MLP(fixed, out, hidden_features, hidden_layers)
+                layers.append(SplineCoupling(mask, conditioner, num_bins, tail_bound))
+            elif kind == "realnvp":
                 conditioner = MLP(features, 2 * features, hidden_features, hidden_layers)
                 layers.append(AffineCoupling(alternating_mask(features, i % 2), conditioner))
             else:
