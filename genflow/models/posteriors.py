@@ -47,6 +47,34 @@ def householder(features: int, context_features: int, num_flows: int = 4) -> Com
     return Compose(HouseholderReflection(features, context_features) for _ in range(n))
 
 
+def _made_steps(
+    features: int,
+    context_features: int,
+    num_flows: int,
+    hidden_features: int,
+    num_layers: int,
+    outputs_per_feature: int,
+    step,
+) -> Compose:
+    """The inverse autoregressive posteriors' stack: ``num_flows`` steps, each ``step(made)``
+    of a MADE with ``outputs_per_feature`` outputs per feature that reads the encoder's
+    context, the order reversed between steps (seeded by the step's index)."""
+    n = _check_num_flows(num_flows)
+    steps = []
+    for i in range(n):
+        made = MADE(
+            features,
+            hidden_features,
+            num_layers,
+            outputs_per_feature,
+            "natural" if i % 2 == 0 else "reversed",
+            context_features=context_features,
+            seed=i,
+        )
+        steps.append(step(made))
+    return Compose(steps)
+
+
 def iaf(
     features: int,
     context_features: int,
@@ -62,20 +90,16 @@ def iaf(
     sum log g) instead of the soft-clamped affine step."""
     if not isinstance(gated, bool):
         raise ValueError(f"model.posterior.gated must be true or false, got {gated}")
-    n = _check_num_flows(num_flows)
-    steps = []
-    for i in range(n):
-        made = MADE(
-            features,
-            hidden_features,
-            num_layers,
-            2,
-            "natural" if i % 2 == 0 else "reversed",
-            context_features=context_features,
-            seed=i,
-        )
-        steps.append(MaskedAffineAutoregressive(made, scale="gated" if gated else "softclamp"))
-    return Compose(steps)
+    scale = "gated" if gated else "softclamp"
+    return _made_steps(
+        features,
+        context_features,
+        num_flows,
+        hidden_features,
+        num_layers,
+        2,
+        lambda made: MaskedAffineAutoregressive(made, scale=scale),
+    )
 
 
 def nsf(
@@ -93,20 +117,15 @@ def nsf(
     context entering each MADE, the order reversed between steps. One pass per step from
     noise to latent, so drawing z_K and scoring it cost no inversion."""
     check_spline(num_bins, tail_bound)
-    n = _check_num_flows(num_flows)
-    steps = []
-    for i in range(n):
-        made = MADE(
-            features,
-            hidden_features,
-            num_layers,
-            params_per_coordinate(num_bins),
-            "natural" if i % 2 == 0 else "reversed",
-            context_features=context_features,
-            seed=i,
-        )
-        steps.append(MaskedSplineAutoregressive(made, num_bins, tail_bound))
-    return Compose(steps)
+    return _made_steps(
+        features,
+        context_features,
+        num_flows,
+        hidden_features,
+        num_layers,
+        params_per_coordinate(num_bins),
+        lambda made: MaskedSplineAutoregressive(made, num_bins, tail_bound),
+    )
 
 
 def sylvester(
