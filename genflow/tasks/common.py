@@ -73,13 +73,13 @@ def evaluation_summary(
         model, data, batch_size, progress=progress, ctx=ctx, tails=True, labels=labels
     )
     extra: dict[str, Any] = {}
+    run = RunDir.of_checkpoint(checkpoint)
     if references and model.conditioned_on == "context" and (ctx is None or ctx.is_main):
         from genflow.engine.c2st import posterior_c2st
         from genflow.engine.pictures import save_posteriors
 
         extra["c2st"], scores, draws = posterior_c2st(model, references)
         extra["c2st_per_observation"] = scores
-        run = RunDir.of_checkpoint(checkpoint)
         picture = run.eval_json(split, checkpoint.name).with_suffix(".png").name
         picture = picture.replace("eval", "posterior", 1)
         extra["posterior_picture"] = str(
@@ -90,7 +90,6 @@ def evaluation_summary(
     if model.conditioned_on is not None:
         extra["conditional_on"] = model.conditioned_on
     extra["hardware"] = describe_hardware(data.device)
-    run = RunDir.of_checkpoint(checkpoint)
     return {
         "run": str(run.path),
         "model": type(model).__name__,
