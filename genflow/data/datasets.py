@@ -17,6 +17,7 @@ from torch import Tensor
 from genflow.data.sbi import TASKS, load_sbi
 from genflow.data.tabular import TABLE_DATASETS, load_table
 from genflow.data.toys import TOYS, make_toy
+from genflow.data.uci import UCI_DATASETS, load_uci
 from genflow.errors import GenflowError, first_line
 
 
@@ -270,6 +271,7 @@ LOADERS: dict[str, Callable] = {
     **{name: _toy for name in TOYS},
     **{name: load_table for name in TABLE_DATASETS},
     **{name: load_sbi for name in TASKS},
+    **{name: load_uci for name in UCI_DATASETS},
 }
 
 
