@@ -294,7 +294,7 @@ def _model_choices() -> dict[str, tuple[str, ...]]:
     return {
         "dequantization": DEQUANTIZATIONS,
         "checkerboard": CHECKERBOARDS,
-        "scale": AFFINE_SCALES,
+        "scale": (*AFFINE_SCALES, "auto"),  # MAF's: auto picks by the data
         "permutation": PERMUTATIONS,
         "variant": PIXELRNN_VARIANTS,
     }

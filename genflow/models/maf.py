@@ -28,9 +28,12 @@ class MAF(FlowModel):
     ``batch_norm`` inserts the paper's batch-normalisation bijection after each layer.
     ``scale`` is the affine layers' scale: ``sigmoid`` (data -> noise by a factor in (0.001,
     1.001), so no layer can make one example's density explode) or ``softclamp`` (a
-    log-scale in (-5, 5), up to e^5 expansion per layer and coordinate). The config's default
-    is ``sigmoid``; the argument's stays ``softclamp``, which checkpoints written before the
-    option existed were trained with (their stored config has no ``scale``).
+    log-scale in (-5, 5), up to e^5 expansion per layer and coordinate); ``auto`` (the config's
+    default) is ``sigmoid`` on discrete data (images) and ``softclamp`` on continuous data
+    (vectors, tables, SBI posteriors, which are often much narrower than the standard normal
+    and need layers that expand). The argument's default stays ``softclamp``, which
+    checkpoints written before the option existed were trained with (their stored config has
+    no ``scale``).
     """
 
     def __init__(
@@ -53,6 +56,8 @@ class MAF(FlowModel):
             raise ValueError(
                 f"unknown MAF permutation '{permutation}'; valid: {', '.join(PERMUTATIONS)}"
             )
+        if scale == "auto":
+            scale = "sigmoid" if levels else "softclamp"
         event_shape = tuple(event_shape)
         features = math.prod(event_shape)
         width = embedded_width(
