@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -446,3 +447,63 @@ def test_conditional_sampling_draws_the_requested_class():
     with torch.no_grad():
         scores = torch.stack([model.log_prob(drawn, torch.full((32,), k)) for k in range(2)])
     assert (scores.argmax(0) == wanted).float().mean() >= 0.9
+
+
+CONTEXT_ARMS = ["pixelcnn", "wavenet", "gated_pixelcnn", "pixelcnnpp", "row_lstm"]
+
+
+def _context_arm(name, **kw):
+    return {
+        "pixelcnn": lambda: PixelCNN((1, 2, 2), 3, hidden_channels=8, num_layers=1, **kw),
+        "wavenet": lambda: WaveNet((1, 2, 2), 3, 8, 8, layers_per_block=2, **kw),
+        "gated_pixelcnn": lambda: GatedPixelCNN((1, 2, 2), 3, 4, num_layers=2, **kw),
+        "pixelcnnpp": lambda: PixelCNNpp((1, 2, 2), 3, 4, 1, 1, **kw),
+        "row_lstm": lambda: PixelRNN((1, 2, 2), 3, "row_lstm", 4, 2, **kw),
+    }[name]()
+
+
+@pytest.mark.parametrize("name", CONTEXT_ARMS)
+def test_context_conditional_arms_are_a_distribution_for_every_context(name):
+    """model.context_features: p(x | c) sums to one over all 3^4 images for each context
+    vector, contexts give different distributions, each row is scored under its own context,
+    the context is standardised with the statistics set on the model, and the samplers agree
+    given contexts."""
+    import itertools
+
+    torch.manual_seed(0)
+    model = perturbed(_context_arm(name, context_features=2), 0.3).double()
+    plain = copy.deepcopy(model)  # the same weights, no standardisation
+    loc, scale = torch.tensor([1.0, -2.0]), torch.tensor([2.0, 0.5])
+    model.set_data_standardization(context_loc=loc, context_scale=scale)
+    images = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 1, 2, 2)
+    contexts = torch.tensor([[0.0, 0.0], [1.0, -2.0], [3.0, 1.0]], dtype=torch.float64)
+    per_context = []
+    for c in contexts:
+        log_p = model.log_prob(images, c)  # one context for every image
+        torch.testing.assert_close(log_p.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+        torch.testing.assert_close(log_p, plain.log_prob(images, (c - loc) / scale))
+        per_context.append(log_p)
+    assert (per_context[0] - per_context[1]).abs().max() > 1e-3
+    assert (per_context[1] - per_context[2]).abs().max() > 1e-3
+    rows = torch.arange(len(images)) % 3
+    mixed = torch.stack(per_context)[rows, torch.arange(len(images))]
+    torch.testing.assert_close(model.log_prob(images, contexts[rows]), mixed)
+    torch.testing.assert_close(
+        model(images, contexts[rows]).loss, -(mixed / (4 * math.log(2))).mean()
+    )
+    with pytest.raises(ValueError, match="takes 2 values per example"):
+        model.log_prob(images[:2], torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="pass the context"):
+        model.log_prob(images[:2])
+    if hasattr(model, "sample_cached"):
+        model.eval()
+        torch.manual_seed(7)
+        naive = model.sample_naive(6, temperature=0.9, y=contexts[torch.arange(6) % 3])
+        torch.manual_seed(7)
+        cached = model.sample_cached(6, temperature=0.9, y=contexts[torch.arange(6) % 3])
+        assert torch.equal(naive, cached)
+
+
+def test_an_arm_takes_a_class_or_a_context_not_both():
+    with pytest.raises(ValueError, match="both condition the model"):
+        PixelCNN((1, 2, 2), 3, 8, 1, num_classes=3, context_features=2)

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genflow.models.base import GenerativeModel, check_num_classes
+from genflow.models.base import GenerativeModel, check_context_features, check_num_classes
+from genflow.nn.context import ContextEmbedding, check_context_net
 from genflow.numeric import full_precision, sum_except_batch
 
 
@@ -40,6 +41,24 @@ class ClassBias(nn.Module):
         return list(self.embed(y).split(self.widths, dim=1))
 
 
+class ContextBias(nn.Module):
+    """``ClassBias`` for a context vector: c standardised (the training split's statistics)
+    and optionally embedded (``model.context_net``), then one linear map to every site's
+    vector. Zero-initialised like the class vectors, and causal for the same reason: it
+    depends on no pixel."""
+
+    def __init__(self, context_features: int, widths: list[int], context_net: dict | None = None):
+        super().__init__()
+        self.widths = list(widths)
+        self.embedding = ContextEmbedding(context_features, **check_context_net(context_net))
+        self.project = nn.Linear(self.embedding.out_features, sum(self.widths))
+        nn.init.zeros_(self.project.weight)
+        nn.init.zeros_(self.project.bias)
+
+    def forward(self, c: Tensor) -> list[Tensor]:
+        return list(self.project(self.embedding(c)).split(self.widths, dim=1))
+
+
 class AutoregressiveModel(GenerativeModel):
     """log p(x) = sum_i log p(x_i | x_<i) with a categorical over ``levels`` values.
 
@@ -47,28 +66,60 @@ class AutoregressiveModel(GenerativeModel):
     (B, levels, *event_shape), where the logits at a position depend only on earlier ones.
     No dequantization: nll and bpd are exact. With ``num_classes`` (families that build
     ``class_bias``) the model is p(x | y): ``logits(x, y)``, ``log_prob(x, y)`` and
-    ``sample(n, temperature, y)`` take class labels y of shape (B,).
+    ``sample(n, temperature, y)`` take class labels y of shape (B,); with
+    ``context_features`` it is p(x | c) and they take context vectors c of shape (B, C) at
+    the same sites (a class is the special case of a one-hot context).
     """
 
     discrete_only = True
+    takes_context = True
 
-    def __init__(self, event_shape: tuple[int, ...], levels: int, num_classes: int | None = None):
+    def __init__(
+        self,
+        event_shape: tuple[int, ...],
+        levels: int,
+        num_classes: int | None = None,
+        context_features: int | None = None,
+        context_net: dict | None = None,
+    ):
         if levels is None or int(levels) < 2:
             raise ValueError(
                 f"autoregressive models need discrete data with levels >= 2; got levels={levels}"
             )
         super().__init__(event_shape, levels)
         self.num_classes = check_num_classes(num_classes)
+        self.context_features = check_context_features(context_features)
+        if self.num_classes is not None and self.context_features is not None:
+            raise ValueError(
+                "model.num_classes and model.context_features both condition the model; a "
+                "class is one kind of context: use one of them"
+            )
+        self._context_net = context_net
 
-    def class_bias(self, widths: list[int]) -> ClassBias | None:
-        """The per-site class vectors of a conditional model (None when unconditional); a
-        family keeps it as ``self.classes`` and reads it through ``class_vectors``."""
+    def class_bias(self, widths: list[int]) -> ClassBias | ContextBias | None:
+        """The per-site class (or context) vectors of a conditional model (None when
+        unconditional); a family keeps it as ``self.classes`` and reads it through
+        ``class_vectors``."""
         self._class_sites = len(widths)
+        if self.context_features is not None:
+            return ContextBias(self.context_features, widths, self._context_net)
         return None if self.num_classes is None else ClassBias(self.num_classes, widths)
 
+    def set_data_standardization(
+        self,
+        loc: Tensor | None = None,
+        scale: Tensor | None = None,
+        context_loc: Tensor | None = None,
+        context_scale: Tensor | None = None,
+    ) -> None:
+        """Discrete data is modelled as given; a context is standardised with its training
+        split's statistics (no log-det: it is given)."""
+        if context_loc is not None and isinstance(getattr(self, "classes", None), ContextBias):
+            self.classes.embedding.set_standardization(context_loc, context_scale)
+
     def class_vectors(self, y: Tensor | None) -> list[Tensor | None]:
-        """Per site, the (B, width) class vectors of labels ``y``, or None at every site
-        (no labels: an unconditional pass)."""
+        """Per site, the (B, width) class vectors of labels (or contexts) ``y``, or None at
+        every site (none given: an unconditional pass)."""
         return [None] * self._class_sites if y is None else self.classes(y)
 
     def scale(self, x: Tensor) -> Tensor:
@@ -83,7 +134,7 @@ class AutoregressiveModel(GenerativeModel):
         raise NotImplementedError
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        y = self.labels(len(x), y, x.device, check_range=False)
+        y = self.condition(len(x), y, x.device, check_range=False)
         logits = self.logits(x) if y is None else self.logits(x, y)
         log_probs = F.log_softmax(full_precision(logits), dim=1)
         return sum_except_batch(log_probs.gather(1, x.long().unsqueeze(1)).squeeze(1))
@@ -101,7 +152,7 @@ class AutoregressiveModel(GenerativeModel):
     def sample_naive(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         """Re-run the whole network once per position: the reference sampler."""
         device = next(self.parameters()).device
-        y = self.labels(n, y, device)
+        y = self.condition(n, y, device)
         x = torch.zeros(n, *self.event_shape, dtype=torch.long, device=device)
         for index in self.positions():
             logits = (self.logits(x) if y is None else self.logits(x, y))[

@@ -96,9 +96,11 @@ class GatedPixelCNN(PixelARM):
         num_layers: int = 8,
         kernel_size: int = 3,
         num_classes: int | None = None,
+        context_features: int | None = None,
+        context_net: dict | None = None,
         dropout: float = 0.0,
     ):
-        super().__init__(event_shape, levels, num_classes)
+        super().__init__(event_shape, levels, num_classes, context_features, context_net)
         if kernel_size < 2:
             raise ValueError(f"model.kernel_size must be at least 2, got {kernel_size}")
         if not 0 <= dropout < 1:
@@ -139,7 +141,7 @@ class GatedPixelCNN(PixelARM):
         finished row one row of the vertical stack); the naive sampler's images exactly."""
         c, height, width = self.event_shape
         device, dtype = self.embed.weight.device, self.dtype
-        pairs = self._class_pairs(self.labels(n, y, device))
+        pairs = self._class_pairs(self.condition(n, y, device))
         first = self.layers[0]
         k_rows, k_cols = first.vertical.kernel_size
         half = k_cols // 2

@@ -39,8 +39,15 @@ class PixelARM(AutoregressiveModel):
 
     image_only = True
 
-    def __init__(self, event_shape: tuple[int, ...], levels: int, num_classes: int | None = None):
-        super().__init__(event_shape, levels, num_classes)
+    def __init__(
+        self,
+        event_shape: tuple[int, ...],
+        levels: int,
+        num_classes: int | None = None,
+        context_features: int | None = None,
+        context_net: dict | None = None,
+    ):
+        super().__init__(event_shape, levels, num_classes, context_features, context_net)
         if len(self.event_shape) != 3:
             raise ValueError(
                 f"{type(self).__name__} models images (C, H, W); got event shape "
@@ -90,8 +97,10 @@ class PixelCNN(PixelARM):
         kernel_size: int = 3,
         first_kernel_size: int = 7,
         num_classes: int | None = None,
+        context_features: int | None = None,
+        context_net: dict | None = None,
     ):
-        super().__init__(event_shape, levels, num_classes)
+        super().__init__(event_shape, levels, num_classes, context_features, context_net)
         c = self.event_shape[0]
         self.input = MaskedConv2d(c, hidden_channels, first_kernel_size, "A", c)
         self.blocks = nn.ModuleList(
@@ -115,7 +124,7 @@ class PixelCNN(PixelARM):
     def sample_cached(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         c, height, width = self.event_shape
         device = self.input.weight.device
-        bias = self.class_vectors(self.labels(n, y, device))
+        bias = self.class_vectors(self.condition(n, y, device))
         p0 = self.input.kernel_size[0] // 2
         pk = self.blocks[0].conv.kernel_size[0] // 2 if len(self.blocks) else 0
         # padded input maps: the scaled image, and each block's kxk input

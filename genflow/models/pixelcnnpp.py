@@ -54,8 +54,10 @@ class PixelCNNpp(AutoregressiveModel):
         num_mixtures: int = 5,
         dropout: float = 0.0,
         num_classes: int | None = None,
+        context_features: int | None = None,
+        context_net: dict | None = None,
     ):
-        super().__init__(event_shape, levels, num_classes)
+        super().__init__(event_shape, levels, num_classes, context_features, context_net)
         if len(self.event_shape) != 3:
             raise ValueError(
                 f"PixelCNN++ models images (C, H, W); got event shape {self.event_shape}"
@@ -145,7 +147,7 @@ class PixelCNNpp(AutoregressiveModel):
         return self.out(F.elu(ul))
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        y = self.labels(len(x), y, x.device, check_range=False)
+        y = self.condition(len(x), y, x.device, check_range=False)
         return dlm.log_prob(
             full_precision(self.parameters_of(x, y)), x, self.levels, self.num_mixtures
         )
@@ -154,7 +156,7 @@ class PixelCNNpp(AutoregressiveModel):
     def sample_naive(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         c = self.event_shape[0]
         device = self.out.weight.device
-        y = self.labels(n, y, device)
+        y = self.condition(n, y, device)
         x = torch.zeros(n, *self.event_shape, dtype=torch.long, device=device)
         for i, j in self.positions():
             params = self.parameters_of(x, y)[:, :, i : i + 1, j : j + 1]
@@ -176,7 +178,7 @@ class PixelCNNpp(AutoregressiveModel):
             return self.sample_naive(n, temperature, y)
         c, height, width = self.event_shape
         device = self.out.weight.device
-        sites = self._block_classes(self.labels(n, y, device))
+        sites = self._block_classes(self.condition(n, y, device))
         maps = _Maps(n, self.out.weight, height, width)
         xs = maps.map("xs", c + 1, 0)  # the scaled image and the channel of ones
         interior(xs, 0, height, 0, width)[:, c] = 1.0

@@ -212,8 +212,10 @@ class PixelRNN(PixelARM):
         kernel_size: int = 3,
         first_kernel_size: int = 7,
         num_classes: int | None = None,
+        context_features: int | None = None,
+        context_net: dict | None = None,
     ):
-        super().__init__(event_shape, levels, num_classes)
+        super().__init__(event_shape, levels, num_classes, context_features, context_net)
         if variant not in PIXELRNN_VARIANTS:
             raise ValueError(
                 f"unknown PixelRNN variant '{variant}'; valid: {', '.join(PIXELRNN_VARIANTS)}"
@@ -262,7 +264,7 @@ class PixelRNN(PixelARM):
     def sample_cached(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         c, height, width = self.event_shape
         device = self.input.weight.device
-        bias = self.class_vectors(self.labels(n, y, device))
+        bias = self.class_vectors(self.condition(n, y, device))
         pad = self.input.kernel_size[0] // 2
         image = torch.zeros(
             n, c, height + 2 * pad, width + 2 * pad, device=device, dtype=self.dtype

@@ -37,8 +37,10 @@ class WaveNet(AutoregressiveModel):
         layers_per_block: int = 6,
         num_blocks: int = 2,
         num_classes: int | None = None,
+        context_features: int | None = None,
+        context_net: dict | None = None,
     ):
-        super().__init__(event_shape, levels, num_classes)
+        super().__init__(event_shape, levels, num_classes, context_features, context_net)
         r = residual_channels
         self.embed = nn.Embedding(self.levels, r)
         self.dilated = nn.ModuleList()
@@ -83,7 +85,7 @@ class WaveNet(AutoregressiveModel):
     @torch.no_grad()
     def sample_cached(self, n: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
         device = self.embed.weight.device
-        class_vectors = self.class_vectors(self.labels(n, y, device))
+        class_vectors = self.class_vectors(self.condition(n, y, device))
         length = math.prod(self.event_shape)
         r = self.embed.embedding_dim
         queues = [
