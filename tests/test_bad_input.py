@@ -83,6 +83,20 @@ COMMAND_LINE = [
         "model.tail_bound must be a positive number (the spline acts on [-B, B]), got 0",
     ),
     (
+        ["train", "model=vae", "model/posterior=nsf", "model.posterior.num_bins=1"],
+        "model.posterior.num_bins must be an integer >= 2, got 1",
+    ),
+    (
+        [
+            "train",
+            "model=vae",
+            "model/prior=flow",
+            "model.prior.kind=nsf",
+            "model.prior.tail_bound=0",
+        ],
+        "model.prior.tail_bound must be a positive number",
+    ),
+    (
         ["train", "model=nsf", "model.kind=masked"],
         "model.kind must be one of coupling, autoregressive, got 'masked'",
     ),

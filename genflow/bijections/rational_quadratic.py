@@ -35,10 +35,11 @@ def params_per_coordinate(num_bins: int) -> int:
     return 3 * num_bins - 1
 
 
-def check_spline(num_bins, tail_bound) -> None:
-    """One sentence for a spline that cannot be built (model.num_bins, model.tail_bound)."""
+def check_spline(num_bins, tail_bound, prefix: str = "model") -> None:
+    """One sentence for a spline that cannot be built (``<prefix>.num_bins``,
+    ``<prefix>.tail_bound``: the config keys the sentence names)."""
     if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
-        raise ValueError(f"model.num_bins must be an integer >= 2, got {num_bins!r}")
+        raise ValueError(f"{prefix}.num_bins must be an integer >= 2, got {num_bins!r}")
     if (
         isinstance(tail_bound, bool)
         or not isinstance(tail_bound, (int, float))
@@ -46,12 +47,12 @@ def check_spline(num_bins, tail_bound) -> None:
         or tail_bound <= 0
     ):
         raise ValueError(
-            f"model.tail_bound must be a positive number (the spline acts on [-B, B]), "
+            f"{prefix}.tail_bound must be a positive number (the spline acts on [-B, B]), "
             f"got {tail_bound!r}"
         )
     if num_bins * max(MIN_BIN_WIDTH, MIN_BIN_HEIGHT) >= 1:
         raise ValueError(
-            f"model.num_bins={num_bins} is too many: each bin keeps at least "
+            f"{prefix}.num_bins={num_bins} is too many: each bin keeps at least "
             f"{MIN_BIN_WIDTH} of the interval, so num_bins must be below "
             f"{int(1 / max(MIN_BIN_WIDTH, MIN_BIN_HEIGHT))}"
         )

@@ -116,7 +116,7 @@ def nsf(
     [-tail_bound, tail_bound] (identity outside) in place of the affine map, the encoder's
     context entering each MADE, the order reversed between steps. One pass per step from
     noise to latent, so drawing z_K and scoring it cost no inversion."""
-    check_spline(num_bins, tail_bound)
+    check_spline(num_bins, tail_bound, "model.posterior")
     return _made_steps(
         features,
         context_features,

@@ -221,7 +221,7 @@ class FlowPrior(Prior):
         if features < 2:
             raise ValueError(f"a flow prior needs model.latent_features >= 2, got {features}")
         if kind == "nsf":
-            check_spline(num_bins, tail_bound)
+            check_spline(num_bins, tail_bound, "model.prior")
         layers: list[Bijection] = []
         for i in range(num_layers):
             if kind == "nsf":
