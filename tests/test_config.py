@@ -84,12 +84,41 @@ SMALL = {
 }
 ENERGY_TARGETS = {"u1", "u2", "u3", "u4"}  # what model=energy_flow fits
 IMAGE_ONLY = {"glow", "pixelcnn", "pixelcnnpp", "pixelrnn", "gated_pixelcnn"}
-CONTEXT_FLOWS = {"nsf", "maf", "realnvp", "nice", "glow"}  # what takes a context vector
+# what takes a context vector: the flows, and the ARMs (at their class sites)
+CONTEXT_FLOWS = {"nsf", "maf", "realnvp", "nice", "glow"} | {
+    "pixelcnn",
+    "pixelcnnpp",
+    "wavenet",
+    "pixelrnn",
+    "gated_pixelcnn",
+}
 DISCRETE_ONLY = {"pixelcnn", "pixelcnnpp", "wavenet", "pixelrnn", "gated_pixelcnn"}
 
 
+# one dataset of each kind (its shape, levels, context and config keys): the others of a kind
+# (fashion_mnist; the other toys and energies; wine; sbi_gaussian_linear; the other UCI
+# benchmarks) compose in test_every_group_option_composes and build as their kind does
+KINDS = [
+    "digits",
+    "mnist",
+    "binarized_mnist",
+    "cifar10",
+    "image_folder",
+    "moons",
+    "u1",
+    "tabular",
+    "breast_cancer",
+    "sbi_two_moons",
+    "power",
+]
+
+
+def test_the_dataset_kinds_are_datasets():
+    assert set(KINDS) <= set(GROUPS["dataset"])
+
+
 @pytest.mark.parametrize("model", sorted(GROUPS["model"]))
-@pytest.mark.parametrize("dataset", sorted(GROUPS["dataset"]))
+@pytest.mark.parametrize("dataset", KINDS)
 def test_every_model_builds_for_every_dataset_it_can_model(model, dataset, tmp_path):
     overrides = [f"model={model}", f"dataset={dataset}", *SMALL[model]]
     if dataset == "image_folder":
@@ -161,10 +190,14 @@ def test_max_minutes_must_be_a_positive_number(value):
 
 
 def test_maf_config_defaults_to_sigmoid_and_old_checkpoints_keep_softclamp():
-    """New runs get the sigmoid scale from conf/model/maf.yaml; a config stored before the
-    option existed (no scale key) rebuilds the soft-clamped model it was trained with."""
+    """New runs get scale=auto from conf/model/maf.yaml: the sigmoid scale on discrete data,
+    softclamp on continuous data; a config stored before the option existed (no scale key)
+    rebuilds the soft-clamped model it was trained with."""
     cfg = _compose("train", ["model=maf", *SMALL["maf"]])
+    assert cfg.model.scale == "auto"
     assert {layer.scale for layer in _affine_layers(build_model(cfg.model))} == {"sigmoid"}
+    vectors = _compose("train", ["model=maf", "dataset=sbi_two_moons", *SMALL["maf"]])
+    assert {layer.scale for layer in _affine_layers(build_model(vectors.model))} == {"softclamp"}
     old = OmegaConf.to_container(cfg.model, resolve=True)
     del old["scale"]
     assert {layer.scale for layer in _affine_layers(build_model(old))} == {"softclamp"}
