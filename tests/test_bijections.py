@@ -169,6 +169,16 @@ CASES = {
         (3, 2, 2),
         "wide",
     ),
+    "spline_coupling_bin_scale": (
+        lambda: SplineCoupling(alternating_mask(5), MLP(3, 2 * 14, 16, 2), 5, 2.0, bin_scale=0.25),
+        (5,),
+        "wide",
+    ),
+    "made_spline_bin_scale": (
+        lambda: MaskedSplineAutoregressive(MADE(4, 16, 2, 3 * 6 - 1), 6, 2.0, bin_scale=0.25),
+        (4,),
+        "wide",
+    ),
     "made_spline": (
         lambda: MaskedSplineAutoregressive(MADE(4, 16, 2, 3 * 6 - 1, ordering="random"), 6, 2.0),
         (4,),

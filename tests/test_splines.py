@@ -158,3 +158,43 @@ def test_a_coupling_whose_batch_lies_in_the_tails_is_the_identity():
 def test_a_spline_that_cannot_exist_is_one_sentence(num_bins, tail_bound, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         check_spline(num_bins, tail_bound)
+
+
+def test_bin_scale_multiplies_the_raw_widths_and_heights_only():
+    """bin_scale s is the same spline as a conditioner whose width and height outputs are
+    multiplied by s (the derivatives untouched): in layout p * F + f, the first 2K * F."""
+    torch.manual_seed(0)
+    mask, k, moved = torch.tensor([1, 0, 1, 0, 0]), 4, 3
+    net = MLP(2, moved * params_per_coordinate(k), 8, zero_init_output=False)
+
+    class Scaled(torch.nn.Module):
+        def forward(self, x):
+            h = net(x)
+            return torch.cat((h[:, : 2 * k * moved] * 0.3, h[:, 2 * k * moved :]), dim=1)
+
+    x = 2.0 * torch.randn(64, 5)
+    scaled = SplineCoupling(mask, net, k, B, bin_scale=0.3)
+    reference = SplineCoupling(mask, Scaled(), k, B)
+    z, log_det = scaled(x)
+    z_ref, log_det_ref = reference(x)
+    torch.testing.assert_close(z, z_ref)
+    torch.testing.assert_close(log_det, log_det_ref)
+    assert (z - SplineCoupling(mask, net, k, B)(x)[0]).abs().max() > 1e-3  # it does something
+
+
+def test_the_nsf_preset_scales_bins_and_starts_its_lu_layers_at_the_identity():
+    """model=nsf: raw widths and heights / sqrt(hidden width) (scale_bins, the config's
+    default; a stored config without the key keeps 1), LU layers at the identity."""
+    from genflow.bijections.conv1x1 import InvertibleConv1x1
+    from genflow.models.nsf import NSF
+
+    for kind in ("coupling", "autoregressive"):
+        model = NSF((4,), kind=kind, hidden_features=16, num_layers=2, scale_bins=True)
+        scales = {m.bin_scale for m in model.modules() if hasattr(m, "bin_scale")}
+        assert scales == {0.25}
+        old = NSF((4,), kind=kind, hidden_features=16, num_layers=2)
+        assert {m.bin_scale for m in old.modules() if hasattr(m, "bin_scale")} == {1.0}
+        for layer in (m for m in model.modules() if isinstance(m, InvertibleConv1x1)):
+            torch.testing.assert_close(layer.weight(), torch.eye(4))
+    image = NSF((1, 4, 4), levels=4, hidden_channels=16, steps_per_level=1, scale_bins=True)
+    assert {m.bin_scale for m in image.modules() if hasattr(m, "bin_scale")} == {0.25}

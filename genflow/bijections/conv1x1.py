@@ -16,16 +16,22 @@ class InvertibleConv1x1(Bijection):
     """Data -> noise: y = W x at every pixel, W = P L (U + diag(sign * exp(log_s))).
 
     P is a fixed permutation, L unit lower triangular, U strictly upper triangular; the
-    log-det is H * W * sum(log_s), O(C) instead of O(C^3). Starts at a random rotation. On
+    log-det is H * W * sum(log_s), O(C) instead of O(C^3). Starts at a random rotation
+    (``identity_init``: at the identity). On
     vectors (B, C) it is the linear map y = W x with log-det sum(log_s), as the neural spline
     flows put between their splines ("LU linear").
     References: Kingma & Dhariwal, 2018, "Glow", arXiv:1807.03039 (section 3.2); Durkan et al.,
     2019, arXiv:1906.04032.
     """
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, identity_init: bool = False):
         super().__init__()
-        q, _ = torch.linalg.qr(torch.randn(channels, channels))
+        # a random rotation (Glow's start), or the identity (the NSF paper's tabular models)
+        q = (
+            torch.eye(channels)
+            if identity_init
+            else torch.linalg.qr(torch.randn(channels, channels))[0]
+        )
         p, lower, upper = torch.linalg.lu(q)
         diag = torch.diagonal(upper)
         self.register_buffer("p", p)

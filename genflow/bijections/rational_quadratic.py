@@ -79,11 +79,14 @@ def _gather(values: Tensor, index: Tensor) -> Tensor:
 
 
 def rational_quadratic_spline(
-    x: Tensor, raw: Tensor, tail_bound: float, inverse: bool = False
+    x: Tensor, raw: Tensor, tail_bound: float, inverse: bool = False, bin_scale: float = 1.0
 ) -> tuple[Tensor, Tensor]:
     """The spline (or its inverse) applied elementwise: ``x`` of shape (...), ``raw`` of shape
     (..., 3K - 1) holding [widths, heights, interior derivatives]. Returns the output and the
     elementwise log |dy/dx| (of the map applied: negative slopes' logs for the inverse).
+    ``bin_scale`` multiplies the raw widths and heights before their softmax (the reference
+    implementation divides them by the square root of the conditioner's hidden width, which
+    slows the bins' learning against the derivatives').
 
     Computed in at least fp32 whatever the network's precision.
     """
@@ -97,6 +100,8 @@ def rational_quadratic_spline(
         raw[..., num_bins : 2 * num_bins],
         raw[..., 2 * num_bins :],
     )
+    if bin_scale != 1.0:
+        raw_w, raw_h = raw_w * bin_scale, raw_h * bin_scale
     xs, widths = _knots(raw_w, tail_bound, MIN_BIN_WIDTH)
     ys, heights = _knots(raw_h, tail_bound, MIN_BIN_HEIGHT)
     inner = MIN_DERIVATIVE + F.softplus(raw_d + DERIVATIVE_SHIFT)

@@ -35,15 +35,22 @@ class SplineCoupling(Bijection):
 
     The conditioner maps the fixed features (and a ``context``, concatenated along dimension 1)
     to ``(3K - 1)`` parameters per moved feature, ``(B, (3K - 1) * moved, ...)``. Its last
-    layer starts at zero, which makes the spline the identity.
+    layer starts at zero, which makes the spline the identity. ``bin_scale`` multiplies the
+    raw bin widths and heights (see ``rational_quadratic_spline``).
     References: Durkan et al., 2019, arXiv:1906.04032 (RQ-NSF (C)); Dinh et al., 2017.
     """
 
     def __init__(
-        self, mask: Tensor, conditioner: nn.Module, num_bins: int = 8, tail_bound: float = 3.0
+        self,
+        mask: Tensor,
+        conditioner: nn.Module,
+        num_bins: int = 8,
+        tail_bound: float = 3.0,
+        bin_scale: float = 1.0,
     ):
         super().__init__()
         check_spline(num_bins, tail_bound)
+        self.bin_scale = float(bin_scale)
         mask = torch.as_tensor(mask).bool().reshape(-1)
         if mask.all() or not mask.any():
             raise ValueError("a spline coupling needs both fixed and moved features")
@@ -65,7 +72,7 @@ class SplineCoupling(Bijection):
         inputs = fixed if context is None else torch.cat((fixed, context.to(fixed.dtype)), dim=1)
         params = spline_parameters(self.conditioner(inputs), len(self.moved_index))
         moved, log_slope = rational_quadratic_spline(
-            x.index_select(1, self.moved_index), params, self.tail_bound, inverse
+            x.index_select(1, self.moved_index), params, self.tail_bound, inverse, self.bin_scale
         )
         out = x.index_copy(1, self.moved_index, moved.to(x.dtype))
         return out, sum_except_batch(log_slope)
@@ -84,9 +91,12 @@ class MaskedSplineAutoregressive(Bijection):
     References: Durkan et al., 2019, arXiv:1906.04032 (RQ-NSF (AR)).
     """
 
-    def __init__(self, made: MADE, num_bins: int = 8, tail_bound: float = 3.0):
+    def __init__(
+        self, made: MADE, num_bins: int = 8, tail_bound: float = 3.0, bin_scale: float = 1.0
+    ):
         super().__init__()
         check_spline(num_bins, tail_bound)
+        self.bin_scale = float(bin_scale)
         if made.output_multiplier != params_per_coordinate(num_bins):
             raise ValueError(
                 f"a spline of {num_bins} bins needs a MADE with output_multiplier="
@@ -100,13 +110,17 @@ class MaskedSplineAutoregressive(Bijection):
         return spline_parameters(self.made(x, context), x.shape[1])
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        z, log_slope = rational_quadratic_spline(x, self._params(x, context), self.tail_bound)
+        z, log_slope = rational_quadratic_spline(
+            x, self._params(x, context), self.tail_bound, bin_scale=self.bin_scale
+        )
         return z.to(x.dtype), sum_except_batch(log_slope)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         def invert(x: Tensor) -> tuple[Tensor, Tensor]:
             params = self._params(x, context)
-            x_new, log_slope = rational_quadratic_spline(z, params, self.tail_bound, inverse=True)
+            x_new, log_slope = rational_quadratic_spline(
+                z, params, self.tail_bound, True, self.bin_scale
+            )
             return x_new.to(z.dtype), sum_except_batch(log_slope)
 
         return autoregressive_inverse(z, self.made.degrees, invert)

@@ -53,7 +53,7 @@ def check_nsf(kind, conditioner, linear, num_bins, tail_bound, activation) -> No
 
 def _mixing(features: int, linear: str, index: int, seed: int) -> list[Bijection]:
     if linear == "lu":
-        return [InvertibleConv1x1(features)]
+        return [InvertibleConv1x1(features, identity_init=True)]  # as the paper's code
     if linear == "permutation":
         return [Permutation.random(features, seed + index)]
     return [Permutation.reverse(features)] if index % 2 else []
@@ -75,19 +75,22 @@ def spline_vector_flow(
     batch_norm: bool = False,
     context_features: int = 0,
     seed: int = 0,
+    scale_bins: bool = False,
 ) -> Bijection:
     """The tabular NSF on (B, features): ``num_layers`` of [mixing, spline] and a last mixing.
 
     ``linear`` mixes the features between splines: ``lu`` (a learned LU-parameterised linear
     map), ``permutation`` (a fixed random permutation) or ``none`` (the reverse order every
     other layer, so couplings still alternate). ``context_features`` widens each conditioner's
-    input for a context vector.
+    input for a context vector. ``scale_bins`` divides the raw bin widths and heights by the
+    square root of the hidden width, as the paper's code does.
     """
     check_nsf(kind, conditioner, linear, num_bins, tail_bound, activation)
     if kind == "coupling" and features < 2:
         raise ValueError(
             "a spline coupling needs at least 2 features; use model.kind=autoregressive"
         )
+    bin_scale = 1.0 / math.sqrt(hidden_features) if scale_bins else 1.0
     layers: list[Bijection] = []
     for i in range(num_layers):
         layers += _mixing(features, linear, i, seed)
@@ -100,7 +103,7 @@ def spline_vector_flow(
                 )
             else:
                 net = MLP(fixed + context_features, out, hidden_features, hidden_layers, dropout)
-            layers.append(SplineCoupling(mask, net, num_bins, tail_bound))
+            layers.append(SplineCoupling(mask, net, num_bins, tail_bound, bin_scale))
         else:
             made = MADE(
                 features,
@@ -110,7 +113,7 @@ def spline_vector_flow(
                 context_features=context_features or None,
                 seed=seed + i,
             )
-            layers.append(MaskedSplineAutoregressive(made, num_bins, tail_bound))
+            layers.append(MaskedSplineAutoregressive(made, num_bins, tail_bound, bin_scale))
         if batch_norm:
             layers.append(BatchNormFlow(features))
     layers += _mixing(features, linear, num_layers, seed)
@@ -125,16 +128,19 @@ def spline_image_flow(
     num_bins: int,
     tail_bound: float,
     dropout: float = 0.0,
+    scale_bins: bool = False,
 ) -> Bijection:
     """Glow's levels (squeeze, steps of ActNorm, 1x1 convolution and coupling, a learned
-    prior on the half that leaves) with a spline coupling on channel halves in each step."""
+    prior on the half that leaves) with a spline coupling on channel halves in each step
+    (``scale_bins``: raw bin widths and heights divided by sqrt(hidden_channels))."""
     check_spline(num_bins, tail_bound)
+    bin_scale = 1.0 / math.sqrt(hidden_channels) if scale_bins else 1.0
 
     def coupling(channels: int) -> Bijection:
         mask = [i < channels // 2 for i in range(channels)]
         fixed, out = SplineCoupling.conditioner_sizes(mask, num_bins)
         net = ConvNet(fixed, out, hidden_channels, dropout)
-        return SplineCoupling(mask, net, num_bins, tail_bound)
+        return SplineCoupling(mask, net, num_bins, tail_bound, bin_scale)
 
     return glow_flow(
         shape, num_levels, steps_per_level, hidden_channels, dropout=dropout, coupling=coupling
@@ -166,6 +172,7 @@ class NSF(FlowModel):
         steps_per_level: int = 4,
         hidden_channels: int = 64,
         seed: int = 0,
+        scale_bins: bool = False,
         **flow_options: Any,
     ):
         check_nsf(kind, conditioner, linear, num_bins, tail_bound, activation)
@@ -183,6 +190,7 @@ class NSF(FlowModel):
                 num_bins,
                 tail_bound,
                 dropout,
+                scale_bins,
             )
         elif len(event_shape) in (1, 3):  # autoregressive on images: on the flattened pixels
             flow = spline_vector_flow(
@@ -201,6 +209,7 @@ class NSF(FlowModel):
                 batch_norm,
                 context_features=width,
                 seed=seed,
+                scale_bins=scale_bins,
             )
             if len(event_shape) == 3:
                 flow = Compose([Flatten(event_shape), flow, Inverted(Flatten(event_shape))])

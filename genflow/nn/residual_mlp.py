@@ -8,7 +8,9 @@ from genflow.nn.resnet import activation_layer
 
 
 class ResidualLinearBlock(nn.Module):
-    """x + linear(dropout(act(linear(act(x))))), pre-activation."""
+    """x + linear(dropout(act(linear(act(x))))), pre-activation. The last linear layer starts
+    near zero (uniform in +-1e-3, as the NSF paper's code), so each block starts close to the
+    identity and the network to its input and output layers."""
 
     def __init__(self, features: int, dropout: float = 0.0, activation: str = "relu"):
         super().__init__()
@@ -19,6 +21,8 @@ class ResidualLinearBlock(nn.Module):
             nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
             nn.Linear(features, features),
         )
+        nn.init.uniform_(self.net[-1].weight, -1e-3, 1e-3)
+        nn.init.uniform_(self.net[-1].bias, -1e-3, 1e-3)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.net(x)
