@@ -1,5 +1,5 @@
-"""The same architectures as genflow's Glow, RealNVP and MAF, built from normflows, nflows
-and zuko.
+"""The same architectures as genflow's Glow, RealNVP, MAF and NSF, built from normflows,
+nflows and zuko.
 
 Used by ``throughput.py --compare`` and ``peers.py``; needs the ``bench`` extra (``pip install
 -e ".[bench]"``). Each builder takes genflow's composed config and returns ``nll(x) -> Tensor``,
@@ -191,8 +191,224 @@ def nflows_maf(cfg) -> tuple[Nll, nn.Module]:
     return _logit_nll(flow.log_prob, cfg), flow
 
 
+# vectors (tables, SBI tasks): each builder takes genflow's composed config and returns
+# ``log_prob(z, c)`` of standardised data z given the standardised context c (None without
+# one), ``sample(n, c)`` (n draws for one context c, or unconditional), and the module; the
+# benchmark standardises with the training split's statistics, as genflow's model does inside
+# itself, and counts the same log-det.
+LogProb = Callable[[Tensor, Tensor | None], Tensor]
+Sample = Callable[[int, Tensor | None], Tensor]
+
+
+def _context_width(cfg) -> int | None:
+    return cfg.model.get("context_features") or None
+
+
+def _vector_width(cfg) -> int:
+    return math.prod(cfg.dataset.shape)
+
+
+def _nflows_flow(cfg, layers: list) -> tuple[LogProb, Sample, nn.Module]:
+    """An nflows Flow of ``layers`` on a standard normal, or (with a context) on nflows'
+    conditional diagonal normal whose mean and log-scale are linear in the context, as
+    genflow's context base."""
+    from nflows.distributions import ConditionalDiagonalNormal, StandardNormal
+    from nflows.flows import Flow
+    from nflows.transforms import CompositeTransform
+
+    d, ctx = _vector_width(cfg), _context_width(cfg)
+    base = (
+        ConditionalDiagonalNormal([d], context_encoder=nn.Linear(ctx, 2 * d))
+        if ctx
+        else StandardNormal([d])
+    )
+    flow = Flow(CompositeTransform(layers), base)
+
+    def sample(n: int, c: Tensor | None) -> Tensor:
+        if c is None:
+            return flow.sample(n)
+        return flow.sample(n, context=c.reshape(1, -1))[0]
+
+    return (lambda z, c: flow.log_prob(z, context=c)), sample, flow
+
+
+def _nflows_mixing(cfg, index: int) -> list[nn.Module]:
+    """genflow's ``model.linear`` between splines: nflows' LU linear, or reversed orders."""
+    from nflows.transforms import LULinear, ReversePermutation
+
+    d = _vector_width(cfg)
+    linear = cfg.model.get("linear", "none")
+    if linear == "lu":
+        return [LULinear(d, identity_init=True)]
+    if linear == "none":
+        return [ReversePermutation(d)] if index % 2 else []
+    raise ValueError(f"the nflows baseline is built for model.linear=lu or none, not {linear}")
+
+
+def nflows_nsf(cfg) -> tuple[LogProb, Sample, nn.Module]:
+    """nflows' NSF as its paper's tabular models: ``num_layers`` of [LU linear, rational-quadratic
+    spline coupling with a ResidualNet conditioner (``num_blocks`` blocks of
+    ``hidden_features``; the context into its first layer and every block) or a MADE-driven
+    spline (``hidden_layers`` masked layers)], a last LU linear; linear tails outside
+    [-tail_bound, tail_bound], ``num_bins`` bins."""
+    from nflows.nn.nets import ResidualNet
+    from nflows.transforms import (
+        MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
+        PiecewiseRationalQuadraticCouplingTransform,
+    )
+
+    m, d, ctx = cfg.model, _vector_width(cfg), _context_width(cfg)
+    layers: list[nn.Module] = []
+    for i in range(m.num_layers):
+        layers += _nflows_mixing(cfg, i)
+        if m.kind == "coupling":
+            mask = ((torch.arange(d) + i % 2) % 2 == 0).float()  # genflow's alternating mask
+
+            def net(inputs: int, outputs: int) -> nn.Module:
+                return ResidualNet(
+                    inputs,
+                    outputs,
+                    m.hidden_features,
+                    context_features=ctx,
+                    num_blocks=m.num_blocks,
+                    dropout_probability=m.dropout,
+                )
+
+            layers.append(
+                PiecewiseRationalQuadraticCouplingTransform(
+                    1 - mask,  # nflows transforms where the mask is 1, genflow where it is 0
+                    net,
+                    num_bins=m.num_bins,
+                    tails="linear",
+                    tail_bound=m.tail_bound,
+                )
+            )
+        else:
+            layers.append(
+                MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+                    d,
+                    m.hidden_features,
+                    context_features=ctx,
+                    num_bins=m.num_bins,
+                    tails="linear",
+                    tail_bound=m.tail_bound,
+                    num_blocks=m.hidden_layers - 1,
+                    use_residual_blocks=False,
+                    dropout_probability=m.dropout,
+                )
+            )
+    layers += _nflows_mixing(cfg, m.num_layers)
+    return _nflows_flow(cfg, layers)
+
+
+def nflows_conditional_maf(cfg) -> tuple[LogProb, Sample, nn.Module]:
+    """nflows' MAF on vectors: ``num_layers`` MaskedAffineAutoregressiveTransforms (MADE of
+    ``hidden_layers`` masked layers of ``hidden_features``, the context into the first),
+    orders reversed between layers."""
+    from nflows.transforms import MaskedAffineAutoregressiveTransform, ReversePermutation
+
+    m, d = cfg.model, _vector_width(cfg)
+    layers: list[nn.Module] = []
+    for i in range(m.num_layers):
+        layers.append(
+            MaskedAffineAutoregressiveTransform(
+                d,
+                m.hidden_features,
+                context_features=_context_width(cfg),
+                num_blocks=m.hidden_layers - 1,
+                use_residual_blocks=False,
+            )
+        )
+        if i < m.num_layers - 1:
+            layers.append(ReversePermutation(d))
+    return _nflows_flow(cfg, layers)
+
+
+def _zuko_flow(flow) -> tuple[LogProb, Sample, nn.Module]:
+    def log_prob(z: Tensor, c: Tensor | None) -> Tensor:
+        return flow(c).log_prob(z)
+
+    def sample(n: int, c: Tensor | None) -> Tensor:
+        return flow(c).sample((n,))
+
+    return log_prob, sample, flow
+
+
+def zuko_hidden(cfg, build: Callable[[int], nn.Module], target: int) -> int:
+    """The hidden width at which ``build(width)`` has the parameter count nearest ``target``
+    (zuko's conditioners are masked MLPs over every feature, so they need another width
+    than genflow's to have as many parameters)."""
+    count = lambda w: sum(p.numel() for p in build(w).parameters())  # noqa: E731
+    low, high = 1, 8 * int(cfg.model.hidden_features)
+    while low < high:  # the smallest width with at least ``target`` parameters
+        mid = (low + high) // 2
+        if count(mid) < target:
+            low = mid + 1
+        else:
+            high = mid
+    return min((low - 1, low), key=lambda w: abs(count(max(w, 1)) - target))
+
+
+def zuko_nsf(cfg, hidden: int | None = None) -> tuple[LogProb, Sample, nn.Module]:
+    """zuko's NSF (its MAF with monotonic rational-quadratic splines of ``num_bins`` bins on
+    [-tail_bound, tail_bound], identity outside), ``num_layers`` transforms with orders
+    reversed between them: fully autoregressive, or coupling (``passes=2``) for
+    ``model.kind=coupling``; its masked-MLP conditioners have ``hidden_layers`` layers of
+    ``hidden`` units (genflow's width unless given)."""
+    from functools import partial
+
+    import zuko
+
+    m = cfg.model
+    flow = zuko.flows.MAF(
+        _vector_width(cfg),
+        _context_width(cfg) or 0,
+        transforms=m.num_layers,
+        passes=2 if m.kind == "coupling" else None,
+        univariate=partial(zuko.transforms.MonotonicRQSTransform, bound=float(m.tail_bound)),
+        shapes=[(m.num_bins,), (m.num_bins,), (m.num_bins - 1,)],
+        hidden_features=[hidden or m.hidden_features] * m.hidden_layers,
+    )
+    return _zuko_flow(flow)
+
+
+def zuko_conditional_maf(cfg, hidden: int | None = None) -> tuple[LogProb, Sample, nn.Module]:
+    """zuko's MAF on vectors: ``num_layers`` affine MADE transforms of ``hidden_layers`` x
+    ``hidden`` (genflow's width unless given), orders reversed between layers."""
+    import zuko
+
+    m = cfg.model
+    flow = zuko.flows.MAF(
+        _vector_width(cfg),
+        _context_width(cfg) or 0,
+        transforms=m.num_layers,
+        hidden_features=[hidden or m.hidden_features] * m.hidden_layers,
+    )
+    return _zuko_flow(flow)
+
+
+def nflows_nsf_image(cfg) -> tuple[Nll, nn.Module]:
+    """``nflows_nsf`` on the flattened pixels, behind the shared logit."""
+    log_prob, _, flow = nflows_nsf(cfg)
+    return _logit_nll(lambda y: log_prob(y, None), cfg), flow
+
+
+def zuko_nsf_image(cfg, hidden: int | None = None) -> tuple[Nll, nn.Module]:
+    """``zuko_nsf`` on the flattened pixels, behind the shared logit."""
+    log_prob, _, flow = zuko_nsf(cfg, hidden)
+    return _logit_nll(lambda y: log_prob(y, None), cfg), flow
+
+
+# vector comparisons: library -> builder; zuko's builders take a hidden width (matched to
+# genflow's parameter count by the benchmark)
+VECTOR_BASELINES: dict[str, list[tuple[str, Callable]]] = {
+    "nsf": [("nflows", nflows_nsf), ("zuko", zuko_nsf)],
+    "maf": [("nflows", nflows_conditional_maf), ("zuko", zuko_conditional_maf)],
+}
+
 BASELINES: dict[str, list[tuple[str, Callable]]] = {
     "glow": [("normflows", normflows_glow)],
     "realnvp": [("normflows", normflows_realnvp)],
     "maf": [("normflows", normflows_maf), ("nflows", nflows_maf), ("zuko", zuko_maf)],
+    "nsf": [("nflows", nflows_nsf_image), ("zuko", zuko_nsf_image)],
 }
