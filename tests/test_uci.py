@@ -195,5 +195,5 @@ def test_train_and_eval_on_a_benchmark_from_the_command_line(workdir):
     summary = last_json_line(run_genflow(["eval", f"run={run}"], workdir).stdout)
     loaded = genflow.load_run(run)
     test = loaded.data("test")
-    assert summary["num_examples"] == len(test) == 36
+    assert summary["num_examples"] == len(test) == 40  # int(0.1 * 400)
     assert abs(-loaded.log_prob(test).mean().item() - summary["nll"]) < 1e-4
