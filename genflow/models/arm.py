@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genflow.models.base import GenerativeModel, check_context_features, check_num_classes
+from genflow.models.base import (
+    GenerativeModel,
+    check_context_features,
+    check_num_classes,
+    check_one_condition,
+)
 from genflow.nn.context import ContextEmbedding, check_context_net
 from genflow.numeric import full_precision, sum_except_batch
 
@@ -89,11 +94,7 @@ class AutoregressiveModel(GenerativeModel):
         super().__init__(event_shape, levels)
         self.num_classes = check_num_classes(num_classes)
         self.context_features = check_context_features(context_features)
-        if self.num_classes is not None and self.context_features is not None:
-            raise ValueError(
-                "model.num_classes and model.context_features both condition the model; a "
-                "class is one kind of context: use one of them"
-            )
+        check_one_condition(self.num_classes, self.context_features)
         self._context_net = context_net
 
     def class_bias(self, widths: list[int]) -> ClassBias | ContextBias | None:

@@ -33,6 +33,15 @@ def check_num_classes(num_classes) -> int | None:
     return num_classes
 
 
+def check_one_condition(num_classes, context_features) -> None:
+    """A model is conditioned on a class or on a context vector, not both."""
+    if num_classes is not None and context_features is not None:
+        raise ValueError(
+            "model.num_classes and model.context_features both condition the model; a "
+            "class is one kind of context: use one of them"
+        )
+
+
 @dataclass
 class Output:
     """What ``GenerativeModel.forward`` returns: the loss to minimise and batch-mean metrics."""

@@ -12,7 +12,12 @@ from genflow.bijections.elementwise import Standardize
 from genflow.bijections.logit import Logit
 from genflow.distributions.dequantization import make_dequantizer
 from genflow.distributions.normal import StandardNormal
-from genflow.models.base import GenerativeModel, check_context_features, check_num_classes
+from genflow.models.base import (
+    GenerativeModel,
+    check_context_features,
+    check_num_classes,
+    check_one_condition,
+)
 from genflow.nn.context import ContextEmbedding, check_context_net
 from genflow.numeric import full_precision
 
@@ -64,11 +69,7 @@ class FlowModel(GenerativeModel):
         super().__init__(event_shape, levels)
         self.num_classes = check_num_classes(num_classes)
         self.context_features = check_context_features(context_features)
-        if self.num_classes is not None and self.context_features is not None:
-            raise ValueError(
-                "model.num_classes and model.context_features both condition the model; a "
-                "class is one kind of context: use one of them"
-            )
+        check_one_condition(self.num_classes, self.context_features)
         if self.num_classes is not None:
             shape = (self.num_classes, *self.event_shape)
             self.class_loc = nn.Parameter(torch.zeros(shape))
