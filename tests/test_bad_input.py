@@ -20,7 +20,7 @@ COMMAND_LINE = [
     ),
     (
         ["train", "dataset=mnsit"],
-        "unknown dataset 'mnsit'; valid choices: binarized_mnist, breast_cancer, checkerboard, cifar10",
+        "unknown dataset 'mnsit'; valid choices: binarized_mnist, breast_cancer, bsds300, checkerboard, cifar10",
     ),
     (["train", "optimizer=sgd"], "unknown optimizer 'sgd'; valid choices: adam, adamax, adamw"),
     (["train", "-m", "optimizer=adam,sgd"], "unknown optimizer 'sgd'; valid choices:"),
