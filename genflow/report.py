@@ -74,7 +74,7 @@ def read_run(run: RunDir) -> RunRow:
     if hydra_file.is_file():
         choices = OmegaConf.load(hydra_file).hydra.runtime.choices
         row.model, row.dataset = str(choices.get("model")), str(choices.get("dataset"))
-    row.overrides = [o for o in run.stored_overrides() if not o.startswith(("resume=", "hydra."))]
+    row.overrides = run.stored_overrides()
     config = OmegaConf.load(run.config_file)
     monitor = OmegaConf.select(config, "trainer.monitor", default=None) or {}
     row.metric, row.mode = str(monitor.get("metric", "bpd")), str(monitor.get("mode", "min"))

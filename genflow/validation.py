@@ -332,6 +332,9 @@ def _check_model_fits_data(cfg: DictConfig) -> None:
             f"model.levels={model_levels} does not match dataset.levels={cfg.dataset.levels}; "
             "leave model.levels at ${dataset.levels}"
         )
+    from genflow.trust import check_model_config
+
+    check_model_config(cfg.model, "the model config")  # before anything is imported or built
     target = str(cfg.model.get("_target_", ""))
     model_class = _model_class(target)
     _check_context(cfg, model_class, target)

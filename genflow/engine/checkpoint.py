@@ -88,7 +88,32 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise GenflowError(
             f"checkpoint {path} is not a genflow checkpoint (missing {', '.join(missing)})"
         )
+    wrong = _malformed(state)
+    if wrong:
+        raise GenflowError(f"checkpoint {path} is damaged: {wrong}")
     return state
+
+
+def _is_weights(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+    )
+
+
+def _malformed(state: dict[str, Any]) -> str | None:
+    """What in a loaded checkpoint's structure is not what genflow writes, or None: the
+    weights must be names and tensors, the stored config a model config, the rest mappings."""
+    if not _is_weights(state["model"]):
+        return "its 'model' entry is not a set of named tensors"
+    if state.get("ema") is not None and not _is_weights(state["ema"]):
+        return "its 'ema' entry is not a set of named tensors"
+    config = state["config"]
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("_target_"), str):
+        return "its 'config' entry holds no model config with a _target_"
+    if not isinstance(state["trainer"], dict):
+        return "its 'trainer' entry is not a mapping"
+    return None
 
 
 def quarantine(path: Path) -> Path:

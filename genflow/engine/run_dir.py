@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from genflow.engine.checkpoint import previous_path
-from genflow.errors import GenflowError
+from genflow.errors import GenflowError, first_line
 
 CHECKPOINTS = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
@@ -204,8 +204,21 @@ class RunDir:
         return candidates
 
     def stored_overrides(self) -> list[str]:
+        """The command line the run was started with, less Hydra's own settings (``hydra.*``
+        and ``hydra/...`` groups, with any ``+``/``~`` prefix: launchers, callbacks, sweepers,
+        which a new process must never take from a stored file) and ``resume=``."""
         path = self.overrides_file
-        return list(OmegaConf.load(path)) if path.is_file() else []
+        if not path.is_file():
+            return []
+        try:
+            stored = OmegaConf.to_container(OmegaConf.load(path))
+        except Exception as err:
+            raise GenflowError(
+                f"{path} is not a YAML list of overrides ({first_line(err)})"
+            ) from err
+        if not isinstance(stored, list) or not all(isinstance(o, str) for o in stored):
+            raise GenflowError(f"{path} is not a YAML list of overrides (key=value strings)")
+        return [o for o in stored if not _is_launch_setting(o)]
 
     @classmethod
     def find_matching(cls, cfg) -> RunDir | None:
@@ -274,3 +287,9 @@ def _flat(cfg) -> dict[str, object]:
 
     walk(OmegaConf.to_container(cfg, resolve=False), "")
     return out
+
+
+def _is_launch_setting(override: str) -> bool:
+    """hydra.*, hydra/<group>=..., resume=..., with or without a +, ++ or ~ in front."""
+    key = override.lstrip("+~").split("=", 1)[0].strip()
+    return key == "resume" or key == "hydra" or key.startswith(("hydra.", "hydra/"))

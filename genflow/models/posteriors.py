@@ -149,3 +149,7 @@ def sylvester(
         )
         for i in range(n)
     )
+
+
+# what a model.posterior config may name (genflow.trust checks stored configs against it)
+BUILDERS = (gaussian, planar, radial, householder, iaf, nsf, sylvester)

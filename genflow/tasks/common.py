@@ -21,6 +21,7 @@ from genflow.engine.evaluate import evaluate
 from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError, first_cause
 from genflow.models.base import GenerativeModel
+from genflow.trust import check_model_config
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,11 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def build_model(model_cfg) -> GenerativeModel:
-    """Instantiate the model from its ``_target_`` config (a DictConfig or a plain dict)."""
+def build_model(model_cfg, source: str = "the model config") -> GenerativeModel:
+    """Instantiate the model from its ``_target_`` config (a DictConfig or a plain dict),
+    once genflow.trust has checked that it names only genflow's own classes (``source``, a
+    file or "the model config", is named when it does not)."""
+    check_model_config(model_cfg, source)
     if not isinstance(model_cfg, DictConfig):
         model_cfg = OmegaConf.create(model_cfg)
     try:
@@ -47,8 +51,14 @@ def load_model_from_checkpoint(
 ) -> tuple[GenerativeModel, dict]:
     """Rebuild the model from the resolved config stored in the checkpoint and load its weights."""
     ckpt = load_checkpoint(checkpoint)
-    model = build_model(ckpt["config"]["model"])
-    model.load_state_dict(evaluation_weights(ckpt))  # the EMA's, when the run kept one
+    model = build_model(ckpt["config"]["model"], f"checkpoint {checkpoint}")
+    try:
+        model.load_state_dict(evaluation_weights(ckpt))  # the EMA's, when the run kept one
+    except RuntimeError as err:
+        raise GenflowError(
+            f"checkpoint {checkpoint}: its weights do not fit the model its config describes "
+            f"({str(err).splitlines()[0]})"
+        ) from err
     return model.to(device).eval(), ckpt
 
 
@@ -93,7 +103,7 @@ def evaluation_summary(
     return {
         "run": str(run.path),
         "model": type(model).__name__,
-        "overrides": [o for o in run.stored_overrides() if not o.startswith("hydra.")],
+        "overrides": run.stored_overrides(),
         "checkpoint": checkpoint.name,
         "step": int(step),
         "split": split,
