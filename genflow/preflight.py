@@ -252,6 +252,7 @@ def prepare_resume(overrides: list[str], root: Path, cfg: DictConfig | None) -> 
         if not path.exists():
             raise GenflowError(f"resume={resume}: no such run directory or checkpoint file")
         run = RunDir.of_checkpoint(path) if path.is_file() else RunDir(path)
+    run.check_writable()  # before Hydra opens its train.log there
     earlier = run.stored_overrides()  # without hydra.* and resume=
     try:  # the run's own overrides, then this command line's: they must still compose
         compose_train([*earlier, *(o for o in overrides if not o.startswith("resume="))], root)

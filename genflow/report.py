@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from genflow.engine.files import save_figure, write_text, write_with
 from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError
 
@@ -266,7 +267,7 @@ def curves(rows: list[RunRow], names: list[str], path: Path, metric: str) -> Pat
     if any(row.curve for row in rows):
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -295,19 +296,26 @@ def main(argv: list[str]) -> int:
     cells = table(rows, base)
     labels = [f"{c['run']} {c['differs']}".strip() for c in cells]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise GenflowError(
+            f"--out {out} is a file; --out names the folder for report.md, report.csv and curves.png"
+        )
     columns: tuple[str, ...] = COLUMNS
     if args.against == "papers":
         columns, cells = PAPER_COLUMNS, against_papers(rows, cells)
     machines = sorted({str(r.test["hardware"]) for r in rows if r.test.get("hardware")})
     hardware = [f"hardware: {m}" for m in machines]
-    (out / "report.md").write_text(
-        markdown(cells, metric, columns) + "".join(f"\n{line}\n" for line in hardware)
+    write_text(
+        out / "report.md",
+        markdown(cells, metric, columns) + "".join(f"\n{line}\n" for line in hardware),
     )
-    with open(out / "report.csv", "w", newline="") as f:
+
+    def write_csv(f) -> None:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(cells)
+
+    write_with(out / "report.csv", write_csv)
     png = curves(rows, labels, out / "curves.png", metric)
     print("\n".join([terminal(cells, columns), *hardware]))
     print(

@@ -245,7 +245,10 @@ def test_kill_9_in_the_middle_of_a_checkpoint_write_loses_nothing(tmp_path):
     from genflow.engine.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 
     path = tmp_path / "checkpoints" / "last.pt"
-    save_checkpoint({"model": {"w": torch.zeros(3)}, "trainer": {"step": 1}, "config": {}}, path)
+    config = {"model": {"_target_": "genflow.models.realnvp.RealNVP"}}
+    save_checkpoint(
+        {"model": {"w": torch.zeros(3)}, "trainer": {"step": 1}, "config": config}, path
+    )
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
     )
@@ -253,7 +256,7 @@ def test_kill_9_in_the_middle_of_a_checkpoint_write_loses_nothing(tmp_path):
     deadline = time.monotonic() + 60
     temporaries: list[Path] = []
     while not temporaries and time.monotonic() < deadline:  # the write has begun
-        temporaries = [p for p in path.parent.glob(".last.pt.tmp-*") if p.stat().st_size > 0]
+        temporaries = [p for p in path.parent.glob(".last.tmp-*.pt") if p.stat().st_size > 0]
         time.sleep(0.005)
     writer.send_signal(signal.SIGKILL)
     writer.wait()

@@ -390,7 +390,7 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_earlier_one(tmp_path):
         return {
             "model": {"w": torch.full((50_000,), float(step))},
             "trainer": {"step": step},
-            "config": {},
+            "config": {"model": {"_target_": "genflow.models.realnvp.RealNVP"}},
         }
 
     path = tmp_path / "checkpoints" / "last.pt"

@@ -203,8 +203,7 @@ def _damaged(state: dict, key: str, value) -> dict:
         ("model", 5, "its 'model' entry is not a set of named tensors"),
         ("model", {"w": b"bytes"}, "its 'model' entry is not a set of named tensors"),
         ("ema", [1, 2], "its 'ema' entry is not a set of named tensors"),
-        ("config", "model", "its 'config' entry holds no model config"),
-        ("config", {"model": {"hidden": 3}}, "its 'config' entry holds no model config"),
+        ("config", "model", "its 'config' entry is not a mapping"),
         ("trainer", 7, "its 'trainer' entry is not a mapping"),
     ],
 )
@@ -216,6 +215,12 @@ def test_a_checkpoint_of_the_wrong_structure_is_one_sentence(tmp_path, key, valu
     with pytest.raises(GenflowError, match=f"^checkpoint {path} is damaged: {message}"):
         load_checkpoint(path)
     with pytest.raises(GenflowError, match="is damaged"):
+        genflow.load_run(run_dir)
+
+
+def test_a_checkpoint_without_a_model_config_is_one_sentence(tmp_path):
+    run_dir = _stored_run(tmp_path, {"hidden": 3})
+    with pytest.raises(GenflowError, match="damaged: its 'config' entry holds no model config"):
         genflow.load_run(run_dir)
 
 

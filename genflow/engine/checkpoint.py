@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from genflow.engine.files import replacing
 from genflow.errors import GenflowError, first_line
 
 log = logging.getLogger(__name__)
@@ -33,23 +34,18 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
     has a good predecessor to fall back to.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except (OSError, RuntimeError) as err:  # a full disk: torch says "enforce fail at ..."
-        tmp.unlink(missing_ok=True)
-        raise GenflowError(
-            f"could not write checkpoint {path} ({first_line(err)}); the disk may be full or a quota "
-            f"or file-size limit reached. The earlier checkpoints are kept: free space, then "
-            f"continue with resume={path.parent.parent}"
-        ) from err
-    if keep_previous and path.exists():
-        os.replace(path, previous_path(path))
-    os.replace(tmp, path)
+    with replacing(path, sync=True) as tmp:  # a link at path is replaced, not written through
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+        except (OSError, RuntimeError) as err:  # a full disk: torch says "enforce fail at ..."
+            raise GenflowError(
+                f"could not write checkpoint {path} ({first_line(err)}); the disk may be full or "
+                f"a quota or file-size limit reached. The earlier checkpoints are kept: free "
+                f"space, then continue with resume={path.parent.parent}"
+            ) from err
+        if keep_previous and (path.exists() or path.is_symlink()):
+            os.replace(path, previous_path(path))
 
 
 def remove_stale_temporaries(folder: Path) -> None:
@@ -107,13 +103,21 @@ def _malformed(state: dict[str, Any]) -> str | None:
         return "its 'model' entry is not a set of named tensors"
     if state.get("ema") is not None and not _is_weights(state["ema"]):
         return "its 'ema' entry is not a set of named tensors"
-    config = state["config"]
-    model = config.get("model") if isinstance(config, dict) else None
-    if not isinstance(model, dict) or not isinstance(model.get("_target_"), str):
-        return "its 'config' entry holds no model config with a _target_"
+    if not isinstance(state["config"], dict):
+        return "its 'config' entry is not a mapping"
     if not isinstance(state["trainer"], dict):
         return "its 'trainer' entry is not a mapping"
     return None
+
+
+def stored_model_config(state: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The model config stored in a loaded checkpoint, or one sentence saying it has none."""
+    model = state["config"].get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("_target_"), str):
+        raise GenflowError(
+            f"checkpoint {path} is damaged: its 'config' entry holds no model config with a _target_"
+        )
+    return model
 
 
 def quarantine(path: Path) -> Path:

@@ -34,6 +34,7 @@ from genflow.engine.distributed import (
     launched_by_torchrun,
     leave,
 )
+from genflow.engine.files import check_appendable
 from genflow.engine.preemption import Preempted
 from genflow.errors import GenflowError
 
@@ -181,7 +182,7 @@ def worker_logging(rank: int, log_file: str | None) -> None:
     if rank == 0:
         handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
         if log_file:
-            handlers.append(logging.FileHandler(log_file, mode="a"))
+            handlers.append(logging.FileHandler(check_appendable(log_file), mode="a"))
         level, fmt = logging.INFO, LOG_FORMAT
     else:
         handlers = [logging.StreamHandler(sys.stderr)]

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from genflow.engine.files import replacing, save_figure
+
 # small images are enlarged (nearest neighbour, by a whole factor) to at least this many
 # pixels a side in a grid: 8x8 digits become 32x32, MNIST 56x56
 MIN_CELL = 32
@@ -22,9 +24,10 @@ def save_grid(images: Tensor, path: Path, nrow: int, caption: str | None = None)
     factor = max(1, math.ceil(MIN_CELL / min(images.shape[-2:])))
     if factor > 1:
         images = images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
-    save_image(images.clamp(0, 1), path, nrow=nrow, padding=1, pad_value=0.35)
-    if caption:
-        _add_caption(path, caption)
+    with replacing(path) as tmp:  # never through a link at path
+        save_image(images.clamp(0, 1), tmp, nrow=nrow, padding=1, pad_value=0.35)
+        if caption:
+            _add_caption(tmp, caption)
     return path
 
 
@@ -93,7 +96,7 @@ def save_samples(
 
             fig.suptitle(textwrap.fill(caption, 50 * panels), fontsize=9)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        save_figure(fig, path, dpi=100)
         plt.close(fig)
         return path
     if samples.dim() == 2:
@@ -144,7 +147,7 @@ def save_pairs(
     title = f"first {k} of {samples.shape[1]} columns: data (grey), samples (blue)"
     fig.suptitle(f"{caption}\n{title}" if caption else title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -189,7 +192,7 @@ def save_posteriors(references: list, draws: list[Tensor], scores: list[float], 
         fontsize=8,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -224,7 +227,7 @@ def save_density(model, reference: Tensor, path: Path, grid_size: int = 200) -> 
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -278,7 +281,7 @@ def save_latent_scatter(
     ax.set_ylabel("z[1]")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 

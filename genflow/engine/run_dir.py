@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from genflow.engine.checkpoint import previous_path
+from genflow.engine.files import check_appendable, check_folder, write_text
 from genflow.errors import GenflowError, first_line
 
 CHECKPOINTS = "checkpoints"
@@ -72,6 +73,20 @@ class RunDir:
     def overrides_file(self) -> Path:
         return self.path / ".hydra" / "overrides.yaml"
 
+    @property
+    def log_file(self) -> Path:
+        return self.path / "train.log"
+
+    def check_writable(self, appends: bool = True) -> None:
+        """Refuse, before anything is written, a run directory whose folders lead outside it
+        or whose appended files (metrics.jsonl, train.log) are links: a directory received
+        from elsewhere may carry such links. Single files are replaced by a rename when
+        written (genflow.engine.files), so a link at one is never written through."""
+        for folder in (self.checkpoints, self.samples, self.config_file.parent):
+            check_folder(folder, self.path)
+        for file in (self.metrics, self.log_file) if appends else ():
+            check_appendable(file, self.path)
+
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the directory for one training process: two at once (two resumes of one run,
@@ -122,9 +137,12 @@ class RunDir:
         written only once a run has been accepted for this directory."""
         folder = self.config_file.parent
         folder.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, self.config_file, resolve=False)
-        OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml", resolve=False)
-        OmegaConf.save(hydra_cfg.overrides.task, self.overrides_file, resolve=False)
+        for path, node in (
+            (self.config_file, cfg),
+            (folder / "hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
+            (self.overrides_file, hydra_cfg.overrides.task),
+        ):
+            write_text(path, OmegaConf.to_yaml(node, resolve=False), self.path)
 
     def eval_json(self, split: str = "test", checkpoint: str = "best.pt") -> Path:
         """eval.json holds the best checkpoint's test metrics; other checkpoints and splits

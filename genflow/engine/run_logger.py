@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from genflow.engine.files import append_text, write_text
 from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError, first_line
 
@@ -84,8 +85,7 @@ class RunLogger:
         if not self.write:
             return
         record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
         if self.wandb is not None:
             self.wandb.log(
                 {f"{split}/{k}": v for k, v in record.items() if k not in ("step", "split")},
@@ -103,7 +103,7 @@ class RunLogger:
 
         lines = self.path.read_text().splitlines()
         kept = [line for line in lines if line.strip() and not stale(json.loads(line))]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        write_text(self.path, "".join(line + "\n" for line in kept))
 
     def log_image(self, step: int, key: str, path: Path) -> None:
         if self.wandb is not None:

@@ -23,6 +23,7 @@ from genflow.bijections.base import Bijection, Compose, Inverted
 from genflow.bijections.permutation import Permutation
 from genflow.distributions.energies import ENERGIES, log_partition
 from genflow.distributions.normal import StandardNormal
+from genflow.engine.files import save_figure
 from genflow.models import posteriors
 from genflow.models.base import GenerativeModel, Output
 from genflow.models.realnvp import vector_flow
@@ -196,7 +197,7 @@ class EnergyFlow(GenerativeModel):
         for ax in axes:
             ax.set_aspect("equal")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        save_figure(fig, path, dpi=100)
         plt.close(fig)
         return path
 

@@ -13,11 +13,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from genflow.engine.checkpoint import load_checkpoint
+from genflow.engine.checkpoint import load_checkpoint, stored_model_config
 from genflow.engine.device import describe_hardware
 from genflow.engine.distributed import DistContext
 from genflow.engine.ema import evaluation_weights
 from genflow.engine.evaluate import evaluate
+from genflow.engine.files import write_text
 from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError, first_cause
 from genflow.models.base import GenerativeModel
@@ -51,7 +52,7 @@ def load_model_from_checkpoint(
 ) -> tuple[GenerativeModel, dict]:
     """Rebuild the model from the resolved config stored in the checkpoint and load its weights."""
     ckpt = load_checkpoint(checkpoint)
-    model = build_model(ckpt["config"]["model"], f"checkpoint {checkpoint}")
+    model = build_model(stored_model_config(ckpt, checkpoint), f"checkpoint {checkpoint}")
     try:
         model.load_state_dict(evaluation_weights(ckpt))  # the EMA's, when the run kept one
     except RuntimeError as err:
@@ -114,7 +115,7 @@ def evaluation_summary(
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def headline(summary: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from genflow.validation import validate_eval_config
 def run(cfg) -> dict[str, Any]:
     validate_eval_config(cfg)
     run_dir, checkpoint = RunDir.locate(cfg.run, cfg.checkpoint)
+    run_dir.check_writable(appends=False)  # before the work: its folders stay inside it
     device = resolve_device(cfg.device)
     model, ckpt = load_model_from_checkpoint(checkpoint, device)
     if model.iw_samples is not None:  # VAEs: nll and bpd from the importance-weighted bound

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from genflow.data.datasets import load_dataset
 from genflow.engine.device import resolve_device
+from genflow.engine.files import save_tensor
 from genflow.engine.pictures import density_picture, draw_samples, save_samples, save_strip
 from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError
@@ -48,7 +49,7 @@ def interpolate(model, cfg, ckpt, run_dir: RunDir, checkpoint, device) -> dict[s
         f"latent space between two test images (first and last), {steps} steps"
     )
     image = save_strip(rows, out_dir / f"{stem}.png", model.levels, caption)
-    torch.save(rows.cpu(), out_dir / f"{stem}.pt")
+    save_tensor(rows.cpu(), out_dir / f"{stem}.pt")
     return {
         "run": str(run_dir.path),
         "checkpoint": checkpoint.name,
@@ -144,6 +145,7 @@ def run(cfg) -> dict[str, Any]:
     validate_sample_config(cfg)
     s = cfg.sample
     run_dir, checkpoint = RunDir.locate(cfg.run, cfg.checkpoint)
+    run_dir.check_writable(appends=False)  # before the work: its folders stay inside it
     device = resolve_device(cfg.device)
     model, ckpt = load_model_from_checkpoint(checkpoint, device)
     torch.manual_seed(int(s.seed))
@@ -186,10 +188,10 @@ def run(cfg) -> dict[str, Any]:
     if contexts is not None and s.get("context") is not None:
         stem += f"_context-{context_tag(s.context)}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(samples, out_dir / f"{stem}.pt")
+    save_tensor(samples, out_dir / f"{stem}.pt")
     extra = {}
     if contexts is not None:
-        torch.save(contexts, out_dir / f"{stem}_context.pt")
+        save_tensor(contexts, out_dir / f"{stem}_context.pt")
         extra["context"] = str(out_dir / f"{stem}_context.pt")
     elif samples.dim() == 2:  # vectors: draw the data beside the samples; 2-D: the density
         reference = load_dataset(OmegaConf.create(ckpt["config"]["dataset"])).val

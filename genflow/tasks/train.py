@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from genflow.data.datasets import check_conditions, load_dataset
 from genflow.data.tabular import complete_table_config
-from genflow.engine.checkpoint import load_checkpoint, load_first_good
+from genflow.engine.checkpoint import load_checkpoint, load_first_good, stored_model_config
 from genflow.engine.device import make_deterministic
 from genflow.engine.distributed import DistContext, micro_batch_seed
 from genflow.engine.ema import evaluation_weights
@@ -69,6 +69,7 @@ def accept(cfg, run: RunDir) -> None:
     """Check that this run may use ``run``, then store its config there (.hydra/): a fresh
     run needs a directory that holds no run; a resume needs a readable checkpoint whose
     weights fit the model config. Nothing in the directory changes when this refuses."""
+    run.check_writable()  # its folders inside it, metrics.jsonl and train.log no links
     candidates = run.resume_candidates(cfg.resume)
     if not candidates and run.holds_run():
         raise GenflowError(
@@ -77,7 +78,7 @@ def accept(cfg, run: RunDir) -> None:
         )
     if candidates:
         ckpt, path = load_first_good(candidates, quarantine_bad=True)
-        trained, asked = ckpt["config"]["model"]["_target_"], cfg.model._target_
+        trained, asked = stored_model_config(ckpt, path)["_target_"], cfg.model._target_
         if trained != asked:
             name = lambda target: target.rsplit(".", 1)[-1]  # noqa: E731
             raise GenflowError(

@@ -1,0 +1,116 @@
+"""Nothing is written outside a run directory: a file is replaced by a rename (a link at its path
+is replaced, not written through), a folder that leads outside is refused, appends refuse links,
+and a folder that cannot be written is one sentence."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TINY, run_dirs, run_genflow
+
+from genflow.engine.files import append_text, check_appendable, replacing, write_text
+from genflow.errors import GenflowError
+
+
+def _outside(tmp_path):
+    """A file and a folder of the user's, outside any run directory."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own notes\n")
+    return mine, mine / "notes.txt"
+
+
+def test_a_write_replaces_a_link_instead_of_following_it(tmp_path):
+    mine, notes = _outside(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "eval.json").symlink_to(notes)
+    write_text(run / "eval.json", "{}\n", run)
+    assert notes.read_text() == "my own notes\n"
+    assert not (run / "eval.json").is_symlink() and (run / "eval.json").read_text() == "{}\n"
+    assert sorted(p.name for p in run.iterdir()) == ["eval.json"]  # no temporary left
+
+
+def test_a_folder_that_leads_outside_is_refused(tmp_path):
+    mine, notes = _outside(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "samples").symlink_to(mine, target_is_directory=True)
+    with pytest.raises(GenflowError, match=r"samples leads outside the run directory .*run"):
+        write_text(run / "samples" / "x.png", "x", run)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_an_append_refuses_a_link(tmp_path):
+    mine, notes = _outside(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").symlink_to(notes)
+    with pytest.raises(GenflowError, match="metrics.jsonl is a symbolic link"):
+        append_text(run / "metrics.jsonl", "{}\n", run)
+    assert notes.read_text() == "my own notes\n"
+    append_text(run / "train.log", "a\n", run)
+    append_text(run / "train.log", "b\n", run)
+    assert (run / "train.log").read_text() == "a\nb\n" and check_appendable(run / "train.log")
+
+
+def test_a_folder_that_cannot_be_written_is_one_sentence_and_an_error_keeps_the_old_file(tmp_path):
+    (tmp_path / "not_a_folder").write_text("x")
+    with pytest.raises(GenflowError, match=r"^cannot write .*not_a_folder/eval.json: "):
+        write_text(tmp_path / "not_a_folder" / "eval.json", "{}")
+    kept = tmp_path / "kept.json"
+    kept.write_text("old")
+    with pytest.raises(KeyboardInterrupt), replacing(kept) as tmp:
+        tmp.write_text("half")
+        raise KeyboardInterrupt  # stopped half-way
+    assert kept.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "kept.json",
+        "not_a_folder",
+    ]
+
+
+def test_eval_sample_resume_and_report_write_nothing_through_links(workdir):
+    run_genflow(["train", *TINY], workdir)
+    (run,) = run_dirs(workdir)
+    mine, notes = _outside(workdir)
+    before = notes.read_bytes()
+
+    (run / "eval.json").unlink()
+    (run / "eval.json").symlink_to(notes)
+    run_genflow(["eval", f"run={run}", "device=cpu"], workdir)
+    assert notes.read_bytes() == before and "bpd" in json.loads((run / "eval.json").read_text())
+
+    samples = run / "samples"
+    for picture in samples.iterdir():
+        picture.rename(workdir / picture.name)
+    samples.rmdir()
+    samples.symlink_to(mine, target_is_directory=True)
+    proc = run_genflow(["sample", f"run={run}", "device=cpu"], workdir, check=False)
+    assert proc.returncode == 2 and "leads outside the run directory" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and sorted(p.name for p in mine.iterdir()) == [
+        "notes.txt"
+    ]
+    samples.unlink()
+
+    metrics = run / "metrics.jsonl"
+    metrics.rename(workdir / "metrics.jsonl")
+    metrics.symlink_to(notes)
+    proc = run_genflow(["train", f"resume={run}", "trainer.max_steps=25"], workdir, check=False)
+    assert proc.returncode == 2 and "metrics.jsonl is a symbolic link" in proc.stderr, proc.stderr
+    assert notes.read_bytes() == before
+    metrics.unlink()
+    (workdir / "metrics.jsonl").rename(metrics)
+
+    config = run / ".hydra" / "config.yaml"  # read by nothing on resume, rewritten by it
+    copy = workdir / "config_copy.yaml"
+    copy.write_bytes(config.read_bytes())
+    config.unlink()
+    config.symlink_to(copy)
+    kept = copy.read_bytes()
+    run_genflow(["train", f"resume={run}", "trainer.max_steps=25"], workdir)
+    assert copy.read_bytes() == kept and not config.is_symlink()
+
+    proc = run_genflow(["report", str(run.parent), "--out", str(notes)], workdir, check=False)
+    assert proc.returncode == 2 and "--out" in proc.stderr and "Traceback" not in proc.stderr
+    assert notes.read_bytes() == before
