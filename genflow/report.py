@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from genflow.engine.files import save_figure, write_text, write_with
 from genflow.engine.run_dir import RunDir
-from genflow.errors import GenflowError
+from genflow.errors import GenflowError, first_line
 
 COLUMNS = (
     "run", "model", "dataset", "differs", "status", "steps", "minutes",
@@ -69,23 +69,60 @@ def find_runs(paths: list[str]) -> list[RunDir]:
     return list(found.values())
 
 
+def _yaml(path: Path) -> Any:
+    """A YAML file of a run as plain containers, or one sentence naming it."""
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as err:
+        raise GenflowError(f"{path} is damaged: not readable as YAML ({first_line(err)})") from err
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GenflowError(f"{path} is damaged: not readable as JSON ({first_line(err)})") from err
+    if not isinstance(value, dict):
+        raise GenflowError(f"{path} is damaged: not a JSON object")
+    return value
+
+
 def read_run(run: RunDir) -> RunRow:
+    """One row of the table; a damaged file of the run is one sentence naming it."""
     row = RunRow(run)
     hydra_file = run.config_file.parent / "hydra.yaml"
     if hydra_file.is_file():
-        choices = OmegaConf.load(hydra_file).hydra.runtime.choices
+        stored = _yaml(hydra_file)
+        try:
+            choices = OmegaConf.select(OmegaConf.create(stored), "hydra.runtime.choices")
+        except Exception:  # a list, or a plain value where a mapping goes
+            choices = None
+        if not isinstance(choices, DictConfig):
+            raise GenflowError(f"{hydra_file} is damaged: it holds no hydra.runtime.choices")
         row.model, row.dataset = str(choices.get("model")), str(choices.get("dataset"))
     row.overrides = run.stored_overrides()
-    config = OmegaConf.load(run.config_file)
-    monitor = OmegaConf.select(config, "trainer.monitor", default=None) or {}
+    config = _yaml(run.config_file)
+    if not isinstance(config, dict):
+        raise GenflowError(f"{run.config_file} is damaged: not a YAML mapping")
+    try:
+        monitor = OmegaConf.select(OmegaConf.create(config), "trainer.monitor")
+    except Exception:  # trainer: 5
+        monitor = None
+    monitor = monitor if isinstance(monitor, DictConfig) else {}
     row.metric, row.mode = str(monitor.get("metric", "bpd")), str(monitor.get("mode", "min"))
     records = []
     if run.metrics.is_file():
-        for line in run.metrics.read_text().splitlines():
+        try:
+            lines = run.metrics.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise GenflowError(f"{run.metrics} cannot be read ({first_line(err)})") from err
+        for line in lines:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
     row.curve = [
         (r["step"], float(r[row.metric]))
         for r in records
@@ -96,7 +133,7 @@ def read_run(run: RunDir) -> RunRow:
         row.best_step, row.best_val = pick(row.curve, key=lambda point: point[1])
     row.steps = max((r["step"] for r in records if r.get("split") == "train"), default=None)
     if run.eval_json().is_file():
-        row.test = json.loads(run.eval_json().read_text())
+        row.test = _json_object(run.eval_json())
     row.minutes = _minutes(run)
     row.status = _status(run, row)
     return row
@@ -112,8 +149,9 @@ def _minutes(run: RunDir) -> float | None:
         state = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
     except Exception:
         return None
-    seconds = state.get("trainer", {}).get("train_seconds")
-    return None if seconds is None else seconds / 60.0
+    trainer = state.get("trainer") if isinstance(state, dict) else None
+    seconds = trainer.get("train_seconds") if isinstance(trainer, dict) else None
+    return seconds / 60.0 if isinstance(seconds, (int, float)) else None
 
 
 def _status(run: RunDir, row: RunRow) -> str:

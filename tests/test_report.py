@@ -88,3 +88,45 @@ def test_overrides_that_mean_the_same_do_not_differ():
     ]
     differing(rows)
     assert [r.overrides for r in rows] == [["model=maf"], ["model=nice"]]
+
+
+def _hand_made_run(path):
+    """A run directory as genflow writes it, by hand (no training): configs, records, eval."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "config.yaml").write_text("trainer:\n  monitor:\n    metric: bpd\n")
+    (path / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    choices:\n      model: realnvp\n      dataset: digits\n"
+    )
+    (path / ".hydra" / "overrides.yaml").write_text("- optimizer.lr=0.01\n")
+    (path / "metrics.jsonl").write_text(
+        '{"step": 10, "split": "train", "loss": 1.0}\n{"step": 10, "split": "val", "bpd": 2.5}\n'
+        '[1, 2]\n{"step": "x"}\n{"step": 20, "spl'  # a list, a bad step, a line cut short
+    )
+    (path / "eval.json").write_text('{"bpd": 2.4}\n')
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("eval.json", "{not json", "eval.json is damaged: not readable as JSON"),
+        ("eval.json", "[1, 2]", "eval.json is damaged: not a JSON object"),
+        (".hydra/hydra.yaml", "hydra: [unclosed", "hydra.yaml is damaged: not readable as YAML"),
+        (".hydra/hydra.yaml", "- 1\n", "hydra.yaml is damaged: it holds no hydra.runtime.choices"),
+        (
+            ".hydra/hydra.yaml",
+            "hydra: 5\n",
+            "hydra.yaml is damaged: it holds no hydra.runtime.choices",
+        ),
+        (".hydra/config.yaml", "- a\n", "config.yaml is damaged: not a YAML mapping"),
+        (".hydra/overrides.yaml", "a: 1\n", "overrides.yaml is not a YAML list of overrides"),
+    ],
+)
+def test_a_damaged_file_of_a_run_is_one_sentence_naming_it(workdir, capsys, name, text, message):
+    run = workdir / "outputs" / "run"
+    _hand_made_run(run)
+    assert main(["report", str(run), "--out", str(workdir / "report")]) == 0
+    assert "realnvp" in capsys.readouterr().out
+    (run / name).write_text(text)
+    assert main(["report", str(run), "--out", str(workdir / "report")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genflow: error: ") and message in err and "\n" not in err, err
