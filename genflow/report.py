@@ -87,28 +87,30 @@ def _json_object(path: Path) -> dict[str, Any]:
     return value
 
 
+def _mapping_at(stored: Any, key: str) -> DictConfig | None:
+    """The mapping at dotted ``key`` of a file's contents, or None where something else is
+    (a list, a plain value, nothing)."""
+    try:
+        found = OmegaConf.select(OmegaConf.create(stored), key)
+    except Exception:  # a list, or a plain value where a mapping goes
+        return None
+    return found if isinstance(found, DictConfig) else None
+
+
 def read_run(run: RunDir) -> RunRow:
     """One row of the table; a damaged file of the run is one sentence naming it."""
     row = RunRow(run)
     hydra_file = run.config_file.parent / "hydra.yaml"
     if hydra_file.is_file():
-        stored = _yaml(hydra_file)
-        try:
-            choices = OmegaConf.select(OmegaConf.create(stored), "hydra.runtime.choices")
-        except Exception:  # a list, or a plain value where a mapping goes
-            choices = None
-        if not isinstance(choices, DictConfig):
+        choices = _mapping_at(_yaml(hydra_file), "hydra.runtime.choices")
+        if choices is None:
             raise GenflowError(f"{hydra_file} is damaged: it holds no hydra.runtime.choices")
         row.model, row.dataset = str(choices.get("model")), str(choices.get("dataset"))
     row.overrides = run.stored_overrides()
     config = _yaml(run.config_file)
     if not isinstance(config, dict):
         raise GenflowError(f"{run.config_file} is damaged: not a YAML mapping")
-    try:
-        monitor = OmegaConf.select(OmegaConf.create(config), "trainer.monitor")
-    except Exception:  # trainer: 5
-        monitor = None
-    monitor = monitor if isinstance(monitor, DictConfig) else {}
+    monitor = _mapping_at(config, "trainer.monitor") or {}
     row.metric, row.mode = str(monitor.get("metric", "bpd")), str(monitor.get("mode", "min"))
     records = []
     if run.metrics.is_file():

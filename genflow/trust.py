@@ -62,10 +62,12 @@ def _fits(place: tuple[str, ...], obj: Any) -> bool:
 def check_model_config(model_cfg: Any, source: str) -> None:
     """Refuse, in one sentence naming ``source`` (a file, or "the command line") and the key,
     a model config that would build anything but genflow's own classes."""
-    _walk(_plain(model_cfg), ("model",), (), source)
+    _walk(_plain(model_cfg), (), source)
 
 
-def _walk(node: Any, key: tuple[str, ...], place: tuple[str, ...], source: str) -> None:
+def _walk(node: Any, place: tuple[str, ...], source: str) -> None:
+    """``place``: the keys from the model config down to ``node``."""
+    key = ("model", *place)
     if isinstance(node, Mapping):
         for name in node:
             if str(name) in _INSTANTIATE_KEYS[1:]:
@@ -75,16 +77,17 @@ def _walk(node: Any, key: tuple[str, ...], place: tuple[str, ...], source: str) 
                     "build this config"
                 )
         if "_target_" in node:
-            _check_target(node["_target_"], key, place, source)
+            _check_target(node["_target_"], place, source)
         for name, value in node.items():
             if name != "_target_":
-                _walk(value, (*key, str(name)), (*place, str(name)), source)
+                _walk(value, (*place, str(name)), source)
     elif isinstance(node, Sequence) and not isinstance(node, (str, bytes)):
         for i, value in enumerate(node):
-            _walk(value, (*key, str(i)), (*place, str(i)), source)
+            _walk(value, (*place, str(i)), source)
 
 
-def _check_target(target: Any, key: tuple[str, ...], place: tuple[str, ...], source: str) -> None:
+def _check_target(target: Any, place: tuple[str, ...], source: str) -> None:
+    key = ("model", *place)
     where = ".".join((*key, "_target_"))
     expected = _PLACES.get(place)
     if expected is None:

@@ -231,5 +231,7 @@ def test_weights_that_do_not_fit_the_stored_model_are_one_sentence(tmp_path):
     name = next(iter(state["model"]))
     state["model"][name] = torch.zeros(1, 2, 3)
     save_checkpoint(state, path)
-    with pytest.raises(GenflowError, match="its weights do not fit the model its config describes"):
+    with pytest.raises(
+        GenflowError, match="holds weights that do not fit the model its config describes"
+    ):
         genflow.load_run(run_dir)

@@ -20,7 +20,6 @@ def save_grid(images: Tensor, path: Path, nrow: int, caption: str | None = None)
     ``caption`` (what the picture shows: step, temperature, rows and columns) above it."""
     from torchvision.utils import save_image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     factor = max(1, math.ceil(MIN_CELL / min(images.shape[-2:])))
     if factor > 1:
         images = images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)

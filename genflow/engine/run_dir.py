@@ -136,7 +136,6 @@ class RunDir:
         """``.hydra/`` as Hydra writes it (config.yaml, hydra.yaml, overrides.yaml), unresolved,
         written only once a run has been accepted for this directory."""
         folder = self.config_file.parent
-        folder.mkdir(parents=True, exist_ok=True)
         for path, node in (
             (self.config_file, cfg),
             (folder / "hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),

@@ -34,15 +34,18 @@ class TrainState:
     train_seconds: float = 0.0  # wall time in the training loop, over every resumed part
 
 
-def load_weights(model, ckpt: dict[str, Any], path: Path | str) -> None:
-    """The checkpoint's model weights into ``model``, or one sentence if they do not fit."""
+def load_weights(
+    model,
+    weights: dict[str, Any],
+    path: Path | str,
+    misfit: str = "does not fit this model config (was the model changed since the run started?)",
+) -> None:
+    """A checkpoint's ``weights`` into ``model``, or one sentence (``misfit``) if they do not
+    fit."""
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(weights)
     except RuntimeError as err:
-        raise GenflowError(
-            f"checkpoint {path} does not fit this model config (was the model changed "
-            f"since the run started?): {str(err).splitlines()[0]}"
-        ) from err
+        raise GenflowError(f"checkpoint {path} {misfit}: {str(err).splitlines()[0]}") from err
 
 
 class TrainingCheckpoints:
@@ -86,7 +89,7 @@ class TrainingCheckpoints:
     def load_state(self, ckpt: dict[str, Any], path: Path | str) -> None:
         """Put the modules, the trainer state and the RNG back as ``ckpt`` holds them;
         ``path`` names where it came from in messages."""
-        load_weights(self.model, ckpt, path)
+        load_weights(self.model, ckpt["model"], path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):

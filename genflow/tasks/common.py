@@ -20,6 +20,7 @@ from genflow.engine.ema import evaluation_weights
 from genflow.engine.evaluate import evaluate
 from genflow.engine.files import write_text
 from genflow.engine.run_dir import RunDir
+from genflow.engine.train_state import load_weights
 from genflow.errors import GenflowError, first_cause
 from genflow.models.base import GenerativeModel
 from genflow.trust import check_model_config
@@ -53,13 +54,10 @@ def load_model_from_checkpoint(
     """Rebuild the model from the resolved config stored in the checkpoint and load its weights."""
     ckpt = load_checkpoint(checkpoint)
     model = build_model(stored_model_config(ckpt, checkpoint), f"checkpoint {checkpoint}")
-    try:
-        model.load_state_dict(evaluation_weights(ckpt))  # the EMA's, when the run kept one
-    except RuntimeError as err:
-        raise GenflowError(
-            f"checkpoint {checkpoint}: its weights do not fit the model its config describes "
-            f"({str(err).splitlines()[0]})"
-        ) from err
+    weights = evaluation_weights(ckpt)  # the EMA's, when the run kept one
+    load_weights(
+        model, weights, checkpoint, "holds weights that do not fit the model its config describes"
+    )
     return model.to(device).eval(), ckpt
 
 

@@ -85,7 +85,7 @@ def accept(cfg, run: RunDir) -> None:
                 f"resume={cfg.resume}: the run trained {name(trained)}, not {name(asked)}; "
                 "a resume continues the same model (drop the model override)"
             )
-        load_weights(build_model(cfg.model), ckpt, path)
+        load_weights(build_model(cfg.model), ckpt["model"], path)
     run.write_config(cfg, HydraConfig.get())
 
 
