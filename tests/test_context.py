@@ -16,6 +16,7 @@ from genflow.models.maf import MAF
 from genflow.models.nice import NICE
 from genflow.models.nsf import NSF
 from genflow.models.realnvp import RealNVP
+from genflow.nn.residual_mlp import ResidualMLP
 
 SMALL = {"hidden_features": 16}
 VECTOR_FAMILIES = {
@@ -73,6 +74,28 @@ def test_the_context_reaches_the_conditioners_not_only_the_base(name):
         torch.manual_seed(1)
         b = image.log_prob(x_image, torch.ones(2, 3))
     torch.testing.assert_close(a, b)  # the base starts at N(0, I) for every context
+
+
+def test_a_residual_conditioner_reads_the_context_in_every_block():
+    """The spline coupling's residual conditioner gates each block by the context (as the
+    paper's code): with the base and the input layer blind to c, the density still moves with
+    c, and it stops moving when the gates are made blind too."""
+    model = _conditional("nsf_coupling")
+    nets = [m for m in model.modules() if isinstance(m, ResidualMLP)]
+    assert nets and all(len(net.blocks) == 2 for net in nets)
+    with torch.no_grad():
+        model.context_base.weight.zero_()
+        model.context_base.bias.zero_()
+        for net in nets:
+            net.input.weight[:, -3:] = 0.0
+    x = torch.randn(4, 2, dtype=torch.float64)
+    c = torch.randn(4, 3, dtype=torch.float64)
+    with torch.no_grad():
+        assert (model.log_prob(x, c) - model.log_prob(x, c + 1.0)).abs().max() > 1e-4
+        for net in nets:
+            for block in net.blocks:
+                block.gate.weight.zero_()
+        torch.testing.assert_close(model.log_prob(x, c), model.log_prob(x, c + 1.0))
 
 
 def test_bad_contexts_are_one_sentence():

@@ -82,7 +82,7 @@ def spline_vector_flow(
     ``linear`` mixes the features between splines: ``lu`` (a learned LU-parameterised linear
     map), ``permutation`` (a fixed random permutation) or ``none`` (the reverse order every
     other layer, so couplings still alternate). ``context_features`` widens each conditioner's
-    input for a context vector. ``scale_bins`` divides the raw bin widths and heights by the
+    input for a context vector (and gates every block of a residual conditioner with it). ``scale_bins`` divides the raw bin widths and heights by the
     square root of the hidden width, as the paper's code does.
     """
     check_nsf(kind, conditioner, linear, num_bins, tail_bound, activation)
@@ -99,7 +99,13 @@ def spline_vector_flow(
             fixed, out = SplineCoupling.conditioner_sizes(mask, num_bins)
             if conditioner == "resnet":
                 net = ResidualMLP(
-                    fixed + context_features, out, hidden_features, num_blocks, dropout, activation
+                    fixed + context_features,
+                    out,
+                    hidden_features,
+                    num_blocks,
+                    dropout,
+                    activation,
+                    context_features=context_features,
                 )
             else:
                 net = MLP(fixed + context_features, out, hidden_features, hidden_layers, dropout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from genflow.nn.resnet import activation_layer
@@ -10,9 +11,19 @@ from genflow.nn.resnet import activation_layer
 class ResidualLinearBlock(nn.Module):
     """x + linear(dropout(act(linear(act(x))))), pre-activation. The last linear layer starts
     near zero (uniform in +-1e-3, as the NSF paper's code), so each block starts close to the
-    identity and the network to its input and output layers."""
+    identity and the network to its input and output layers.
 
-    def __init__(self, features: int, dropout: float = 0.0, activation: str = "relu"):
+    With ``context_features`` the block's update is gated by the context, a gated linear unit:
+    update * sigmoid(linear(context)), so the context reaches every block, not only the input.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        dropout: float = 0.0,
+        activation: str = "relu",
+        context_features: int = 0,
+    ):
         super().__init__()
         self.net = nn.Sequential(
             activation_layer(activation),
@@ -23,14 +34,22 @@ class ResidualLinearBlock(nn.Module):
         )
         nn.init.uniform_(self.net[-1].weight, -1e-3, 1e-3)
         nn.init.uniform_(self.net[-1].bias, -1e-3, 1e-3)
+        self.gate = nn.Linear(context_features, features) if context_features else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.net(x)
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        update = self.net(x)
+        if self.gate is not None:
+            update = update * torch.sigmoid(self.gate(context))
+        return x + update
 
 
 class ResidualMLP(nn.Module):
     """Linear in, ``num_blocks`` residual blocks of ``hidden_features``, activation, linear out
     (zero-initialised by default, so a coupling built on it starts as the identity).
+
+    With ``context_features`` > 0 the last ``context_features`` of the ``in_features`` inputs
+    are a context: the input layer sees them with the rest, and every block is gated by them
+    (as the paper's code conditions its residual networks).
 
     References: Durkan et al., 2019, arXiv:1906.04032 (appendix B: residual conditioners).
     """
@@ -44,11 +63,19 @@ class ResidualMLP(nn.Module):
         dropout: float = 0.0,
         activation: str = "relu",
         zero_init_output: bool = True,
+        context_features: int = 0,
     ):
         super().__init__()
+        if not 0 <= context_features <= in_features:
+            raise ValueError(
+                f"context_features ({context_features}) must be between 0 and in_features "
+                f"({in_features})"
+            )
+        self.context_features = context_features
         self.input = nn.Linear(in_features, hidden_features)
-        self.blocks = nn.Sequential(
-            *(ResidualLinearBlock(hidden_features, dropout, activation) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(
+            ResidualLinearBlock(hidden_features, dropout, activation, context_features)
+            for _ in range(num_blocks)
         )
         self.activation = activation_layer(activation)
         self.output = nn.Linear(hidden_features, out_features)
@@ -57,4 +84,8 @@ class ResidualMLP(nn.Module):
             nn.init.zeros_(self.output.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.output(self.activation(self.blocks(self.input(x))))
+        context = x[:, x.shape[1] - self.context_features :] if self.context_features else None
+        h = self.input(x)
+        for block in self.blocks:
+            h = block(h, context)
+        return self.output(self.activation(h))
