@@ -13,7 +13,10 @@ gives them genflow's count), and trains every side in one process:
 
 - the same data order (batch i of EpochBatches(seed ``--seed``) at step i, with its contexts
   for a conditional density), the same seed for every side's initialisation, batch, optimizer
-  (Adam, constant learning rate ``--lr``, no clipping), step budget; on images the same
+  (Adam, constant learning rate ``--lr``, no clipping), step budget (genflow steps Adam as its
+  trainer does, with torch's fused kernel on CPU and CUDA, the same update; the peers with
+  torch.optim.Adam's default step, as their documentation shows, or with ``--peer-optimizer
+  fused`` the fused one too); on images the same
   uniform dequantization noise (the RNG is seeded per step before each side's forward;
   genflow's ``model.dequantization=variational``, which the peers lack, is off) through the
   same logit with genflow's ``model.logit_alpha``; on vectors the same standardisation (the
@@ -140,7 +143,16 @@ class Side:
     and optimizer, and what its training cost. Every function takes a batch and its contexts
     (None without)."""
 
-    def __init__(self, name, per_example, module, precision="fp32", forward=None, sample=None):
+    def __init__(
+        self,
+        name,
+        per_example,
+        module,
+        precision="fp32",
+        forward=None,
+        sample=None,
+        fused=False,
+    ):
         import torch
 
         self.name = name
@@ -151,6 +163,7 @@ class Side:
         self.precision = precision
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.optimizer = None
+        self.fused = fused  # Adam's fused step (genflow's trainer: optimizer.fused=auto)
         self.seconds = 0.0
         self.steps = 0
         self.skipped = 0
@@ -158,7 +171,8 @@ class Side:
         self.averages = {}  # decay -> AveragedModel (--ema), updated after each step, untimed
 
     def make_optimizer(self, lr: float) -> None:
-        self.optimizer = self.torch.optim.Adam(self.params, lr=lr)
+        options = {"fused": True} if self.fused else {}
+        self.optimizer = self.torch.optim.Adam(self.params, lr=lr, **options)
 
     def warm_up(self, batches, count: int, lr: float, device) -> None:
         """``count`` untimed steps (torch.compile compiles here), then back to the start:
@@ -306,9 +320,16 @@ def build_sides(name: str, comparison, cfg, splits, batches, args, device, seed)
             )
         return model.to(device)
 
+    from genflow.engine.optim import use_fused
+
     sides = []
     torch.manual_seed(seed)
     plain = genflow_model()
+    # genflow's sides step Adam as genflow train does (optimizer.fused=auto: fused on CPU and
+    # CUDA); the peers as their documentation shows, torch.optim.Adam's default step, unless
+    # --peer-optimizer fused gives them the fused step too
+    genflow_fused = use_fused(plain, cfg.optimizer)
+    peer_fused = args.peer_optimizer == "fused" and genflow_fused
     plain.initialize(*batches.labeled(0))
     state = {k: v.clone() for k, v in plain.state_dict().items()}
 
@@ -328,6 +349,7 @@ def build_sides(name: str, comparison, cfg, splits, batches, args, device, seed)
             plain,
             forward=lambda x, c: plain(x, c).loss,
             sample=sampler(plain),
+            fused=genflow_fused,
         )
     )
     if fast_settings:
@@ -344,6 +366,7 @@ def build_sides(name: str, comparison, cfg, splits, batches, args, device, seed)
                 precision,
                 forward,
                 sampler(fast),
+                fused=genflow_fused,
             )
         )
     num_dims = math.prod(cfg.dataset.shape)
@@ -359,13 +382,15 @@ def build_sides(name: str, comparison, cfg, splits, batches, args, device, seed)
         if vectors:
             log_prob, sample, module = make()
             nll, draw = _standardized(log_prob, sample, splits)
-            sides.append(Side(library, nll, module.to(device), sample=draw))
+            sides.append(Side(library, nll, module.to(device), sample=draw, fused=peer_fused))
             continue
         nll, module = make()
         module = module.to(device)
         with torch.no_grad():
             nll(batches(0))  # data-dependent initialisation (ActNorm)
-        sides.append(Side(library, lambda x, c, nll=nll: to_bpd(nll(x), cfg), module))
+        sides.append(
+            Side(library, lambda x, c, nll=nll: to_bpd(nll(x), cfg), module, fused=peer_fused)
+        )
     return sides
 
 
@@ -379,6 +404,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--peer-optimizer",
+        choices=["default", "fused"],
+        default="default",
+        help="the peers' Adam step: torch's default (as their documentation shows), or the "
+        "fused step genflow's trainer takes (optimizer.fused=auto)",
+    )
     parser.add_argument(
         "--fast", nargs="*", default=None, help="bf16 compile (default: the comparison's)"
     )
@@ -412,7 +444,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(
-        f"hardware: {hardware(args.device)}; batch {args.batch_size}, Adam {args.lr:g}, "
+        f"hardware: {hardware(args.device)}; batch {args.batch_size}, Adam {args.lr:g} "
+        f"(peers' step: {args.peer_optimizer}), "
         f"seeds {' '.join(str(s) for s in args.seed)}"
     )
     for name in args.models:

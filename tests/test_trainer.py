@@ -294,6 +294,49 @@ def test_bad_optimizer_values_are_rejected():
         )
 
 
+def test_the_optimizer_steps_fused_where_torch_can_and_the_update_is_the_same():
+    """optimizer.fused=auto takes torch's fused step for adam / adamw on the CPU (adamax has
+    none); its steps follow the per-parameter loop's to float rounding; true where torch has no
+    fused step, or a value that is not auto/true/false, is one sentence."""
+
+    def options(name, fused="auto", weight_decay=0.01):
+        return OmegaConf.create(
+            dict(name=name, lr=1e-2, betas=[0.9, 0.99], weight_decay=weight_decay, fused=fused)
+        )
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+    assert build_optimizer(net(), options("adam")).defaults["fused"]
+    assert build_optimizer(net(), options("adamw")).defaults["fused"]
+    assert not build_optimizer(net(), options("adam", fused=False)).defaults["fused"]
+    assert not build_optimizer(net(), options("adamax")).defaults.get("fused")
+    before_the_option = dict(name="adam", lr=1e-2, betas=[0.9, 0.99], weight_decay=0.0)
+    assert build_optimizer(net(), OmegaConf.create(before_the_option)).defaults["fused"]
+    for name in ("adam", "adamw"):
+        fused, loop = net(), net()
+        steppers = [
+            (fused, build_optimizer(fused, options(name))),
+            (loop, build_optimizer(loop, options(name, fused=False))),
+        ]
+        x = torch.randn(16, 3, generator=torch.Generator().manual_seed(1))
+        for _ in range(20):
+            for model, optimizer in steppers:
+                optimizer.zero_grad()
+                model(x).pow(2).mean().backward()
+                optimizer.step()
+        for a, b in zip(fused.parameters(), loop.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert (fused[0].weight - net()[0].weight).abs().max() > 1e-2  # they moved
+    with pytest.raises(
+        GenflowError, match="torch has a fused step for adam, adamw on cpu and cuda"
+    ):
+        build_optimizer(net(), options("adamax", fused=True))
+    with pytest.raises(GenflowError, match="optimizer.fused must be auto, true or false"):
+        build_optimizer(net(), options("adam", fused="yes"))
+
+
 def test_image_folder_loads_resizes_and_splits(tmp_path):
     for cls in ("a", "b"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
