@@ -112,6 +112,7 @@ PATH_KEYS = (
     "checkpoint",
     "output_root",
     "dataset_root",
+    "out",
     "dataset.root",
     "dataset.path",
     "hydra.run.dir",

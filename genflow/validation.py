@@ -216,6 +216,16 @@ def validate_eval_config(cfg: DictConfig) -> None:
     _check(cfg, "batch_size", lambda v: _integer(v) and v >= 1, "a positive integer")
     _check(cfg, "split", lambda v: v in EVAL_SPLITS, f"one of {', '.join(EVAL_SPLITS)}")
     _check_checkpoint(cfg)
+    _check_out(cfg)
+
+
+def _check_out(cfg: DictConfig) -> None:
+    _check(
+        cfg,
+        "out",
+        lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
+        "null (the run directory) or a folder",
+    )
 
 
 def validate_sample_config(cfg: DictConfig) -> None:
@@ -244,6 +254,7 @@ def validate_sample_config(cfg: DictConfig) -> None:
         "null, a split (train, val, test), a list of numbers or a .npy or .csv file",
     )
     _check_checkpoint(cfg)
+    _check_out(cfg)
 
 
 NAME_MAX = 255  # bytes in one file name on the common file systems

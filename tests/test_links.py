@@ -5,6 +5,7 @@ and a folder that cannot be written is one sentence."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import TINY, run_dirs, run_genflow
@@ -114,3 +115,53 @@ def test_eval_sample_resume_and_report_write_nothing_through_links(workdir):
     proc = run_genflow(["report", str(run.parent), "--out", str(notes)], workdir, check=False)
     assert proc.returncode == 2 and "--out" in proc.stderr and "Traceback" not in proc.stderr
     assert notes.read_bytes() == before
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_eval_and_sample_write_to_out_when_the_run_cannot_be_written(workdir, monkeypatch):
+    """out=<folder> takes eval's and sample's outputs and leaves the run as it was; a run that
+    cannot be written is one sentence before the work, naming out=; so is an out= that cannot."""
+    from conftest import compose_config
+
+    import genflow.engine.files as files
+    from genflow.tasks import eval as eval_task
+    from genflow.tasks import sample as sample_task
+
+    run_genflow(["train", *TINY], workdir)
+    (run,) = run_dirs(workdir)
+    before = _tree(run)
+    elsewhere = workdir / "elsewhere"
+
+    def command(name, *overrides):
+        task = {"eval": eval_task, "sample": sample_task}[name]
+        return task.run(compose_config([f"run={run}", "device=cpu", *overrides], name=name))
+
+    summary = command("eval", f"out={elsewhere}")
+    assert json.loads((elsewhere / "eval.json").read_text()) == summary
+    drawn = command("sample", f"out={elsewhere}", "sample.n=4")
+    assert Path(drawn["image"]).parent == elsewhere and Path(drawn["image"]).is_file()
+    assert _tree(run) == before
+
+    real_open = files.os.open
+
+    def read_only(path, flags, *args):  # the suite runs as root, where a mode stops nothing
+        if run in Path(path).parents and flags & files.os.O_CREAT:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(files.os, "open", read_only)
+    for name in ("eval", "sample"):
+        with pytest.raises(
+            GenflowError, match=r"^cannot write .*: permission denied .* out=<folder>"
+        ):
+            command(name)
+    assert _tree(run) == before
+    monkeypatch.undo()
+    (workdir / "a_file").write_text("x")
+    with pytest.raises(GenflowError, match=r"^cannot write .*a_file/out: "):
+        command("eval", f"out={workdir / 'a_file' / 'out'}")
+    with pytest.raises(GenflowError, match=r"out='' is not valid; out must be null"):
+        command("sample", "out=''")

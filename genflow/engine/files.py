@@ -43,9 +43,13 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{next(_COUNTER)}{path.suffix}")
 
 
+class CannotWrite(GenflowError):
+    """A file or folder the operating system would not let genflow write."""
+
+
 def _cannot_write(path: Path, err: OSError) -> GenflowError:
     reason = err.strerror or str(err)
-    return GenflowError(
+    return CannotWrite(
         f"cannot write {path}: {reason.lower()} (is its folder read-only, or the disk full?); "
         "nothing already there was changed"
     )
@@ -80,6 +84,20 @@ def replacing(
         raise _cannot_write(path, err) from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def probe_folder(folder: str | Path) -> Path:
+    """Make sure files can be written into ``folder`` (made if missing) before the work that
+    produces them: a read-only folder is one sentence now, not after minutes of evaluation."""
+    folder = Path(folder)
+    probe = temporary_name(folder / "probe")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        probe.unlink()
+    except OSError as err:  # read-only, or a path through a file
+        raise _cannot_write(folder, err) from err
+    return folder
 
 
 def write_text(path: str | Path, text: str, root: str | Path | None = None) -> None:

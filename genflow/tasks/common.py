@@ -18,7 +18,7 @@ from genflow.engine.device import describe_hardware
 from genflow.engine.distributed import DistContext
 from genflow.engine.ema import evaluation_weights
 from genflow.engine.evaluate import evaluate
-from genflow.engine.files import write_text
+from genflow.engine.files import CannotWrite, probe_folder, write_text
 from genflow.engine.run_dir import RunDir
 from genflow.engine.train_state import load_weights
 from genflow.errors import GenflowError, first_cause
@@ -110,6 +110,21 @@ def evaluation_summary(
         **extra,
         **metrics,
     }
+
+
+def output_folder(cfg, run_dir, default: Path) -> Path:
+    """Where eval / sample write: ``out=<folder>`` when given (a run that cannot or should not
+    be written to), else ``default`` inside the run, whose folders must stay inside it; either
+    is checked to be writable before the work, and a run that is not says how to go on."""
+    if cfg.get("out"):
+        return probe_folder(Path(str(cfg.out)).expanduser())
+    run_dir.check_writable(appends=False)
+    try:
+        return probe_folder(default)
+    except CannotWrite as err:
+        raise GenflowError(
+            f"{err}; pass out=<folder> to write this command's outputs there"
+        ) from err
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

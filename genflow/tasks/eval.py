@@ -15,6 +15,7 @@ from genflow.tasks.common import (
     evaluation_summary,
     headline,
     load_model_from_checkpoint,
+    output_folder,
     write_json,
 )
 from genflow.validation import validate_eval_config
@@ -23,7 +24,7 @@ from genflow.validation import validate_eval_config
 def run(cfg) -> dict[str, Any]:
     validate_eval_config(cfg)
     run_dir, checkpoint = RunDir.locate(cfg.run, cfg.checkpoint)
-    run_dir.check_writable(appends=False)  # before the work: its folders stay inside it
+    out_dir = output_folder(cfg, run_dir, run_dir.path)  # before the work
     device = resolve_device(cfg.device)
     model, ckpt = load_model_from_checkpoint(checkpoint, device)
     if model.iw_samples is not None:  # VAEs: nll and bpd from the importance-weighted bound
@@ -54,7 +55,7 @@ def run(cfg) -> dict[str, Any]:
         labels=labels,
         references=splits.references,
     )
-    path = run_dir.eval_json(cfg.split, checkpoint.name)
+    path = out_dir / run_dir.eval_json(cfg.split, checkpoint.name).name
     write_json(path, summary)
     bound = (
         f" (importance-weighted, {summary['iw_samples']} samples)"

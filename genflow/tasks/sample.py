@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,11 +15,13 @@ from genflow.engine.files import save_tensor
 from genflow.engine.pictures import density_picture, draw_samples, save_samples, save_strip
 from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError
-from genflow.tasks.common import load_model_from_checkpoint
+from genflow.tasks.common import load_model_from_checkpoint, output_folder
 from genflow.validation import validate_sample_config
 
 
-def interpolate(model, cfg, ckpt, run_dir: RunDir, checkpoint, device) -> dict[str, Any]:
+def interpolate(
+    model, cfg, ckpt, run_dir: RunDir, checkpoint, device, out_dir: Path
+) -> dict[str, Any]:
     """Rows of decoded latents on the straight line between pairs of test images."""
     s = cfg.sample
     if not model.can_encode:
@@ -42,7 +45,6 @@ def interpolate(model, cfg, ckpt, run_dir: RunDir, checkpoint, device) -> dict[s
         path_z = (1 - t) * start.unsqueeze(1) + t * end.unsqueeze(1)
         decoded = model.decode(path_z.flatten(0, 1))
     rows = decoded.view(pairs, steps, *decoded.shape[1:])
-    out_dir = run_dir.samples
     stem = f"interpolate_{checkpoint.stem}_pairs{pairs}_steps{steps}_seed{s.seed}"
     caption = (
         f"{checkpoint.name} (step {ckpt['trainer']['step']}): each row the straight line in "
@@ -145,12 +147,12 @@ def run(cfg) -> dict[str, Any]:
     validate_sample_config(cfg)
     s = cfg.sample
     run_dir, checkpoint = RunDir.locate(cfg.run, cfg.checkpoint)
-    run_dir.check_writable(appends=False)  # before the work: its folders stay inside it
+    out_dir = output_folder(cfg, run_dir, run_dir.samples)  # before the work
     device = resolve_device(cfg.device)
     model, ckpt = load_model_from_checkpoint(checkpoint, device)
     torch.manual_seed(int(s.seed))
     if s.mode == "interpolate":
-        summary = interpolate(model, cfg, ckpt, run_dir, checkpoint, device)
+        summary = interpolate(model, cfg, ckpt, run_dir, checkpoint, device, out_dir)
         print(json.dumps(summary), flush=True)
         return summary
     label = s.get("label")
@@ -181,13 +183,11 @@ def run(cfg) -> dict[str, Any]:
             )
             chunks.append(drawn)
     samples = torch.cat(chunks).cpu()
-    out_dir = run_dir.samples
     stem = f"sample_{checkpoint.stem}_n{s.n}_t{float(s.temperature):g}_seed{s.seed}"
     if label is not None:
         stem += f"_label{label}"
     if contexts is not None and s.get("context") is not None:
         stem += f"_context-{context_tag(s.context)}"
-    out_dir.mkdir(parents=True, exist_ok=True)
     save_tensor(samples, out_dir / f"{stem}.pt")
     extra = {}
     if contexts is not None:
