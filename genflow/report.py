@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from genflow.engine.files import save_figure, write_text, write_with
+from genflow.engine.files import save_figure, unreadable, write_text, write_with
 from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError, first_line
 
@@ -74,14 +74,18 @@ def _yaml(path: Path) -> Any:
     try:
         return OmegaConf.to_container(OmegaConf.load(path))
     except Exception as err:
-        raise GenflowError(f"{path} is damaged: not readable as YAML ({first_line(err)})") from err
+        raise unreadable(path, err) or GenflowError(
+            f"{path} is damaged: not readable as YAML ({first_line(err)})"
+        ) from err
 
 
 def _json_object(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise GenflowError(f"{path} is damaged: not readable as JSON ({first_line(err)})") from err
+        raise unreadable(path, err) or GenflowError(
+            f"{path} is damaged: not readable as JSON ({first_line(err)})"
+        ) from err
     if not isinstance(value, dict):
         raise GenflowError(f"{path} is damaged: not a JSON object")
     return value

@@ -1,27 +1,32 @@
 """A fuzzer for run directories from elsewhere: take a small real run, damage one of its files at a
-time (truncate it, corrupt bytes, empty it, make it a link to a file outside, make it a folder),
-and run eval, sample, report, load_run and a resume's checks against the copy. Every case must
-end in success or one sentence (a GenflowError, exit 2 on the command line), and leave the file
-outside byte-identical.
+time (truncate it, corrupt bytes, empty it, make it a link to a file outside, make it a folder,
+make it unreadable), and run eval, sample, report, load_run and a resume's checks against the
+copy. Every case must end in success or one sentence (a GenflowError, exit 2 on the command
+line), and leave the file outside byte-identical.
 
-Cases per command, (files of the run) x 5 damages, for the three kinds of run:
+Cases per command, (files of the run) x 6 damages, for the three kinds of run:
 
 | run                          | files | eval | sample | report | load_run | resume | all |
 |------------------------------|-------|------|--------|--------|----------|--------|-----|
-| flow (RealNVP, digits)       | 10    | 50   | 50     | 50     | 50       | 50     | 250 |
-| VAE (Gaussian, digits)       | 10    | 50   | 50     | 50     | 50       | 50     | 250 |
-| ARM (PixelCNN, digits)       | 10    | 50   | 50     | 50     | 50       | 50     | 250 |
+| flow (RealNVP, digits)       | 10    | 60   | 60     | 60     | 60       | 60     | 300 |
+| VAE (Gaussian, digits)       | 10    | 60   | 60     | 60     | 60       | 60     | 300 |
+| ARM (PixelCNN, digits)       | 10    | 60   | 60     | 60     | 60       | 60     | 300 |
 
 (each run's files: the three .hydra configs, the best/last/last.prev checkpoints,
-metrics.jsonl, train.log, eval.json and one picture; the test checks the count). Unreadable
-files are not among the damages: the suite runs as root in CI, where a file's mode does not stop
-a read. The fuzzer takes a few minutes, so it carries the ``slow`` marker: ``pytest -m slow``
-runs it, and CI runs it after the quick suite.
+metrics.jsonl, train.log, eval.json and one picture; the test checks the count). The suite runs
+as root in CI, where a file's mode does not stop a read, so an unreadable file is every open of
+it failing with EACCES, as for a file of mode 000. The fuzzer takes about ten minutes, so it
+carries the ``slow`` marker: ``pytest -m slow`` runs it, and CI runs it after the quick suite.
 """
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
+import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,13 +69,50 @@ def _folder(path: Path, outside: Path) -> None:
     path.mkdir()
 
 
+def _unreadable(path: Path, outside: Path) -> None:
+    """Nothing to change on disk: the suite runs as root, where a mode of 000 stops no read, so
+    every open of this file fails with EACCES while the command runs (``_reads_refused``)."""
+
+
 DAMAGES = {
     "truncate": _truncate,
     "corrupt": _corrupt,
     "empty": _empty,
     "link": _link_outside,
     "folder": _folder,
+    "unreadable": _unreadable,
 }
+
+
+@contextmanager
+def _reads_refused(path: Path | None):
+    """Open, io.open and os.open of ``path`` fail as they do for an unreadable file."""
+    if path is None:
+        yield
+        return
+    target = path.resolve()
+    real_open, real_os_open = builtins.open, os.open
+
+    def refused(file) -> bool:
+        if isinstance(file, int):
+            return False
+        return Path(os.fspath(file)).resolve() == target
+
+    def guarded_open(file, *args, **kwargs):
+        if refused(file):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    def guarded_os_open(file, *args, **kwargs):
+        if refused(file):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(file))
+        return real_os_open(file, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(builtins, "open", guarded_open)
+        patch.setattr(io, "open", guarded_open)
+        patch.setattr(os, "open", guarded_os_open)
+        yield
 
 
 RUNS = {
@@ -151,10 +193,11 @@ def test_every_damaged_file_of_a_run_ends_in_success_or_one_sentence(
                 shutil.copytree(real_run, run, symlinks=True)
                 apply(run / name, outside)
                 try:
-                    if command == "resume":
-                        _resume(run, monkeypatch)
-                    else:
-                        globals()[f"_{command}"](run)
+                    with _reads_refused(run / name if damage == "unreadable" else None):
+                        if command == "resume":
+                            _resume(run, monkeypatch)
+                        else:
+                            globals()[f"_{command}"](run)
                     outcomes[command]["ok"] += 1
                 except GenflowError as err:
                     outcomes[command]["refused"] += 1

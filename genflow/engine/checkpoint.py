@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from genflow.engine.files import replacing
+from genflow.engine.files import replacing, unreadable
 from genflow.errors import GenflowError, first_line
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "genflow's own checkpoints hold none; is this file from another tool?"
         ) from err
     except Exception as err:  # truncated or corrupted file: name it
-        raise GenflowError(
+        raise unreadable(path, err) or GenflowError(
             f"checkpoint {path} is truncated or corrupted and cannot be read ({first_line(err)})"
         ) from err
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
@@ -144,9 +144,9 @@ def load_first_good(
             bad.append(path)
             log.warning("%s; trying the checkpoint before it", err)
             continue
-        for unreadable in bad if quarantine_bad else []:
-            if unreadable.exists():
-                log.warning("moved the unreadable %s to %s", unreadable, quarantine(unreadable))
+        for damaged in bad if quarantine_bad else []:
+            if damaged.exists():
+                log.warning("moved the unreadable %s to %s", damaged, quarantine(damaged))
         return state, path
     raise GenflowError("no readable checkpoint to resume from: " + "; ".join(errors))
 

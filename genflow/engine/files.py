@@ -55,6 +55,14 @@ def _cannot_write(path: Path, err: OSError) -> GenflowError:
     )
 
 
+def unreadable(path: Path, err: BaseException) -> GenflowError | None:
+    """One sentence for a file the operating system will not let genflow read (its mode, a
+    folder in its place), as opposed to one whose content is damaged; None for the latter."""
+    if isinstance(err, (PermissionError, IsADirectoryError)):
+        return GenflowError(f"cannot read {path}: {(err.strerror or str(err)).lower()}")
+    return None
+
+
 @contextmanager
 def replacing(
     path: str | Path, root: str | Path | None = None, sync: bool = False

@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from genflow.engine.checkpoint import previous_path
-from genflow.engine.files import check_appendable, check_folder, write_text
+from genflow.engine.files import check_appendable, check_folder, unreadable, write_text
 from genflow.errors import GenflowError, first_line
 
 CHECKPOINTS = "checkpoints"
@@ -230,7 +230,7 @@ class RunDir:
         try:
             stored = OmegaConf.to_container(OmegaConf.load(path))
         except Exception as err:
-            raise GenflowError(
+            raise unreadable(path, err) or GenflowError(
                 f"{path} is not a YAML list of overrides ({first_line(err)})"
             ) from err
         if not isinstance(stored, list) or not all(isinstance(o, str) for o in stored):
