@@ -63,7 +63,8 @@ def find_runs(paths: list[str]) -> list[RunDir]:
             else:  # a sweep or an output root (a file holds no runs)
                 configs = sorted(match.glob("**/.hydra/config.yaml")) if match.is_dir() else []
             for config in configs:
-                found.setdefault(config.parent.parent.resolve(), RunDir(config.parent.parent))
+                run = found.setdefault(config.parent.parent.resolve(), RunDir(config.parent.parent))
+                run.check_files()  # a named pipe or a device where report reads: one sentence
     if not found:
         raise GenflowError(f"no run directories (with .hydra/config.yaml) under {' '.join(paths)}")
     return list(found.values())

@@ -1,16 +1,16 @@
 """A fuzzer for run directories from elsewhere: take a small real run, damage one of its files at a
 time (truncate it, corrupt bytes, empty it, make it a link to a file outside, make it a folder,
-make it unreadable), and run eval, sample, report, load_run and a resume's checks against the
+make it unreadable, put a named pipe in its place), and run eval, sample, report, load_run and a resume's checks against the
 copy. Every case must end in success or one sentence (a GenflowError, exit 2 on the command
 line), and leave the file outside byte-identical.
 
-Cases per command, (files of the run) x 6 damages, for the three kinds of run:
+Cases per command, (files of the run) x 7 damages, for the three kinds of run:
 
 | run                          | files | eval | sample | report | load_run | resume | all |
 |------------------------------|-------|------|--------|--------|----------|--------|-----|
-| flow (RealNVP, digits)       | 10    | 60   | 60     | 60     | 60       | 60     | 300 |
-| VAE (Gaussian, digits)       | 10    | 60   | 60     | 60     | 60       | 60     | 300 |
-| ARM (PixelCNN, digits)       | 10    | 60   | 60     | 60     | 60       | 60     | 300 |
+| flow (RealNVP, digits)       | 10    | 70   | 70     | 70     | 70       | 70     | 350 |
+| VAE (Gaussian, digits)       | 10    | 70   | 70     | 70     | 70       | 70     | 350 |
+| ARM (PixelCNN, digits)       | 10    | 70   | 70     | 70     | 70       | 70     | 350 |
 
 (each run's files: the three .hydra configs, the best/last/last.prev checkpoints,
 metrics.jsonl, train.log, eval.json and one picture; the test checks the count). The suite runs
@@ -69,6 +69,12 @@ def _folder(path: Path, outside: Path) -> None:
     path.mkdir()
 
 
+def _pipe(path: Path, outside: Path) -> None:
+    """A named pipe in the file's place: a read of it would wait for a writer forever."""
+    path.unlink()
+    os.mkfifo(path)
+
+
 def _unreadable(path: Path, outside: Path) -> None:
     """Nothing to change on disk: the suite runs as root, where a mode of 000 stops no read, so
     every open of this file fails with EACCES while the command runs (``_reads_refused``)."""
@@ -81,6 +87,7 @@ DAMAGES = {
     "link": _link_outside,
     "folder": _folder,
     "unreadable": _unreadable,
+    "pipe": _pipe,
 }
 
 

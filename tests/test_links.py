@@ -165,3 +165,27 @@ def test_eval_and_sample_write_to_out_when_the_run_cannot_be_written(workdir, mo
         command("eval", f"out={workdir / 'a_file' / 'out'}")
     with pytest.raises(GenflowError, match=r"out='' is not valid; out must be null"):
         command("sample", "out=''")
+
+
+def test_a_pipe_or_a_device_in_a_run_is_one_sentence_before_any_read(tmp_path):
+    """A named pipe (a read waits forever) or a link to /dev/zero (a read never ends) where
+    genflow reads is refused by every way into a run: locate (eval, sample, load_run), the
+    resume's and train's checks, and report's discovery."""
+    import os
+
+    from genflow.engine.run_dir import RunDir
+    from genflow.report import main as report_main
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("model: {}\n")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "best.pt").symlink_to("/dev/zero")
+    with pytest.raises(GenflowError, match=r"best.pt is a device, not a file; .*remove it$"):
+        RunDir.locate(run)
+    with pytest.raises(GenflowError, match=r"best.pt is a device"):
+        RunDir(run).check_writable()
+    (run / "checkpoints" / "best.pt").unlink()
+    os.mkfifo(run / "eval.json")
+    with pytest.raises(GenflowError, match=r"eval.json is a named pipe, not a file"):
+        report_main([str(run), "--out", str(tmp_path / "report")])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,16 @@ RESUME_FREE_KEYS = (
     "trainer.max_minutes",
     "optimizer.lr",  # a resume goes on at the new rate (the NaN stop's advice: lower it)
 )
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
 
 
 class RunDir:
@@ -77,11 +88,33 @@ class RunDir:
     def log_file(self) -> Path:
         return self.path / "train.log"
 
+    def check_files(self) -> None:
+        """Refuse a run directory that holds, or links to, something that is neither a file
+        nor a folder (a named pipe, a socket, a device such as /dev/zero) where genflow reads:
+        the run's own files, checkpoints/ and .hydra/. Reading one would block or never end,
+        and a tarball can carry them."""
+        for folder in (self.path, self.checkpoints, self.config_file.parent):
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue  # missing or not a folder: each reader names what it lacks
+            for entry in entries:
+                try:
+                    mode = os.stat(entry.path).st_mode  # through a link: what a read opens
+                except OSError:
+                    continue  # a broken link: missing, which each reader names
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    raise GenflowError(
+                        f"{entry.path} is {_special_kind(mode)}, not a file; genflow reads "
+                        "only files and folders from a run directory: remove it"
+                    )
+
     def check_writable(self, appends: bool = True) -> None:
         """Refuse, before anything is written, a run directory whose folders lead outside it
         or whose appended files (metrics.jsonl, train.log) are links: a directory received
         from elsewhere may carry such links. Single files are replaced by a rename when
         written (genflow.engine.files), so a link at one is never written through."""
+        self.check_files()
         for folder in (self.checkpoints, self.samples, self.config_file.parent):
             check_folder(folder, self.path)
         for file in (self.metrics, self.log_file) if appends else ():
@@ -200,6 +233,7 @@ class RunDir:
         if not path.is_dir():
             raise GenflowError(f"run={run}: no such run directory or checkpoint file")
         run_dir = cls(path)
+        run_dir.check_files()
         return run_dir, run_dir.find_checkpoint(which)
 
     def resume_candidates(self, resume: str | None) -> list[Path]:
