@@ -217,6 +217,22 @@ MUTANTS = [
         ("tests/test_context.py",),
         "the vector flows' conditioners never see the context (only the base does)",
     ),
+    Mutant(
+        "context_gates_blind",
+        "genflow/nn/residual_mlp.py",
+        "update = update * torch.sigmoid(self.gate(context))",
+        "update = update * torch.sigmoid(0.0 * self.gate(context))",
+        ("tests/test_context.py",),
+        "the residual conditioner's blocks ignore the context (only its input layer reads it)",
+    ),
+    Mutant(
+        "optimizer_never_fused",
+        "genflow/engine/optim.py",
+        'options = {"fused": True} if use_fused(model, cfg) else {}',
+        "options = {}",
+        ("tests/test_trainer.py",),
+        "optimizer.fused=auto silently keeps torch's per-tensor loop (the speed is lost)",
+    ),
 ]
 
 
