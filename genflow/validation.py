@@ -353,7 +353,7 @@ def _check_model_fits_data(cfg: DictConfig) -> None:
         name = target.rsplit(".", 1)[-1]
         raise GenflowError(
             f"model {name} models discrete values but dataset '{cfg.dataset.name}' is continuous "
-            "(dataset.levels is null); use a flow (model=nsf, realnvp, maf, nice) for vectors and tables"
+            "(dataset.levels is null); use a flow (model=nsf, realnvp, maf, nice, cnf) for vectors and tables"
         )
     for part in VAE_PARTS:
         node = OmegaConf.select(cfg, f"model.{part}", default=None)
@@ -385,7 +385,7 @@ def _check_model_fits_data(cfg: DictConfig) -> None:
         name = target.rsplit(".", 1)[-1]
         raise GenflowError(
             f"model {name} needs image data (C, H, W) but dataset '{cfg.dataset.name}' has "
-            f"shape {data_shape}; for vectors use model=nsf, realnvp, maf or nice"
+            f"shape {data_shape}; for vectors use model=nsf, realnvp, maf, nice or cnf"
         )
 
 
@@ -397,7 +397,7 @@ def _check_context(cfg: DictConfig, model_class, target: str) -> None:
         raise GenflowError(
             f"dataset '{cfg.dataset.name}' carries a context of {data_context} values per "
             f"example, but model {name} cannot be conditioned on one (the flows can: nsf, "
-            "maf, realnvp, nice, glow); leave dataset.context_columns empty"
+            "maf, realnvp, nice, glow, cnf); leave dataset.context_columns empty"
         )
     if "context_features" in cfg.model:
         model_context = OmegaConf.select(cfg, "model.context_features", default=None)

@@ -72,6 +72,11 @@ MODEL_TINY = {
     "pixelrnn": ["model.hidden_channels=4", "model.num_layers=1"],
     "gated_pixelcnn": ["model.hidden_channels=6", "model.num_layers=2"],
     "vae": ["model.hidden_features=16", "model.latent_features=4", "eval.iw_samples=8"],
+    "cnf": [
+        "model.hidden_features=16",
+        "model.num_layers=1",
+        *(f"model.{s}.{o}" for s in ("solver", "sample_solver") for o in ("method=rk4", "steps=4")),
+    ],
 }
 TINY = [*MODEL_TINY["realnvp"], *RUN_TINY]
 

@@ -22,6 +22,7 @@ from genflow.bijections.coupling import (
     checkerboard_mask,
 )
 from genflow.bijections.elementwise import BatchNormFlow, DiagonalScaling, Standardize
+from genflow.bijections.ode import ODEFlow
 from genflow.bijections.permutation import Permutation
 from genflow.bijections.reshape import Flatten
 from genflow.bijections.spline import MaskedSplineAutoregressive, SplineCoupling
@@ -33,6 +34,10 @@ from genflow.models.realnvp import RealNVP, multiscale_flow, vector_flow
 from genflow.nn import MLP, ResNet
 from genflow.nn.conv_net import ActNormConv2d, ConvNet, ZeroConv, zero_conv
 from genflow.nn.made import MADE
+from genflow.nn.velocity import VelocityMLP
+
+ODE_SOLVERS = ("solver", "sample_solver", "train_solver")
+ODE_TIGHT = {"method": "dopri5", "rtol": 1e-12, "atol": 1e-12}
 
 
 def _batch_norm_in_eval_mode():
@@ -210,6 +215,12 @@ CASES = {
     "glow_flow_hidden_actnorm": (
         lambda: glow_flow((1, 4, 4), 2, 2, 8, hidden_actnorm=True),
         (1, 4, 4),
+        "normal",
+    ),
+    # a continuous-time flow, its solver tight enough for the harness's float64 tolerances
+    "ode_flow": (
+        lambda: ODEFlow(VelocityMLP(3, 8, 2, 4), (3,), **dict.fromkeys(ODE_SOLVERS, ODE_TIGHT)),
+        (3,),
         "normal",
     ),
     "glow_flow_additive": (

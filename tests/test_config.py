@@ -81,11 +81,12 @@ SMALL = {
     "gated_pixelcnn": ["model.hidden_channels=6", "model.num_layers=1"],
     "vae": ["model.hidden_features=8", "model.latent_features=2"],
     "energy_flow": ["model.num_flows=2"],
+    "cnf": ["model.hidden_features=8", "model.num_layers=1"],
 }
 ENERGY_TARGETS = {"u1", "u2", "u3", "u4"}  # what model=energy_flow fits
 IMAGE_ONLY = {"glow", "pixelcnn", "pixelcnnpp", "pixelrnn", "gated_pixelcnn"}
 # what takes a context vector: the flows, and the ARMs (at their class sites)
-CONTEXT_FLOWS = {"nsf", "maf", "realnvp", "nice", "glow"} | {
+CONTEXT_FLOWS = {"nsf", "maf", "realnvp", "nice", "glow", "cnf"} | {
     "pixelcnn",
     "pixelcnnpp",
     "wavenet",

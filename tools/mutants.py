@@ -233,6 +233,46 @@ MUTANTS = [
         ("tests/test_trainer.py",),
         "optimizer.fused=auto silently keeps torch's per-tensor loop (the speed is lost)",
     ),
+    Mutant(
+        "cnf_divergence_sign",
+        "genflow/bijections/ode.py",
+        "        return v, div\n\n    def _check_budget",
+        "        return v, -div\n\n    def _check_budget",
+        ("tests/test_cnf.py",),
+        "a continuous flow's log-det integrates minus the divergence",
+    ),
+    Mutant(
+        "cnf_exact_trace_offdiagonal",
+        "genflow/bijections/ode.py",
+        "jac.diagonal(dim1=-2, dim2=-1).sum(-1)",
+        "jac.sum((-2, -1))",
+        ("tests/test_cnf.py",),
+        "the exact divergence sums the whole Jacobian instead of its diagonal",
+    ),
+    Mutant(
+        "cnf_hutchinson_variance_of_one_probe",
+        "genflow/bijections/ode.py",
+        "per_probe.var(0) / k",
+        "per_probe.var(0)",
+        ("tests/test_cnf.py",),
+        "the Hutchinson standard error is a single probe's, not the mean's over the probes",
+    ),
+    Mutant(
+        "cnf_ot_path_ignores_sigma_min",
+        "genflow/models/cnf.py",
+        "return (1.0 - s * t) * x0 + t * x1, x1 - s * x0",
+        "return (1.0 - s * t) * x0 + t * x1, x1 - x0",
+        ("tests/test_cnf.py",),
+        "flow matching's target velocity leaves out sigma_min (not the path's derivative)",
+    ),
+    Mutant(
+        "cnf_dequantization_term",
+        "genflow/models/cnf.py",
+        "nll = -(self.base.log_prob(solved.out) + pre_logdet + solved.logdet)",
+        "nll = -(self.base.log_prob(solved.out) + solved.logdet)",
+        ("tests/test_cnf.py",),
+        "the CNF's evaluation drops the dequantization, scaling and logit terms",
+    ),
 ]
 
 

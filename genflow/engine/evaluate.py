@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -80,6 +81,10 @@ def evaluate(
     sums = ctx.all_reduce(torch.cat([sums, sums.new_tensor([len(shard)])]))
     count = sums[-1]
     means = {name: (total / count).item() for name, total in zip(names, sums, strict=False)}
+    for name in [n for n in names if n.endswith("_var")]:
+        # a model's per-example variance of a Monte Carlo estimate (CNF's Hutchinson log-det):
+        # the standard error of the mean over the split
+        means[name[: -len("_var")] + "_se"] = math.sqrt(means[name] / count.item())
     if tails and "bpd" in totals:  # the tail of the per-example bpd, where there is one
         means.update(tail_statistics(per_example, len(data), ctx, data.device))
     return means

@@ -410,12 +410,13 @@ class Trainer(TrainingCheckpoints):
         if improved:
             self.save(BEST)
         log.info(
-            "step %d: val %s %.4f (best %.4f at step %d)",
+            "step %d: val %s %.4f (best %.4f at step %d)%s",
             step,
             monitor.metric,
             value,
             state.best_metric,
             state.best_step,
+            f", {metrics['nfe']:.0f} NFE" if "nfe" in metrics else "",
         )
 
     def write_samples(self, step: int) -> Path:

@@ -139,7 +139,9 @@ def headline(summary: dict[str, Any]) -> str:
             "context": " given the context (log p(x | c))",
         }.get(summary.get("conditional_on"), "")
         c2st = f", c2st {summary['c2st']:.3f}" if "c2st" in summary else ""
-        return f"bpd {summary['bpd']:.4f}, nll {summary['nll']:.2f} nats{given}{c2st}"
+        se = f" (probes' s.e. {summary['nll_se']:.2f})" if "nll_se" in summary else ""
+        nfe = f", {summary['nfe']:.0f} NFE" if "nfe" in summary else ""  # continuous-time flows
+        return f"bpd {summary['bpd']:.4f}, nll {summary['nll']:.2f} nats{se}{given}{nfe}{c2st}"
     # a flow fitted to an energy (model=energy_flow): the bound on log Z and the KL
     return (
         f"log Z bound {summary['log_z_bound']:.4f} (grid log Z {summary['log_z']:.4f}), "
