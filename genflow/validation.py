@@ -213,6 +213,12 @@ def _check_sizes(cfg: DictConfig) -> None:
 def validate_eval_config(cfg: DictConfig) -> None:
     """The values genflow eval reads from its own config (the model's come from the run)."""
     _check(cfg, "eval.iw_samples", lambda v: _integer(v) and v >= 1, "a positive integer")
+    _check(
+        cfg,
+        "eval.probes",
+        lambda v: v is None or (_integer(v) and v >= 1),
+        "null or a positive integer",
+    )
     _check(cfg, "batch_size", lambda v: _integer(v) and v >= 1, "a positive integer")
     _check(cfg, "split", lambda v: v in EVAL_SPLITS, f"one of {', '.join(EVAL_SPLITS)}")
     _check_checkpoint(cfg)

@@ -11,7 +11,15 @@ import time
 
 import pytest
 import torch
-from conftest import RUN_TINY, compose_config, perturbed, read_records, run_dirs, run_genflow
+from conftest import (
+    RUN_TINY,
+    compose_config,
+    last_json_line,
+    perturbed,
+    read_records,
+    run_dirs,
+    run_genflow,
+)
 from torch import nn
 
 from genflow.bijections.ode import ODEFlow, Solver, SolverBudgetExceeded
@@ -324,25 +332,50 @@ def test_a_bad_cnf_setting_on_the_command_line_exits_before_any_run(tmp_path):
 
 
 def test_train_eval_and_sample_a_cnf_on_digits(tmp_path):
-    """genflow train model=cnf on digits (a few steps, rk4 solvers), then eval with more
-    probes than training used and sample: every figure comes with its NFE."""
+    """genflow train model=cnf on digits (a few steps, rk4 solvers), then eval and sample with
+    their own solver settings: every figure comes with its NFE and the solver behind it."""
     rk4 = ["method=rk4", "steps=6"]
     solvers = [f"model.{s}.{o}" for s in ("solver", "sample_solver") for o in rk4]
-    run_genflow(
+    small = ["model.hidden_features=32", "model.num_layers=1"]
+    run_genflow(["train", "model=cnf", *small, *solvers, *RUN_TINY], tmp_path)
+    (run,) = run_dirs(tmp_path)
+    val = [r for r in read_records(run) if r["split"] == "val"]
+    assert val and all(r["nfe"] == 24 for r in val)  # rk4: 4 evaluations a step
+    proc = run_genflow(["eval", f"run={run}"], tmp_path)
+    assert "24 NFE" in proc.stdout
+    summary = last_json_line(proc.stdout)
+    assert summary["solver"] == "rk4 with 6 steps" and summary["divergence"] == "exact"
+    proc = run_genflow(
+        ["eval", f"run={run}", "eval.solver.steps=3", "out=" + str(tmp_path / "e")], tmp_path
+    )
+    assert last_json_line(proc.stdout)["nfe"] == 12
+    proc = run_genflow(["eval", f"run={run}", "eval.probes=4"], tmp_path, check=False)
+    assert proc.returncode == 2 and "eval.probes applies to Hutchinson's divergence" in proc.stderr
+    proc = run_genflow(["eval", f"run={run}", "eval.solver.method=heun"], tmp_path, check=False)
+    assert proc.returncode == 2 and "eval.solver.method must be one of" in proc.stderr
+    proc = run_genflow(
         [
-            "train",
-            "model=cnf",
-            "model.hidden_features=32",
-            "model.num_layers=1",
-            *solvers,
-            *RUN_TINY,
+            "sample",
+            f"run={run}",
+            "sample.n=4",
+            "sample.solver.method=euler",
+            "sample.solver.steps=5",
         ],
         tmp_path,
     )
-    (run,) = run_dirs(tmp_path)
-    val = [r for r in read_records(run) if r["split"] == "val"]
-    assert val and all(r["nfe"] == 24 for r in val)
-    proc = run_genflow(["eval", f"run={run}"], tmp_path)
-    assert "24 NFE" in proc.stdout + proc.stderr
-    run_genflow(["sample", f"run={run}", "sample.n=4"], tmp_path)
+    summary = last_json_line(proc.stdout)
+    assert summary["nfe"] == 5 and summary["solver"] == "euler with 5 steps"
     assert any((run / "samples").iterdir())
+
+
+def test_eval_solver_settings_on_another_family_are_one_sentence():
+    from genflow.errors import GenflowError
+    from genflow.models.realnvp import RealNVP
+    from genflow.tasks.common import apply_solver_settings
+
+    model = RealNVP((2,), num_layers=2)
+    apply_solver_settings(model, {"method": None}, "solver", "eval.solver")  # all null: nothing
+    with pytest.raises(GenflowError, match=r"eval.solver applies to continuous flows .* RealNVP"):
+        apply_solver_settings(model, {"method": "rk4"}, "solver", "eval.solver")
+    with pytest.raises(GenflowError, match=r"eval.probes applies to continuous flows"):
+        apply_solver_settings(model, {}, "solver", "eval.solver", probes=4)

@@ -242,6 +242,27 @@ class CNF(FlowModel):
         y = self.flow.transform(z, context, inverse=True, logdet=False).out
         return self.postprocess(y)
 
+    def override_solver(self, which: str, overrides, key: str) -> Solver:
+        """Replace ``which`` (``solver``, ``sample_solver``) by itself with the non-null values
+        of ``overrides`` (a mapping; ``key`` names it in the sentence for a bad value)."""
+        changes = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+        current = getattr(self.flow, which)
+        merged = {f: getattr(current, f) for f in current.__dataclass_fields__}
+        unknown = sorted(set(changes) - set(merged))
+        if unknown:
+            raise ValueError(f"{key} has no key '{unknown[0]}'; its keys: {', '.join(merged)}")
+        merged.update(changes)
+        solver = Solver.from_config(merged, key)
+        setattr(self.flow, which, solver)
+        return solver
+
+    def evaluation_settings(self) -> dict[str, Any]:
+        """What an evaluation summary records of how the likelihood was solved."""
+        kind = self.flow.divergence_kind
+        if kind == "hutchinson":
+            kind = f"hutchinson ({self.flow.probe}, {self.flow.probes} per example)"
+        return {"solver": self.flow.solver.describe(), "divergence": kind}
+
     @torch.no_grad()
     def initialize(self, batch: Tensor, y: Tensor | None = None) -> None:
         """Nothing depends on the data at the start (no ActNorm)."""

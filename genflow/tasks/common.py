@@ -98,6 +98,8 @@ def evaluation_summary(
         extra["iw_samples"] = int(model.iw_samples)
     if model.conditioned_on is not None:
         extra["conditional_on"] = model.conditioned_on
+    if hasattr(model, "evaluation_settings"):  # continuous flows: the solver and divergence
+        extra.update(model.evaluation_settings())
     extra["hardware"] = describe_hardware(data.device)
     return {
         "run": str(run.path),
@@ -110,6 +112,33 @@ def evaluation_summary(
         **extra,
         **metrics,
     }
+
+
+def apply_solver_settings(model, overrides, which: str, key: str, probes=None) -> None:
+    """``eval.solver`` / ``sample.solver`` (each non-null key replaces the run's) and
+    ``eval.probes`` for a continuous flow; one sentence where they cannot apply."""
+    changes = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+    if not changes and probes is None:
+        return
+    from genflow.models.cnf import CNF
+
+    if not isinstance(model, CNF):
+        used = key if changes else key.rsplit(".", 1)[0] + ".probes"
+        raise GenflowError(
+            f"{used} applies to continuous flows (model=cnf); this run's model is "
+            f"{type(model).__name__}"
+        )
+    try:
+        model.override_solver(which, changes, key)
+    except ValueError as err:
+        raise GenflowError(str(err)) from err
+    if probes is not None:
+        if model.flow.divergence_kind != "hutchinson":
+            raise GenflowError(
+                f"{key.rsplit('.', 1)[0]}.probes applies to Hutchinson's divergence; this run's "
+                "divergence is the exact trace (no probes, no standard error to report)"
+            )
+        model.flow.probes = int(probes)
 
 
 def output_folder(cfg, run_dir, default: Path) -> Path:

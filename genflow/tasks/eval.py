@@ -12,6 +12,7 @@ from genflow.engine.device import resolve_device
 from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError
 from genflow.tasks.common import (
+    apply_solver_settings,
     evaluation_summary,
     headline,
     load_model_from_checkpoint,
@@ -29,6 +30,9 @@ def run(cfg) -> dict[str, Any]:
     model, ckpt = load_model_from_checkpoint(checkpoint, device)
     if model.iw_samples is not None:  # VAEs: nll and bpd from the importance-weighted bound
         model.iw_samples = int(cfg.eval.iw_samples)
+    apply_solver_settings(
+        model, cfg.eval.get("solver"), "solver", "eval.solver", cfg.eval.get("probes")
+    )
     dataset_cfg = OmegaConf.create(ckpt["config"]["dataset"])
     if cfg.get("dataset_root"):
         dataset_cfg.root = cfg.dataset_root

@@ -15,7 +15,7 @@ from genflow.engine.files import save_tensor
 from genflow.engine.pictures import density_picture, draw_samples, save_samples, save_strip
 from genflow.engine.run_dir import RunDir
 from genflow.errors import GenflowError
-from genflow.tasks.common import load_model_from_checkpoint, output_folder
+from genflow.tasks.common import apply_solver_settings, load_model_from_checkpoint, output_folder
 from genflow.validation import validate_sample_config
 
 
@@ -150,6 +150,7 @@ def run(cfg) -> dict[str, Any]:
     out_dir = output_folder(cfg, run_dir, run_dir.samples)  # before the work
     device = resolve_device(cfg.device)
     model, ckpt = load_model_from_checkpoint(checkpoint, device)
+    apply_solver_settings(model, s.get("solver"), "sample_solver", "sample.solver")
     torch.manual_seed(int(s.seed))
     if s.mode == "interpolate":
         summary = interpolate(model, cfg, ckpt, run_dir, checkpoint, device, out_dir)
@@ -222,5 +223,8 @@ def run(cfg) -> dict[str, Any]:
     }
     if model.num_classes is not None:
         summary["label"] = label  # None: the classes in turn, a class per grid column
+    if hasattr(model, "evaluation_settings"):  # continuous flows: how the samples were solved
+        summary["solver"] = model.flow.sample_solver.describe()
+        summary["nfe"] = model.flow.last_nfe  # the last batch's solve
     print(json.dumps(summary), flush=True)
     return summary
