@@ -276,6 +276,8 @@ def table(rows: list[RunRow], base: Path) -> list[dict[str, str]]:
             "test_bpd": row.test.get("bpd"),
             "test_nll": row.test.get("nll"),
             "test_bpd_max": row.test.get("bpd_max"),
+            # continuous flows: the function evaluations behind the test figures
+            "test_nfe": None if row.test.get("nfe") is None else f"{row.test['nfe']:.0f}",
         }
         out.append({k: _format(v) for k, v in values.items()})
     return out
@@ -346,6 +348,8 @@ def main(argv: list[str]) -> int:
             f"--out {out} is a file; --out names the folder for report.md, report.csv and curves.png"
         )
     columns: tuple[str, ...] = COLUMNS
+    if any(c["test_nfe"] for c in cells):  # a continuous flow among the runs: its NFE beside
+        columns += ("test_nfe",)
     if args.against == "papers":
         columns, cells = PAPER_COLUMNS, against_papers(rows, cells)
     machines = sorted({str(r.test["hardware"]) for r in rows if r.test.get("hardware")})

@@ -366,6 +366,9 @@ def test_train_eval_and_sample_a_cnf_on_digits(tmp_path):
     summary = last_json_line(proc.stdout)
     assert summary["nfe"] == 5 and summary["solver"] == "euler with 5 steps"
     assert any((run / "samples").iterdir())
+    proc = run_genflow(["report", str(run), "--out", str(tmp_path / "r")], tmp_path)
+    header, _, row = (tmp_path / "r" / "report.md").read_text().splitlines()[:3]
+    assert header.rstrip(" |").endswith("test_nfe") and row.rstrip(" |").endswith("24")
 
 
 def test_eval_solver_settings_on_another_family_are_one_sentence():
