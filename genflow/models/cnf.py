@@ -232,9 +232,10 @@ class CNF(FlowModel):
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        """Data -> the ODE's latent at t = 0 (bin centres, no log-det solved)."""
+        """Data -> the ODE's latent at t = 0 through ``sample_solver`` (bin centres, no log-det
+        solved): the latent that ``decode`` maps back."""
         y, _ = self.preprocess(x, noise=False)
-        return self.flow.transform(y, logdet=False).out
+        return self.flow.transform(y, logdet=False, solver=self.flow.sample_solver).out
 
     @torch.no_grad()
     def decode(self, z: Tensor, context: Tensor | None = None) -> Tensor:
