@@ -7,7 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-ACTIVATIONS = {"silu": nn.SiLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "gelu": nn.GELU}
+ACTIVATIONS = {
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+    "gelu": nn.GELU,
+    "selu": nn.SELU,
+}
 
 
 def time_features(t: Tensor, n: int) -> Tensor:
@@ -26,12 +32,13 @@ def time_features(t: Tensor, n: int) -> Tensor:
 
 class VelocityMLP(nn.Module):
     """v(t, x | c) on (B, features): ``num_layers`` hidden layers of ``hidden_features``
-    units with a smooth nonlinearity, and the time features (and the context, where there is
+    units with a nonlinearity, and the time features (and the context, where there is
     one) added into every layer (FFJORD's "concat" layers), so every layer knows where on the
     path it is.
 
-    The nonlinearity is smooth (SiLU by default) so the divergence, and its gradient when the
-    likelihood is trained (FFJORD), is defined everywhere.
+    SiLU (the default), tanh, softplus and GELU are smooth, so the divergence, and its
+    gradient when the likelihood is trained (FFJORD), is defined everywhere. SELU's slope
+    jumps at 0: adaptive solvers take more steps over its field (see benchmarks/README.md).
     """
 
     def __init__(
