@@ -6,8 +6,7 @@ import json
 
 import pytest
 import torch
-
-from tests.conftest import RUN_TINY, run_dirs, run_genflow
+from conftest import RUN_TINY, run_dirs, run_genflow
 
 
 def test_two_micro_batches_of_16_step_like_one_batch_of_32(workdir):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import MODEL_TINY, RUN_TINY, compose_config, run_dirs, run_genflow
 
 from genflow.data.datasets import load_dataset
 from genflow.tasks.common import build_model
-from tests.conftest import MODEL_TINY, RUN_TINY, compose_config, run_dirs, run_genflow
 
 # no dropout: its masks are drawn in memory order, so NHWC draws other (equally random) ones
 IMAGE_MODELS = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import compose_config
 from omegaconf import OmegaConf
 
 from genflow.config import config_dir
@@ -11,7 +12,6 @@ from genflow.errors import GenflowError
 from genflow.preflight import config_groups as _groups
 from genflow.tasks.common import build_model
 from genflow.validation import validate_train_config
-from tests.conftest import compose_config
 
 GROUPS = _groups(config_dir())
 OPTIONS = [(group, option) for group, options in GROUPS.items() for option in options]

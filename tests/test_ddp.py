@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tests.conftest import RUN_TINY, genflow_env, run_dirs, run_genflow
+from conftest import RUN_TINY, genflow_env, run_dirs, run_genflow
 
 # Glow: ActNorm's data-dependent init runs on rank 0 and reaches rank 1 by broadcast; no
 # dropout, so the only randomness is the dequantization noise of each micro-batch

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import torch
+from conftest import TINY, run_dirs, run_genflow
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -13,7 +14,6 @@ from genflow.data.datasets import load_dataset
 from genflow.engine.ema import averaged_weights, build_ema, update_ema
 from genflow.engine.evaluate import evaluate
 from genflow.tasks.common import build_model
-from tests.conftest import TINY, run_dirs, run_genflow
 
 
 def test_ema_follows_the_decay_formula_and_copies_buffers():

@@ -7,12 +7,12 @@ import os
 
 import pytest
 import torch
+from conftest import MODEL_TINY, RUN_TINY, TINY, compose_config, run_dirs, run_genflow
 
 from genflow.data.datasets import load_dataset
 from genflow.engine.precision import autocast
 from genflow.numeric import full_precision, sum_except_batch
 from genflow.tasks.common import build_model
-from tests.conftest import MODEL_TINY, RUN_TINY, TINY, compose_config, run_dirs, run_genflow
 
 
 def test_reductions_run_in_at_least_fp32():

@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
+from conftest import perturbed
 from torch import nn
 
 from genflow.models import priors
 from genflow.models.vae import VAE
-from tests.conftest import perturbed
 
 DZ = 2
 # parameter noise that makes the flow priors clearly non-Gaussian yet smooth enough for the

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import MNIST_ROOT, compose_config
 
 from genflow.config import config_dir
 from genflow.data import EpochBatches, load_dataset
@@ -14,7 +15,6 @@ from genflow.engine.optim import build_optimizer
 from genflow.preflight import config_groups
 from genflow.tasks.common import build_model
 from genflow.validation import validate_train_config
-from tests.conftest import MNIST_ROOT, compose_config
 
 GROUPS = config_groups(config_dir())
 OVERLAYS = sorted(p.stem for p in (config_dir() / "overlay").glob("*.yaml"))

@@ -6,8 +6,7 @@ import json
 
 import pytest
 import torch
-
-from tests.conftest import MNIST_ROOT, MODEL_TINY, RUN_TINY, last_json_line, run_dirs, run_genflow
+from conftest import MNIST_ROOT, MODEL_TINY, RUN_TINY, last_json_line, run_dirs, run_genflow
 
 POSTERIORS = ["gaussian", "planar", "radial", "householder", "iaf", "sylvester"]
 VAE_TINY = ["model=vae", *MODEL_TINY["vae"]]
