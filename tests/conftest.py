@@ -126,3 +126,32 @@ def last_json_line(stdout: str) -> dict:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def wandb_records(path: Path):
+    """The records of an offline W&B run's ``run-<id>.wandb`` file, parsed with W&B's own
+    protobuf messages. The file is a LevelDB-style log after a 7-byte header: 32 KiB blocks of
+    chunks, each a CRC (4 bytes), a length (2, little-endian), a type (full, first, middle,
+    last) and the payload; W&B 0.31 ships no reader of its own."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    pos, block, chunk = 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a chunk header is padding
+            pos += left
+            continue
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        kind = data[pos + 6]
+        payload = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0:  # zero padding to the end of the block
+            pos += (block - pos % block) % block
+            continue
+        chunk = payload if kind in (1, 2) else chunk + payload
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(chunk)
+            yield record

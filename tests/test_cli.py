@@ -258,6 +258,45 @@ def test_wandb_offline_needs_no_account(workdir):
     assert len(offline) == 2 and all(d.name.endswith(run_id) for d in offline)
 
 
+def test_an_offline_wandb_run_holds_the_best_value_the_config_and_the_checkpoints(workdir):
+    """What W&B writes (read back from its run file): the monitored metric declared with its
+    direction, so the summary holds its best value; the resolved config with the run
+    directory and the command line's overrides; best.pt and last.pt as model artifacts."""
+    import base64
+    import hashlib
+
+    from conftest import wandb_records
+
+    args = [o for o in TINY if o != "logger=none"]
+    args += ["logger=wandb", "logger.log_checkpoints=true", "optimizer.lr=0.002"]
+    run_genflow(["train", *args], workdir)
+    [run_dir] = run_dirs(workdir)
+    [path] = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    records = list(wandb_records(path))
+    [metric] = [r.metric for r in records if r.WhichOneof("record_type") == "metric"]
+    assert metric.name == "val/bpd" and metric.summary.min and not metric.summary.max
+    summary = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "summary":
+            for item in r.summary.update:
+                summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    val = [r["bpd"] for r in read_records(run_dir) if r["split"] == "val"]
+    assert len(val) >= 2 and summary["val/bpd"] == {"min": min(val)}
+    [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert config["run_dir"] == str(run_dir.resolve())
+    assert "optimizer.lr=0.002" in config["overrides"] and config["optimizer"]["lr"] == 0.002
+    artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    assert {a.name for a in artifacts} == {f"model-{run.run_id}"}
+    by_file = {a.manifest.contents[0].path: a for a in artifacts}
+    assert set(by_file) == {"best.pt", "last.pt"} and "best" in by_file["best.pt"].aliases
+    for name, artifact in by_file.items():
+        digest = base64.b64encode(
+            hashlib.md5((run_dir / "checkpoints" / name).read_bytes()).digest()
+        )
+        assert artifact.type == "model" and artifact.manifest.contents[0].digest == digest.decode()
+
+
 def test_help_lists_commands_and_groups(workdir, capsys):
     proc = run_genflow(["--help"], workdir)
     assert all(c in proc.stdout for c in ("train", "eval", "sample", "report"))

@@ -38,12 +38,24 @@ def _start_wandb(logger_cfg, **settings):
         ) from err
 
 
+def _task_overrides() -> list[str]:
+    """The command line's key=value overrides of this run (none outside a Hydra job)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:  # no Hydra job (the API, tests): nothing was overridden on a command line
+        return []
+
+
 class RunLogger:
     """Appends one JSON object per event to ``metrics.jsonl``; mirrors to W&B if configured.
 
     ``logger_cfg.name`` is ``wandb`` or ``none``; W&B runs in ``logger_cfg.mode``
     (offline by default: no account and no network needed) and resumes under ``run_id``.
-    With ``write=False`` (DDP ranks other than 0) it records nothing.
+    With ``write=False`` (DDP ranks other than 0) it records nothing. W&B's config is the
+    resolved config plus ``run_dir``; ``monitor`` (metric, ``min`` | ``max``) declares the
+    validation metric behind checkpoints/best.pt, so W&B's summary holds its best value.
     """
 
     def __init__(
@@ -53,6 +65,7 @@ class RunLogger:
         config: dict,
         run_id: str | None = None,
         write: bool = True,
+        monitor: tuple[str, str] | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.path = RunDir(run_dir).metrics
@@ -77,9 +90,16 @@ class RunLogger:
                 dir=str(self.run_dir),
                 id=run_id,
                 resume="allow",
-                config=config,
+                config={
+                    **config,
+                    "run_dir": str(self.run_dir.resolve()),
+                    "overrides": _task_overrides(),  # a sweep's values, as W&B config keys too
+                },
             )
             self.run_id = self.wandb.id
+            if monitor is not None:  # the summary keeps the monitored metric's best value
+                metric, mode = monitor
+                self.wandb.define_metric(f"val/{metric}", summary=mode)
 
     def log(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         if not self.write:
@@ -115,6 +135,22 @@ class RunLogger:
         if self.wandb is not None:
             for k, v in metrics.items():
                 self.wandb.summary[k] = _plain(v)
+
+    def log_checkpoints(self, files: dict[str, Path]) -> None:
+        """Each checkpoint as a version of the W&B Artifact ``model-<run id>`` (type model),
+        aliased by its role (``best``, ``latest``); W&B stores a file that did not change once."""
+        if self.wandb is None:
+            return
+        import wandb
+
+        for alias, path in files.items():
+            if not path.is_file():
+                continue
+            artifact = wandb.Artifact(
+                f"model-{self.wandb.id}", type="model", metadata={"file": path.name}
+            )
+            artifact.add_file(str(path))
+            self.wandb.log_artifact(artifact, aliases=[alias])
 
     def close(self) -> None:
         if self.wandb is not None:

@@ -134,7 +134,12 @@ def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[st
     )
 
     logger = RunLogger(
-        run_dir, cfg.logger, config, run_id=trainer.state.wandb_id, write=ctx.is_main
+        run_dir,
+        cfg.logger,
+        config,
+        run_id=trainer.state.wandb_id,
+        write=ctx.is_main,
+        monitor=(str(cfg.trainer.monitor.metric), str(cfg.trainer.monitor.mode)),
     )
     try:
         state = trainer.fit(logger)
@@ -159,6 +164,11 @@ def train(cfg, run_dir: Path, ctx: DistContext, device: torch.device) -> dict[st
             | {"best_step": summary["step"]},
         )
         logger.summary({f"test/{k}": v for k, v in summary.items() if isinstance(v, float)})
+        if cfg.logger.get("log_checkpoints"):
+            checkpoints = RunDir(run_dir).checkpoints
+            logger.log_checkpoints(
+                {"best": checkpoints / "best.pt", "latest": checkpoints / "last.pt"}
+            )
         if ctx.is_main:
             write_json(RunDir(run_dir).eval_json(), summary)
     finally:
