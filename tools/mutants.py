@@ -236,8 +236,9 @@ MUTANTS = [
     Mutant(
         "cnf_divergence_sign",
         "genflow/bijections/ode.py",
-        "        return v, div\n\n    def _check_budget",
-        "        return v, -div\n\n    def _check_budget",
+        "return self.flow.divergence(t, x, self.context, self.eps, self.create_graph)",
+        "v, div = self.flow.divergence(t, x, self.context, self.eps, self.create_graph)\n"
+        "        return v, -div",
         ("tests/test_cnf.py",),
         "a continuous flow's log-det integrates minus the divergence",
     ),

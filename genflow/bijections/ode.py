@@ -125,8 +125,7 @@ class _Dynamics:
         x = state[0]
         if self.eps is None:
             return self.flow.velocity(t, x, self.context), torch.zeros_like(state[1])
-        v, div = self.flow.divergence(t, x, self.context, self.eps, self.create_graph)
-        return v, div
+        return self.flow.divergence(t, x, self.context, self.eps, self.create_graph)
 
     def _check_budget(self) -> None:
         solver = self.solver
@@ -210,11 +209,9 @@ class ODEFlow(Bijection):
         if y.shape[1] != self.features:
             raise ValueError(f"ODEFlow on {self.features} values got {y.shape[1]}")
         hutchinson = logdet and self.divergence_kind == "hutchinson"
-        k = (
-            1
-            if not hutchinson
-            else (1 if training and probes is None else int(probes or self.probes))
-        )
+        k = 1  # probes per example: several only for an evaluation's Hutchinson estimate
+        if hutchinson:
+            k = int(probes) if probes is not None else (1 if training else self.probes)
         if k > 1:
             y = y.repeat(k, 1)
             context = None if context is None else context.repeat(k, 1)

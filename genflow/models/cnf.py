@@ -25,6 +25,7 @@ condition in every layer.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -247,13 +248,8 @@ class CNF(FlowModel):
         """Replace ``which`` (``solver``, ``sample_solver``) by itself with the non-null values
         of ``overrides`` (a mapping; ``key`` names it in the sentence for a bad value)."""
         changes = {k: v for k, v in dict(overrides or {}).items() if v is not None}
-        current = getattr(self.flow, which)
-        merged = {f: getattr(current, f) for f in current.__dataclass_fields__}
-        unknown = sorted(set(changes) - set(merged))
-        if unknown:
-            raise ValueError(f"{key} has no key '{unknown[0]}'; its keys: {', '.join(merged)}")
-        merged.update(changes)
-        solver = Solver.from_config(merged, key)
+        # from_config names an unknown key and checks every value, as for model.solver
+        solver = Solver.from_config({**asdict(getattr(self.flow, which)), **changes}, key)
         setattr(self.flow, which, solver)
         return solver
 
