@@ -110,9 +110,11 @@ def test_the_documentation_shows_commands():
 @pytest.mark.parametrize(
     "where, command, overrides", DOCUMENTED, ids=[f"{c} {' '.join(o)}" for _, c, o in DOCUMENTED]
 )
-def test_every_documented_command_composes_and_validates(where, command, overrides):
+def test_every_documented_command_composes_and_validates(where, command, overrides, tmp_path):
     """Each key=value the README and the docs show names a real key or group option with a
-    valid value: the command's config composes and passes genflow's own validation."""
+    valid value: the command's config composes and passes genflow's own validation. A table
+    the command names (`dataset.path=table.csv`) is written first, small, in that format."""
+    import numpy as np
     from conftest import compose_config
 
     from genflow.validation import (
@@ -122,6 +124,15 @@ def test_every_documented_command_composes_and_validates(where, command, overrid
     )
 
     overrides = [o for o in overrides if not o.startswith(("resume=", "hydra/launcher="))]
+    if "dataset=tabular" in overrides:
+        [i] = [i for i, o in enumerate(overrides) if o.startswith("dataset.path=")]
+        table = tmp_path / Path(overrides[i].split("=", 1)[1]).name
+        rows = np.random.default_rng(0).normal(size=(60, 3))
+        if table.suffix == ".npy":
+            np.save(table, rows)
+        else:
+            np.savetxt(table, rows, delimiter=",", header="a,b,c", comments="")
+        overrides[i] = f"dataset.path={table}"
     cfg = compose_config(overrides, command)
     if command == "train":
         from genflow.data.tabular import complete_table_config
@@ -132,3 +143,82 @@ def test_every_documented_command_composes_and_validates(where, command, overrid
         validate_eval_config(cfg)
     else:
         validate_sample_config(cfg)
+
+
+def _readme_inline_settings() -> list[str]:
+    """Every `key=value` the README names in running text (inside backticks, outside code
+    blocks), with placeholders such as `W` or `<run_dir>` left out."""
+    import re
+
+    text = re.sub(r"```.*?```", "", (ROOT / "README.md").read_text(), flags=re.S)
+    found = []
+    for token in re.findall(r"`([^`\s]+)`", text):
+        key, sep, value = token.partition("=")
+        if not sep or not re.fullmatch(r"[a-z_][a-z0-9_./]*", key):
+            continue
+        if re.fullmatch(r"[A-Z]|<[^>]+>|", value) or token in ("group=option", "key=value"):
+            continue
+        found.append(token)
+    return sorted(set(found))
+
+
+README_SETTINGS = _readme_inline_settings()
+
+
+def test_the_readme_names_settings_in_its_text():
+    assert len(README_SETTINGS) > 10
+
+
+@pytest.mark.parametrize("setting", README_SETTINGS)
+def test_every_setting_the_readme_names_composes(setting):
+    """A `key=value` in the README's text is a real key or group option of the command it
+    belongs to (genflow eval's and sample's own keys, or genflow train's)."""
+    from conftest import compose_config
+
+    key = setting.split("=", 1)[0]
+    if key.startswith("sample.") or key == "sample":
+        command = "sample"
+    elif key in ("checkpoint", "split", "run", "out", "dataset_root") or key.startswith("eval."):
+        command = "eval"
+    else:
+        command = "train"
+    # a key that only some options of a group have, with an option that has it
+    companions = {"dataset.download": ["dataset=mnist"]}.get(key, [])
+    compose_config([*companions, setting], command)
+
+
+def _markdown_links(path: Path) -> list[tuple[str, str]]:
+    import re
+
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return [
+        (target, anchor)
+        for target, _, anchor in (
+            link.partition("#") for link in re.findall(r"\]\(([^)\s]+)\)", text)
+        )
+        if not target.startswith(("http://", "https://", "mailto:"))
+    ]
+
+
+def _heading_slugs(path: Path) -> set[str]:
+    """The anchors mkdocs gives a page's headings (its default slugify)."""
+    import re
+
+    slugs = set()
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            slugs.add(re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", title)).strip("-"))
+    return slugs
+
+
+def test_the_readme_links_to_files_and_headings_that_exist():
+    """mkdocs --strict checks the links between the docs' pages; the README is not one of
+    them, so its links to files and to headings of the docs are checked here."""
+    links = _markdown_links(ROOT / "README.md")
+    assert len(links) > 20
+    for target, anchor in links:
+        path = ROOT / target
+        assert path.exists(), f"README links to {target}, which does not exist"
+        if anchor:
+            assert anchor in _heading_slugs(path), f"README links to {target}#{anchor}"
