@@ -274,6 +274,55 @@ MUTANTS = [
         ("tests/test_cnf.py",),
         "the CNF's evaluation drops the dequantization, scaling and logit terms",
     ),
+    Mutant(
+        "vae_dreg_weights_not_squared",
+        "genflow/models/vae.py",
+        "(weights.pow(2) * log_w)",
+        "(weights * log_w)",
+        ("tests/test_vae_objectives.py",),
+        "DReG's encoder surrogate weights each sample by its normalised weight, not its square",
+    ),
+    Mutant(
+        "vae_dreg_q_not_held",
+        "genflow/models/vae.py",
+        "held_log_scale = log_scale.detach().unsqueeze(1)\n"
+        "            eps = (z0 - mean.detach().unsqueeze(1))",
+        "held_log_scale = log_scale.unsqueeze(1)\n            eps = (z0 - mean.unsqueeze(1))",
+        ("tests/test_vae_objectives.py",),
+        "DReG scores z under q with q's parameters live, keeping the score term it removes",
+    ),
+    Mutant(
+        "vae_piwae_encoder_on_iwae",
+        "genflow/models/vae.py",
+        'else training_bound(log_w, "miwae")',
+        'else training_bound(log_w, "piwae")',
+        ("tests/test_vae_objectives.py",),
+        "PIWAE trains its encoder on IWAE over all samples instead of MIWAE(M, K)",
+    ),
+    Mutant(
+        "vae_miwae_groups_interleaved",
+        "genflow/models/vae.py",
+        "log_w = (log_px_z + beta * (log_pz - log_q)).view(b, m, k)",
+        "log_w = (log_px_z + beta * (log_pz - log_q)).view(b, k, m).transpose(1, 2)",
+        ("tests/test_vae_objectives.py",),
+        "MIWAE's groups take every M-th sample instead of K consecutive ones",
+    ),
+    Mutant(
+        "vae_ciwae_weights_swapped",
+        "genflow/models/vae.py",
+        "(ciwae_beta * log_w.mean(2) + (1 - ciwae_beta) * iwae)",
+        "((1 - ciwae_beta) * log_w.mean(2) + ciwae_beta * iwae)",
+        ("tests/test_vae_objectives.py",),
+        "CIWAE weighs the ELBO by 1 - beta and IWAE by beta",
+    ),
+    Mutant(
+        "vae_beta_outside_the_weights",
+        "genflow/models/vae.py",
+        "log_w = (log_px_z + beta * (log_pz - log_q)).view(b, m, k)",
+        "log_w = (log_px_z + (log_pz - log_q)).view(b, m, k)",
+        ("tests/test_vae_objectives.py",),
+        "the importance-weighted objectives ignore model.beta",
+    ),
 ]
 
 

@@ -22,6 +22,44 @@ from genflow.numeric import full_precision
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
+# model.objective: the bound training maximises (Burda et al. 2016; Rainforth et al. 2018)
+OBJECTIVES = ("elbo", "iwae", "miwae", "piwae", "ciwae")
+# model.gradient: the encoder's gradient estimator (dreg: Tucker et al. 2019)
+GRADIENTS = ("reparam", "dreg")
+
+
+def training_bound(log_w: Tensor, objective: str, ciwae_beta: float = 0.5) -> Tensor:
+    """The objective's per-example bound on log p(x) from log importance weights
+    log w = log p(x, z) - log q(z|x) of shape (B, M, K): M groups of K samples each.
+
+    elbo: the mean of log w (K = 1). iwae, miwae: the mean over the M groups of
+    log (1/K) sum_k w (IWAE is M = 1). ciwae: per group beta * ELBO + (1 - beta) * IWAE.
+    piwae: IWAE over all M * K samples, the generative network's target (its encoder
+    trains on MIWAE(M, K); see ``VAE.forward``).
+    """
+    k = log_w.shape[2]
+    if objective == "elbo":
+        return log_w.mean((1, 2))
+    iwae = torch.logsumexp(log_w, dim=2) - math.log(k)  # (B, M)
+    if objective in ("iwae", "miwae"):
+        return iwae.mean(1)
+    if objective == "ciwae":
+        return (ciwae_beta * log_w.mean(2) + (1 - ciwae_beta) * iwae).mean(1)
+    if objective == "piwae":
+        flat = log_w.flatten(1)
+        return torch.logsumexp(flat, dim=1) - math.log(flat.shape[1])
+    raise ValueError(f"model.objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+
+
+def dreg_surrogate(log_w: Tensor) -> Tensor:
+    """Per-example surrogate whose gradient through z is the doubly-reparameterised estimator
+    of the IWAE gradient for the encoder (Tucker et al. 2019, eq. 5): sum over each group's
+    K samples of the squared normalised weight times log w, averaged over the M groups, with
+    log w evaluated under a q whose parameters are held fixed (the gradient reaches the
+    encoder through z alone)."""
+    weights = torch.softmax(log_w.detach(), dim=2)
+    return (weights.pow(2) * log_w).sum(2).mean(1)
+
 
 def image_layout(event_shape: tuple[int, ...]) -> tuple[int, int, int]:
     """Images stay (C, H, W); vectors (D,) are laid out as (1, D, 1)."""
@@ -43,9 +81,12 @@ class VAE(GenerativeModel):
     ``mc_samples`` posterior samples per example; KL is in closed form for the Gaussian
     posterior under the standard prior, and otherwise the Monte Carlo estimate
     log q(z_K|x) - log p(z_K) with log q(z_K|x) = log q(z_0|x) - sum log|det| for flows.
-    beta rises linearly from 0 to 1 over ``kl_warmup_steps``; ``free_bits`` (nats per
+    beta rises linearly from 0 to ``beta`` over ``kl_warmup_steps``; ``free_bits`` (nats per
     latent dimension) floors the KL term as in Kingma et al. (2016): per dimension for the
-    closed form, on the whole KL otherwise. ``evaluate`` reports the ELBO, its recon
+    closed form, on the whole KL otherwise. ``objective`` picks a multi-sample bound instead
+    of the ELBO (see ``training_bound``): ``k`` importance samples per bound, ``mc_samples``
+    bounds averaged, the weights log w = log p(x|z) + beta (log p(z) - log q(z|x)); with
+    ``gradient="dreg"`` the encoder's gradient is the doubly-reparameterised estimator. ``evaluate`` reports the ELBO, its recon
     and kl terms, and nll / bpd from the importance-weighted bound with ``iw_samples``
     samples, chunked to about ``iw_chunk_elements`` decoder outputs at a time.
     """
@@ -74,8 +115,14 @@ class VAE(GenerativeModel):
         free_bits: float = 0.0,
         iw_samples: int = 128,
         iw_chunk_elements: int = 2**24,
+        objective: str = "elbo",
+        k: int = 1,
+        beta: float = 1.0,
+        ciwae_beta: float = 0.5,
+        gradient: str = "reparam",
     ):
         check_settings(kl_warmup_steps, free_bits, iw_samples, latent_features, mc_samples)
+        check_objective(objective, k, mc_samples, beta, ciwae_beta, gradient, free_bits)
         super().__init__(event_shape, levels)
         self.latent_features = int(latent_features)
         self.image_shape = image_layout(self.event_shape)
@@ -100,6 +147,13 @@ class VAE(GenerativeModel):
         )
         self.prior = prior if prior is not None else StandardPrior(latent_features)
         check_prior(self.prior, self.latent_features)
+        if gradient == "dreg" and self.has_flow:
+            raise ValueError(
+                "model.gradient=dreg needs model/posterior=gaussian: it scores z under q with "
+                "q's parameters held fixed, which a flow posterior cannot invert to do"
+            )
+        self.objective, self.k, self.beta = objective, int(k), float(beta)
+        self.ciwae_beta, self.gradient = float(ciwae_beta), gradient
         # the KL of a diagonal Gaussian from N(0, I) in closed form; Monte Carlo otherwise
         self.analytic_kl = not self.has_flow and self.prior.standard
         # model.prior.fit=aggregate: the encoder and decoder train against N(0, I), the prior
@@ -123,6 +177,21 @@ class VAE(GenerativeModel):
             model_cfg.get("latent_features", 1),
             model_cfg.get("mc_samples", 1),
         )
+        check_objective(
+            model_cfg.get("objective", "elbo"),
+            model_cfg.get("k", 1),
+            model_cfg.get("mc_samples", 1),
+            model_cfg.get("beta", 1.0),
+            model_cfg.get("ciwae_beta", 0.5),
+            model_cfg.get("gradient", "reparam"),
+            model_cfg.get("free_bits", 0.0),
+        )
+        posterior = str((model_cfg.get("posterior") or {}).get("_target_", "gaussian"))
+        if model_cfg.get("gradient", "reparam") == "dreg" and not posterior.endswith("gaussian"):
+            raise ValueError(
+                "model.gradient=dreg needs model/posterior=gaussian: it scores z under q with "
+                "q's parameters held fixed, which a flow posterior cannot invert to do"
+            )
         shape = image_layout(tuple(model_cfg.event_shape))
         build_likelihood(
             model_cfg.get("likelihood", "auto"),
@@ -169,13 +238,20 @@ class VAE(GenerativeModel):
         return self.prior.sample(n, temperature, encode=self._q_gaussian)
 
     def draw_posterior(
-        self, mean: Tensor, log_scale: Tensor, context: Tensor, k: int
+        self, mean: Tensor, log_scale: Tensor, context: Tensor, k: int, hold_q: bool = False
     ) -> tuple[Tensor, Tensor]:
-        """k samples z_K per example (B, k, Dz) and their log q(z_K|x) (B, k)."""
+        """k samples z_K per example (B, k, Dz) and their log q(z_K|x) (B, k). ``hold_q``
+        (Gaussian posterior only): log q(z|x) is scored with q's mean and scale held fixed,
+        so its gradient reaches the encoder through z alone (what DReG needs)."""
         b, d = mean.shape
         eps = torch.randn(b, k, d, dtype=mean.dtype, device=mean.device)
         z0 = mean.unsqueeze(1) + torch.exp(log_scale).unsqueeze(1) * eps
-        log_q0 = (-0.5 * eps.pow(2) - log_scale.unsqueeze(1) - HALF_LOG_2PI).sum(2)
+        if hold_q:
+            held_log_scale = log_scale.detach().unsqueeze(1)
+            eps = (z0 - mean.detach().unsqueeze(1)) * torch.exp(-held_log_scale)
+            log_q0 = (-0.5 * eps.pow(2) - held_log_scale - HALF_LOG_2PI).sum(2)
+        else:
+            log_q0 = (-0.5 * eps.pow(2) - log_scale.unsqueeze(1) - HALF_LOG_2PI).sum(2)
         z, logdet = self.posterior(z0.flatten(0, 1), context)  # parameters once per example
         return z.view(b, k, d), log_q0 - logdet.view(b, k)
 
@@ -187,12 +263,13 @@ class VAE(GenerativeModel):
         context: Tensor,
         k: int,
         codes: list[Tensor] | None = None,
+        hold_q: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """log p(x|z), log p(z), log q(z|x), each (B, k), for k posterior samples. With
         ``codes`` (a list) the samples (B * k, Dz) are appended to it and log p(z) is the
         standard normal's: the training terms of ``model.prior.fit=aggregate``."""
         b = x.shape[0]
-        z, log_q = self.draw_posterior(mean, log_scale, context, k)
+        z, log_q = self.draw_posterior(mean, log_scale, context, k, hold_q)
         flat = z.flatten(0, 1)
         params = full_precision(self.decoder(flat))
         targets = self._layout(x).repeat_interleave(k, dim=0)
@@ -216,12 +293,15 @@ class VAE(GenerativeModel):
         return self.analytic_kl or (self.fit_aggregate and not self.has_flow)
 
     def kl_weight(self) -> Tensor:
-        """beta of the KL warm-up: step / kl_warmup_steps, at most 1."""
+        """The KL's weight: ``beta`` times the warm-up's step / kl_warmup_steps (at most 1)."""
         if self.kl_warmup_steps <= 0:
-            return torch.ones((), device=self.training_step.device)
-        return (self.training_step.float() / self.kl_warmup_steps).clamp(max=1.0)
+            return torch.full((), self.beta, device=self.training_step.device)
+        ramp = (self.training_step.float() / self.kl_warmup_steps).clamp(max=1.0)
+        return self.beta * ramp
 
     def forward(self, x: Tensor) -> Output:
+        if self.objective != "elbo":
+            return self._multi_sample_forward(x)
         mean, log_scale, context = self.q_params(x)
         codes: list[Tensor] | None = [] if self.fit_aggregate else None
         log_px_z, log_pz, log_q = self._log_terms(
@@ -254,6 +334,69 @@ class VAE(GenerativeModel):
             loss = loss + self.bpd(cross_entropy)
             metrics["prior_nll"] = cross_entropy.detach()
         return Output(loss=loss, metrics=metrics)
+
+    def _multi_sample_forward(self, x: Tensor) -> Output:
+        """IWAE, MIWAE, PIWAE and CIWAE: the bound of ``training_bound`` over mc_samples
+        groups of k posterior samples, with the KL weight inside each log weight."""
+        mean, log_scale, context = self.q_params(x)
+        b, m, k = x.shape[0], self.mc_samples, self.k
+        codes: list[Tensor] | None = [] if self.fit_aggregate else None
+        dreg = self.gradient == "dreg"
+        log_px_z, log_pz, log_q = self._log_terms(
+            x, mean, log_scale, context, m * k, codes, hold_q=dreg
+        )
+        beta = self.kl_weight()
+        log_w = (log_px_z + beta * (log_pz - log_q)).view(b, m, k)
+        loss = self.bpd(-training_bound(log_w, self.objective, self.ciwae_beta).mean())
+        metrics: dict[str, Tensor] = {}
+        if codes is not None:  # as in forward: the prior's own cross-entropy of the codes
+            cross_entropy = -self.prior_log_prob(codes[0].detach()).mean()
+            loss = loss + self.bpd(cross_entropy)
+            metrics["prior_nll"] = cross_entropy.detach()
+        if (dreg or self.objective == "piwae") and torch.is_grad_enabled():
+            # the encoder's own target: MIWAE(M, K) for PIWAE, DReG's surrogate for DReG
+            target = dreg_surrogate(log_w) if dreg else training_bound(log_w, "miwae")
+            loss = self._split_gradient(loss, self.bpd(-target.mean()))
+        with torch.no_grad():  # the figures at beta = 1: bounds on log p(x)
+            log_w1 = (log_px_z + log_pz - log_q).view(b, m, k)
+            bound = training_bound(log_w1, self.objective, self.ciwae_beta)
+        metrics.update(
+            {
+                "bpd": self.bpd(-bound.mean()),
+                "bound": bound.mean(),
+                "elbo": log_w1.mean(),
+                "recon": -log_px_z.mean().detach(),
+                "kl": (log_q - log_pz).mean().detach(),
+                "beta": beta.detach(),
+            }
+        )
+        return Output(loss=loss, metrics=metrics)
+
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """The encoder's side: q(z|x)'s network, its mean and scale heads and the posterior
+        flow. The rest (decoder, likelihood, prior) is the generative side."""
+        parts = (self.encoder, self.q_mean, self.q_scale, self.posterior)
+        return [p for part in parts for p in part.parameters() if p.requires_grad]
+
+    def _split_gradient(self, generative_loss: Tensor, inference_loss: Tensor) -> Tensor:
+        """A loss whose value is ``generative_loss`` and whose gradient is that loss's for the
+        generative parameters and ``inference_loss``'s for the inference parameters (PIWAE's
+        two targets, DReG's encoder estimator), so one backward trains both sides."""
+        inference = self.inference_parameters()
+        ids = {id(p) for p in inference}
+        generative = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        grads = torch.autograd.grad(
+            generative_loss, generative, retain_graph=True, allow_unused=True
+        )
+        grads += torch.autograd.grad(inference_loss, inference, allow_unused=True)
+        surrogate = sum(
+            (p * g).sum()
+            for p, g in zip(generative + inference, grads, strict=True)
+            if g is not None
+        )
+        if not isinstance(surrogate, Tensor):
+            return generative_loss
+        return generative_loss.detach() + surrogate - surrogate.detach()
 
     # -- evaluation ----------------------------------------------------------------------
     def importance_weighted(self, x: Tensor, k: int) -> dict[str, Tensor]:
@@ -410,3 +553,49 @@ def check_settings(
         raise ValueError(f"model.latent_features must be a positive integer, got {latent_features}")
     if not (isinstance(mc_samples, int) and mc_samples >= 1):
         raise ValueError(f"model.mc_samples must be a positive integer, got {mc_samples}")
+
+
+def check_objective(
+    objective: str,
+    k: int,
+    mc_samples: int,
+    beta: float,
+    ciwae_beta: float,
+    gradient: str,
+    free_bits: float,
+) -> None:
+    """One sentence for an objective setting the VAE would not train as asked."""
+    if objective not in OBJECTIVES:
+        raise ValueError(
+            f"model.objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}"
+        )
+    if gradient not in GRADIENTS:
+        raise ValueError(f"model.gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(
+            f"model.k (importance samples per bound) must be a positive integer, got {k}"
+        )
+    if objective == "elbo" and k != 1:
+        raise ValueError(
+            f"model.k={k} importance-weights samples, which the ELBO does not: use "
+            "model.objective=iwae (or miwae, piwae, ciwae), or model.mc_samples for more ELBO draws"
+        )
+    if objective == "iwae" and mc_samples != 1:
+        raise ValueError(
+            f"model.objective=iwae is one bound of model.k samples; for the mean of "
+            f"model.mc_samples={mc_samples} such bounds use model.objective=miwae"
+        )
+    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and beta >= 0):
+        raise ValueError(f"model.beta (the KL's weight) must be a number >= 0, got {beta}")
+    if not (isinstance(ciwae_beta, (int, float)) and 0 <= ciwae_beta <= 1):
+        raise ValueError(f"model.ciwae_beta must be a number in [0, 1], got {ciwae_beta}")
+    if gradient == "dreg" and objective not in ("iwae", "miwae", "piwae"):
+        raise ValueError(
+            f"model.gradient=dreg estimates the gradient of an importance-weighted bound: use it "
+            f"with model.objective=iwae, miwae or piwae, not {objective}"
+        )
+    if objective != "elbo" and free_bits:
+        raise ValueError(
+            f"model.free_bits floors the ELBO's KL term, which model.objective={objective} has "
+            "no separate place for: leave model.free_bits at 0"
+        )
