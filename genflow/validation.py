@@ -78,6 +78,11 @@ def validate_train_config(cfg: DictConfig) -> None:
             "a positive number or null",
         ),
         (
+            "trainer.grad_skip",
+            lambda v: v is None or (_number(v) and v > 0),
+            "a positive number or null",
+        ),
+        (
             "trainer.patience",
             lambda v: v is None or (_integer(v) and v >= 1),
             "a positive integer or null",

@@ -119,6 +119,50 @@ def test_a_single_nan_step_is_skipped_and_the_run_completes(tmp_path):
     assert [r["step"] for r in records if r.get("skipped_step")] == [4]
 
 
+def test_a_nan_step_under_fp16_loss_scaling_is_skipped_and_the_run_goes_on(tmp_path):
+    """With a GradScaler the skipped step must still close its unscale_ (scaler.update), or
+    the next step's unscale_ raises; the scale is lowered, as after an overflow."""
+    trainer = _trainer(
+        Quadratic(), tmp_path, precision="fp16", fault_injection={"nan_loss_at_steps": [4]}
+    )
+    state = trainer.fit(RunLogger(tmp_path, None, {}))
+    assert state.step == 10 and state.skipped_steps == 1
+
+
+def test_grad_skip_skips_updates_whose_gradient_is_too_large_and_counts_them(tmp_path):
+    """trainer.grad_skip (VDVAE's stabiliser): a finite step whose gradient norm is over the
+    threshold leaves the weights as they were, is counted, and is not a fault; under it,
+    training is exactly as without the option."""
+    for name in ("all", "none", "high"):
+        (tmp_path / name).mkdir()
+    torch.manual_seed(0)
+    model = Quadratic()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    state = _trainer(model, tmp_path / "all", grad_skip=1e-12).fit(
+        RunLogger(tmp_path / "all", None, {})
+    )
+    assert state.step == 10 and state.grad_skipped_steps == 10 and state.skipped_steps == 0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, start[key])
+    records = [
+        json.loads(line) for line in (tmp_path / "all" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["grad_skipped_steps"] for r in records if r["split"] == "train"] == list(range(1, 11))
+    saved = torch.load(tmp_path / "all" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["trainer"]["grad_skipped_steps"] == 10
+
+    finals = []
+    for name, skip in (("none", None), ("high", 1e12)):
+        torch.manual_seed(0)
+        model = Quadratic()
+        state = _trainer(model, tmp_path / name, grad_skip=skip).fit(
+            RunLogger(tmp_path / name, None, {})
+        )
+        assert state.grad_skipped_steps == 0
+        finals.append(model.layer.weight.detach().clone())
+    assert torch.equal(finals[0], finals[1]) and not torch.equal(finals[0], start["layer.weight"])
+
+
 def test_repeated_bad_steps_roll_back_with_a_lower_learning_rate(tmp_path):
     trainer = _trainer(
         Quadratic(), tmp_path, max_bad_steps=2, fault_injection={"nan_loss_at_steps": [7, 8]}
@@ -137,6 +181,8 @@ def test_bad_steps_before_the_first_checkpoint_roll_back_to_the_start(tmp_path):
     memory, and from there is exactly a run started with the lower learning rate."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
+    for name in ("all", "none", "high"):
+        (tmp_path / name).mkdir()
     torch.manual_seed(0)
     model = Quadratic()
     start = {k: v.clone() for k, v in model.state_dict().items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import signal
 import time
 from contextlib import nullcontext
@@ -202,10 +203,12 @@ class Trainer(TrainingCheckpoints):
                     ),
                     loss.detach().float().reshape(1),
                     torch.as_tensor(shown, device=grad_norm.device).detach().float().reshape(1),
+                    (grad_norm > tc.grad_skip).float().reshape(1),
                 ]
             )
             reduced = self.ctx.all_reduce(flags).tolist()
             bad_loss, bad_grad, stops, out_of_time = reduced[:4]
+            too_large = reduced[6] > 0  # the same all-reduced norm on every rank
             world = self.ctx.world_size
             postfix = {"loss": f"{reduced[4] / world:.4f}"}
             if "bpd" in metrics:
@@ -215,12 +218,18 @@ class Trainer(TrainingCheckpoints):
             # at this scale: the scaler skips the update and lowers the scale; not a bad step
             overflow = bad_loss == 0 and bad_grad > 0 and self.scaler.is_enabled()
             finite = bad_loss == 0 and (bad_grad == 0 or overflow)
-            if finite:
+            if finite and too_large and not overflow:  # skipped for its size: not a fault
+                self.scaler.update()  # closes the step's unscale_ (fp16); no update is made
+                self.state.grad_skipped_steps += 1
+                self.state.bad_in_a_row = 0
+            elif finite:
                 self.scaler.step(self.optimizer)  # skips the update itself on overflow
                 self.scaler.update()
                 if self.ema is not None and not overflow:
                     update_ema(self.ema, self.model)
                 self.state.bad_in_a_row = 0
+            else:  # fp16: close the step's unscale_ (lowering the scale), or the next fails
+                self.scaler.update()
             self.scheduler.step()
             self.state.step += 1
             step = self.state.step
@@ -244,6 +253,11 @@ class Trainer(TrainingCheckpoints):
                 metrics = {
                     **self._global_means({"loss": loss, **metrics}),
                     "grad_norm": grad_norm,
+                    **(
+                        {"grad_skipped_steps": self.state.grad_skipped_steps}
+                        if tc.grad_skip != math.inf
+                        else {}
+                    ),
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "steps_per_sec": window_steps / max(elapsed, 1e-9),
                 }

@@ -47,6 +47,7 @@ class TrainerConfig:
     sample_every: int
     sample_n: int
     grad_clip: float  # inf: no clipping
+    grad_skip: float  # inf: no step is skipped for the size of its gradient
     channels_last: bool
     compile: bool
     precision: str
@@ -95,6 +96,7 @@ class TrainerConfig:
             sample_every=int(t["sample_every"] or 0),
             sample_n=int(t["sample_n"]),
             grad_clip=float(t["grad_clip"]) if t["grad_clip"] else math.inf,
+            grad_skip=float(t["grad_skip"]) if t.get("grad_skip") else math.inf,
             channels_last=bool(t["channels_last"]),
             compile=bool(t["compile"]),
             precision=str(t["precision"]),
