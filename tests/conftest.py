@@ -72,6 +72,7 @@ MODEL_TINY = {
     "pixelrnn": ["model.hidden_channels=4", "model.num_layers=1"],
     "gated_pixelcnn": ["model.hidden_channels=6", "model.num_layers=2"],
     "vae": ["model.hidden_features=16", "model.latent_features=4", "eval.iw_samples=8"],
+    "hvae": ["model.hidden_features=16", "model.latent_features=3", "eval.iw_samples=8"],
     "cnf": [
         "model.hidden_features=16",
         "model.num_layers=1",

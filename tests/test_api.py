@@ -47,7 +47,7 @@ def test_load_run_reproduces_genflow_eval(tmp_path, name, capsys):
     summary = eval_task.run(cfg)
     capsys.readouterr()
 
-    run = genflow.load_run(run_dir, iw_samples=16 if name == "vae" else None)
+    run = genflow.load_run(run_dir, iw_samples=16 if name in ("vae", "hvae") else None)
     assert isinstance(run, genflow.Run) and run.step == 7 and run.path == run_dir
     assert not run.model.training and run.config.model._target_.endswith(type(run.model).__name__)
     assert run.evaluate("test")["bpd"] == pytest.approx(summary["bpd"], rel=1e-12)

@@ -80,6 +80,7 @@ SMALL = {
     "pixelrnn": ["model.hidden_channels=4", "model.num_layers=1"],
     "gated_pixelcnn": ["model.hidden_channels=6", "model.num_layers=1"],
     "vae": ["model.hidden_features=8", "model.latent_features=2"],
+    "hvae": ["model.hidden_features=8", "model.latent_features=2"],
     "energy_flow": ["model.num_flows=2"],
     "cnf": ["model.hidden_features=8", "model.num_layers=1"],
 }

@@ -323,6 +323,38 @@ MUTANTS = [
         ("tests/test_vae_objectives.py",),
         "the importance-weighted objectives ignore model.beta",
     ),
+    Mutant(
+        "hvae_kl_reversed",
+        "genflow/models/hvae.py",
+        "gaussian_kl_between(q_mean, q_log_scale, p_mean, p_log_scale)",
+        "gaussian_kl_between(p_mean, p_log_scale, q_mean, q_log_scale)",
+        ("tests/test_hvae.py",),
+        "the hierarchical VAE's closed-form KL is KL(p || q) instead of KL(q || p)",
+    ),
+    Mutant(
+        "hvae_top_prior_dropped",
+        "genflow/models/hvae.py",
+        'out["log_p"].append(gaussian_log_prob(z, p_mean, p_log_scale))',
+        'out["log_p"].append(gaussian_log_prob(z, p_mean, p_log_scale) * (group > 0))',
+        ("tests/test_hvae.py",),
+        "the importance weights leave out the top group's log p(z_L)",
+    ),
+    Mutant(
+        "hvae_log_density_without_scale",
+        "genflow/models/hvae.py",
+        "- log_scale - HALF_LOG_2PI).sum(-1)",
+        "- HALF_LOG_2PI).sum(-1)",
+        ("tests/test_hvae.py",),
+        "the hierarchical VAE's Gaussian log-densities drop the -log(scale) term",
+    ),
+    Mutant(
+        "hvae_free_bits_on_the_sum",
+        "genflow/models/hvae.py",
+        "kl_term = kls.mean(0).clamp(min=floor).sum()",
+        "kl_term = kls.mean(0).sum().clamp(min=floor)",
+        ("tests/test_hvae.py",),
+        "free bits floor the whole KL instead of each group's",
+    ),
 ]
 
 
