@@ -20,9 +20,9 @@ from torch import Tensor, nn
 
 from genflow.distributions.likelihoods import build_likelihood
 from genflow.models.base import GenerativeModel, Output
-from genflow.models.vae import HALF_LOG_2PI, check_settings, image_layout
+from genflow.models.vae import HALF_LOG_2PI, check_networks_config, check_settings, image_layout
 from genflow.nn.gated import GatedLinear
-from genflow.nn.vae_networks import build_networks, check_network
+from genflow.nn.vae_networks import build_networks
 from genflow.numeric import full_precision
 
 
@@ -164,18 +164,7 @@ class HVAE(GenerativeModel):
             model_cfg.get("latent_features", 1),
         )
         check_groups(model_cfg.get("num_groups", 2))
-        shape = image_layout(tuple(model_cfg.event_shape))
-        build_likelihood(
-            model_cfg.get("likelihood", "auto"),
-            shape,
-            model_cfg.get("levels"),
-            model_cfg.get("num_mixtures", 5),
-            model_cfg.get("gaussian_scale", "learned"),
-        )
-        dropout = model_cfg.get("dropout", 0.0)
-        if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
-            raise ValueError(f"model.dropout must be a number in [0, 1), got {dropout}")
-        check_network(model_cfg.get("network", "mlp"), shape)
+        check_networks_config(model_cfg)
 
     def set_training_step(self, step: int) -> None:
         self.training_step.fill_(int(step))

@@ -192,18 +192,7 @@ class VAE(GenerativeModel):
                 "model.gradient=dreg needs model/posterior=gaussian: it scores z under q with "
                 "q's parameters held fixed, which a flow posterior cannot invert to do"
             )
-        shape = image_layout(tuple(model_cfg.event_shape))
-        build_likelihood(
-            model_cfg.get("likelihood", "auto"),
-            shape,
-            model_cfg.get("levels"),
-            model_cfg.get("num_mixtures", 5),
-            model_cfg.get("gaussian_scale", "learned"),
-        )
-        dropout = model_cfg.get("dropout", 0.0)
-        if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
-            raise ValueError(f"model.dropout must be a number in [0, 1), got {dropout}")
-        check_network(model_cfg.get("network", "mlp"), shape)
+        check_networks_config(model_cfg)
 
     # -- q(z|x) ------------------------------------------------------------------------
     def set_training_step(self, step: int) -> None:
@@ -599,3 +588,20 @@ def check_objective(
             f"model.free_bits floors the ELBO's KL term, which model.objective={objective} has "
             "no separate place for: leave model.free_bits at 0"
         )
+
+
+def check_networks_config(model_cfg) -> None:
+    """The likelihood, the network and its dropout of a VAE's config (``model=vae`` and
+    ``model=hvae``), checked without building them."""
+    shape = image_layout(tuple(model_cfg.event_shape))
+    build_likelihood(
+        model_cfg.get("likelihood", "auto"),
+        shape,
+        model_cfg.get("levels"),
+        model_cfg.get("num_mixtures", 5),
+        model_cfg.get("gaussian_scale", "learned"),
+    )
+    dropout = model_cfg.get("dropout", 0.0)
+    if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+        raise ValueError(f"model.dropout must be a number in [0, 1), got {dropout}")
+    check_network(model_cfg.get("network", "mlp"), shape)
