@@ -98,13 +98,25 @@ def test_four_run_sweep_makes_one_run_dir_each_in_one_wandb_group(workdir):
             "trainer.max_steps=5",
             "trainer.eval_every=5",
             "logger=wandb",
-            "logger.mode=disabled",
+            "logger.mode=offline",
             "optimizer.lr=1e-3,3e-4",
             "seed=0,1",
         ],
         workdir,
     )
     dirs = [d for d in run_dirs(workdir) if "multirun" in d.parts]
+    # what W&B holds of each run (its own run file, read back): the sweep's group, and the
+    # swept values as config keys, so W&B's grouping and parallel-coordinates views see them
+    from conftest import wandb_records
+
+    for run_dir in dirs:
+        [path] = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+        [run] = [r.run for r in wandb_records(path) if r.WhichOneof("record_type") == "run"]
+        config = {item.key: json.loads(item.value_json) for item in run.config.update}
+        assert run.run_group == dirs[0].parent.name
+        swept = [o for o in config["overrides"] if o.startswith(("optimizer.lr=", "seed="))]
+        assert len(swept) == 2 and config["seed"] in (0, 1)
+        assert config["optimizer"]["lr"] in (1e-3, 3e-4)
     assert len(dirs) == 4 and all((d / "eval.json").is_file() for d in dirs)
     configs = [torch.load(d / "checkpoints" / "last.pt", weights_only=True)["config"] for d in dirs]
     assert {(c["optimizer"]["lr"], c["seed"]) for c in configs} == {
