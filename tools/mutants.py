@@ -68,8 +68,8 @@ MUTANTS = [
     Mutant(
         "logit_logdet_dropped",
         "genflow/models/flow.py",
-        "logdet = logdet + ld",
-        "logdet = logdet + 0 * ld",
+        "y, ld = self.logit(y)\n            logdet = logdet + ld",
+        "y, ld = self.logit(y)\n            logdet = logdet + 0 * ld",
         ("tests/test_metrics.py",),
         "the logit preprocessing's log-det is not counted",
     ),
@@ -100,8 +100,8 @@ MUTANTS = [
     Mutant(
         "class_sampler_inverse_scale",
         "genflow/models/flow.py",
-        "z = self.class_loc[y] + torch.exp(self.class_log_scale[y]) * z",
-        "z = self.class_loc[y] + torch.exp(-self.class_log_scale[y]) * z",
+        "z = loc + torch.exp(log_scale) * z",
+        "z = loc + torch.exp(-log_scale) * z",
         ("tests/test_class_conditional.py",),
         "a class-conditional flow samples with the inverse of its class scale",
     ),

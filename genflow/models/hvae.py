@@ -138,8 +138,10 @@ class HVAE(GenerativeModel):
         )
         self.h_top = nn.Parameter(torch.zeros(hidden))
         self.prior_heads = nn.ModuleList(_head(hidden, 2 * z) for _ in range(self.num_groups - 1))
+        # dropout stays where the VAE has it (the encoder, the decoder, the bottom-up blocks):
+        # in the posterior blocks and the merges it drops parts of z's own signal
         self.posterior_nets = nn.ModuleList(
-            _Residual(hidden, hidden, 1, dropout, zero_init=False) for _ in range(self.num_groups)
+            _Residual(hidden, hidden, 1, 0.0, zero_init=False) for _ in range(self.num_groups)
         )
         # q's heads start random (not q = p): with q = p, a decoder that barely sees z yet
         # gave no signal to move q, and every group's KL went to 0 on digits
@@ -147,7 +149,7 @@ class HVAE(GenerativeModel):
             _head(hidden, 2 * z, zero_init=False) for _ in range(self.num_groups)
         )
         self.merges = nn.ModuleList(
-            _Residual(hidden, z, 1, dropout, zero_init=False) for _ in range(self.num_groups)
+            _Residual(hidden, z, 1, 0.0, zero_init=False) for _ in range(self.num_groups)
         )
         self.kl_warmup_steps = int(kl_warmup_steps)
         self.free_bits = float(free_bits)
