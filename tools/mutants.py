@@ -285,9 +285,8 @@ MUTANTS = [
     Mutant(
         "vae_dreg_q_not_held",
         "genflow/models/vae.py",
-        "held_log_scale = log_scale.detach().unsqueeze(1)\n"
-        "            eps = (z0 - mean.detach().unsqueeze(1))",
-        "held_log_scale = log_scale.unsqueeze(1)\n            eps = (z0 - mean.unsqueeze(1))",
+        "q_log_scale = q_log_scale.detach()\n            eps = (z0 - mean.detach().unsqueeze(1))",
+        "eps = (z0 - mean.unsqueeze(1))",
         ("tests/test_vae_objectives.py",),
         "DReG scores z under q with q's parameters live, keeping the score term it removes",
     ),

@@ -147,11 +147,7 @@ class VAE(GenerativeModel):
         )
         self.prior = prior if prior is not None else StandardPrior(latent_features)
         check_prior(self.prior, self.latent_features)
-        if gradient == "dreg" and self.has_flow:
-            raise ValueError(
-                "model.gradient=dreg needs model/posterior=gaussian: it scores z under q with "
-                "q's parameters held fixed, which a flow posterior cannot invert to do"
-            )
+        check_dreg_posterior(gradient, self.has_flow)
         self.objective, self.k, self.beta = objective, int(k), float(beta)
         self.ciwae_beta, self.gradient = float(ciwae_beta), gradient
         # the KL of a diagonal Gaussian from N(0, I) in closed form; Monte Carlo otherwise
@@ -187,11 +183,9 @@ class VAE(GenerativeModel):
             model_cfg.get("free_bits", 0.0),
         )
         posterior = str((model_cfg.get("posterior") or {}).get("_target_", "gaussian"))
-        if model_cfg.get("gradient", "reparam") == "dreg" and not posterior.endswith("gaussian"):
-            raise ValueError(
-                "model.gradient=dreg needs model/posterior=gaussian: it scores z under q with "
-                "q's parameters held fixed, which a flow posterior cannot invert to do"
-            )
+        check_dreg_posterior(
+            model_cfg.get("gradient", "reparam"), not posterior.endswith("gaussian")
+        )
         check_networks_config(model_cfg)
 
     # -- q(z|x) ------------------------------------------------------------------------
@@ -235,12 +229,11 @@ class VAE(GenerativeModel):
         b, d = mean.shape
         eps = torch.randn(b, k, d, dtype=mean.dtype, device=mean.device)
         z0 = mean.unsqueeze(1) + torch.exp(log_scale).unsqueeze(1) * eps
+        q_log_scale = log_scale.unsqueeze(1)
         if hold_q:
-            held_log_scale = log_scale.detach().unsqueeze(1)
-            eps = (z0 - mean.detach().unsqueeze(1)) * torch.exp(-held_log_scale)
-            log_q0 = (-0.5 * eps.pow(2) - held_log_scale - HALF_LOG_2PI).sum(2)
-        else:
-            log_q0 = (-0.5 * eps.pow(2) - log_scale.unsqueeze(1) - HALF_LOG_2PI).sum(2)
+            q_log_scale = q_log_scale.detach()
+            eps = (z0 - mean.detach().unsqueeze(1)) * torch.exp(-q_log_scale)
+        log_q0 = (-0.5 * eps.pow(2) - q_log_scale - HALF_LOG_2PI).sum(2)
         z, logdet = self.posterior(z0.flatten(0, 1), context)  # parameters once per example
         return z.view(b, k, d), log_q0 - logdet.view(b, k)
 
@@ -587,6 +580,15 @@ def check_objective(
         raise ValueError(
             f"model.free_bits floors the ELBO's KL term, which model.objective={objective} has "
             "no separate place for: leave model.free_bits at 0"
+        )
+
+
+def check_dreg_posterior(gradient: str, has_flow: bool) -> None:
+    """DReG scores z under q with q's parameters held fixed: a Gaussian posterior only."""
+    if gradient == "dreg" and has_flow:
+        raise ValueError(
+            "model.gradient=dreg needs model/posterior=gaussian: it scores z under q with "
+            "q's parameters held fixed, which a flow posterior cannot invert to do"
         )
 
 
