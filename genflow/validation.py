@@ -129,6 +129,14 @@ def validate_train_config(cfg: DictConfig) -> None:
             "dataset=image_folder needs dataset.path=<folder>: a folder with one sub-folder "
             "of images per class (relative to dataset.root, or absolute)"
         )
+    if cfg.dataset.name == "image_stream" and OmegaConf.is_missing(cfg.dataset, "path"):
+        raise GenflowError(
+            "dataset=image_stream needs dataset.path=<folder>: a folder of images (one "
+            "sub-folder per class, or none) or of .tar shards (relative to dataset.root, or "
+            "absolute)"
+        )
+    if cfg.dataset.get("num_workers") is not None:
+        _check(cfg, "dataset.num_workers", lambda v: _integer(v) and v >= 0, "an integer >= 0")
     if cfg.logger.name == "wandb":
         _check(cfg, "logger.mode", lambda v: v in LOGGER_MODES, f"one of {', '.join(LOGGER_MODES)}")
         for key in ("logger.run_name", "logger.group", "logger.project"):

@@ -106,6 +106,7 @@ KINDS = [
     "binarized_mnist",
     "cifar10",
     "image_folder",
+    "image_stream",
     "moons",
     "u1",
     "tabular",
@@ -123,7 +124,7 @@ def test_the_dataset_kinds_are_datasets():
 @pytest.mark.parametrize("dataset", KINDS)
 def test_every_model_builds_for_every_dataset_it_can_model(model, dataset, tmp_path):
     overrides = [f"model={model}", f"dataset={dataset}", *SMALL[model]]
-    if dataset == "image_folder":
+    if dataset in ("image_folder", "image_stream"):
         overrides.append("dataset.path=somewhere")
     if dataset == "tabular":
         (tmp_path / "t.csv").write_text(

@@ -146,7 +146,10 @@ def test_tail_statistics_of_shards_equal_those_of_the_whole_split():
     with a summing all-reduce) agree with one process on every tail statistic."""
     values = torch.rand(101, dtype=torch.float64)
     values[77] = 50.0
-    whole = tail_statistics([values[:40], values[40:]], len(values), DistContext())
+    at = torch.arange(len(values))
+    whole = tail_statistics(
+        [values[:40], values[40:]], [at[:40], at[40:]], len(values), DistContext()
+    )
     shared: list[torch.Tensor] = []
     barrier = threading.Barrier(2)
 
@@ -162,8 +165,10 @@ def test_tail_statistics_of_shards_equal_those_of_the_whole_split():
 
     def rank(r: int) -> None:
         ctx = ThreadRank(rank=r, world_size=2)
-        shard = values[ctx.shard(len(values))]
-        results[r] = tail_statistics([shard[:10], shard[10:]], len(values), ctx)
+        shard, where = values[ctx.shard(len(values))], at[ctx.shard(len(values))]
+        results[r] = tail_statistics(
+            [shard[:10], shard[10:]], [where[:10], where[10:]], len(values), ctx
+        )
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
     for thread in threads:

@@ -251,6 +251,82 @@ def _image_folder(cfg) -> DataSplits:
     return DataSplits(*cut(x), labels=dict(zip(("train", "val", "test"), cut(y), strict=True)))
 
 
+# image datasets read from disk as they are used: the generic one and the papers' sets
+STREAMED = ("image_stream", "imagenet32", "imagenet64", "celeba64", "celeba_hq", "ffhq")
+
+
+def _stream(cfg) -> DataSplits:
+    """An image dataset read from files as it is used (genflow/data/stream.py): the splits
+    are lists of records, decoded by worker processes batch by batch."""
+    from genflow.data.stream import Decoding, StreamSplit, list_source
+
+    base = Path(str(cfg.path)).expanduser()
+    if not base.is_absolute():
+        base = _root(cfg) / base
+    decode = Decoding(
+        int(cfg.image_size), int(cfg.channels), int(cfg.n_bits), bool(cfg.get("resize", True))
+    )
+    fmt = str(cfg.get("format", "auto"))
+    named = {s: cfg.get(s) for s in ("train", "val", "test")}
+    generator = torch.Generator().manual_seed(int(cfg.split_seed))
+    if named["test"] is not None or named["train"] is not None:  # the splits' own folders
+        for split in ("train", "test"):
+            if named[split] is None:
+                raise GenflowError(
+                    f"dataset.{'test' if split == 'train' else 'train'} names a folder but "
+                    f"dataset.{split} does not; name both (dataset.val is optional)"
+                )
+        sources = {}
+        for split, sub in named.items():
+            if sub is None:
+                continue
+            where = base / str(sub)
+            if not where.exists():
+                raise GenflowError(
+                    f"the {split} split of dataset '{cfg.name}' is missing: {where.resolve()} "
+                    f"does not exist (dataset.path={cfg.path}, dataset.{split}={sub})"
+                )
+            sources[split] = list_source(where, fmt)
+        train = sources["train"]
+        if "val" in sources:
+            val = sources["val"]
+        else:  # held out of the training files, at random (dataset.split_seed)
+            n_val = max(1, int(len(train) * float(cfg.val_fraction)))
+            perm = torch.randperm(len(train), generator=generator).numpy()
+            keep = np.sort(perm[:-n_val])
+            train, val = train.subset(keep), train.subset(np.sort(perm[-n_val:]))
+        cut = {"train": train, "val": val, "test": sources["test"]}
+    else:  # one folder, split at random as dataset=image_folder splits it
+        records = list_source(base, fmt)
+        if len(records) < 3:
+            raise GenflowError(f"{base} holds {len(records)} images; need at least 3")
+        perm = torch.randperm(len(records), generator=generator).numpy()
+        n_test = max(1, int(len(records) * float(cfg.test_fraction)))
+        n_val = max(1, int(len(records) * float(cfg.val_fraction)))
+        parts = (perm[: -(n_val + n_test)], perm[-(n_val + n_test) : -n_test], perm[-n_test:])
+        cut = {s: records.subset(p) for s, p in zip(("train", "val", "test"), parts, strict=True)}
+    workers, strict = int(cfg.get("num_workers", 2)), bool(cfg.get("strict", False))
+    splits = {s: StreamSplit(r, decode, workers, strict) for s, r in cut.items()}
+    for name, split in splits.items():  # a set of the wrong size or mode stops here, named
+        try:
+            decode(split.records.read(0))
+        except Exception as err:
+            raise GenflowError(
+                f"the first {name} image, {split.records.name(0)}, cannot be used: "
+                f"{first_line(err)}"
+            ) from err
+    labels = None
+    if all(s.labels is not None for s in splits.values()):
+        labels = {name: s.labels for name, s in splits.items()}
+    return DataSplits(splits["train"], splits["val"], splits["test"], labels=labels)
+
+
+def is_streamed(splits: DataSplits) -> bool:
+    from genflow.data.stream import StreamSplit
+
+    return isinstance(splits.train, StreamSplit)
+
+
 def _toy(cfg) -> DataSplits:
     seed = int(cfg.data_seed)
     make = lambda n, offset: torch.from_numpy(make_toy(cfg.name, int(n), seed + offset))  # noqa: E731
@@ -268,6 +344,7 @@ LOADERS: dict[str, Callable] = {
     "cifar10": _torchvision("CIFAR10", "cifar-10-batches-py", "data_batch_1..5 and test_batch"),
     "binarized_mnist": lambda cfg: _binarized(cfg, LOADERS["mnist"](cfg)),
     "image_folder": _image_folder,
+    **{name: _stream for name in STREAMED},
     **{name: _toy for name in TOYS},
     **{name: load_table for name in TABLE_DATASETS},
     **{name: load_sbi for name in TASKS},
@@ -284,7 +361,7 @@ def reduce_bits(x: Tensor, n_bits: int) -> Tensor:
 
 # Datasets stored as 8-bit intensities: only these take dataset.n_bits. The others have fixed
 # levels (digits 0..16, binarized MNIST 0..1) or are continuous (the 2-D toys).
-EIGHT_BIT = ("mnist", "fashion_mnist", "cifar10", "image_folder")
+EIGHT_BIT = ("mnist", "fashion_mnist", "cifar10", "image_folder", *STREAMED)
 
 
 def check_n_bits(cfg) -> None:
@@ -305,7 +382,7 @@ def load_dataset(cfg) -> DataSplits:
     check_n_bits(cfg)
     n_bits = cfg.get("n_bits")
     splits = LOADERS[cfg.name](cfg)
-    if n_bits is not None:
+    if n_bits is not None and not is_streamed(splits):  # streams reduce as they decode
         train, val, test = (
             reduce_bits(s, int(n_bits)) for s in (splits.train, splits.val, splits.test)
         )
@@ -316,7 +393,8 @@ def load_dataset(cfg) -> DataSplits:
             f"dataset '{cfg.name}' has examples of shape {tuple(splits.train.shape[1:])} "
             f"but dataset.shape says {list(expected)}"
         )
-    check_range(splits, cfg)
+    if not is_streamed(splits):  # a stream's decoding gives [0, 2**n_bits) by construction
+        check_range(splits, cfg)
     return splits
 
 

@@ -51,34 +51,36 @@ def evaluate(
     ctx = ctx or DistContext()
     was_training = model.training
     model.eval()
-    shard = data[ctx.shard(len(data))]
-    shard_labels = None if labels is None else labels[ctx.shard(len(data))]
     totals: dict[str, Tensor] = {}
     per_example: list[Tensor] = []
+    positions: list[Tensor] = []
+    part = ctx.shard(len(data))
     bar = tqdm(
-        total=len(shard),
+        total=part.stop - part.start,
         desc="eval",
         unit="ex",
         disable=not progress or not ctx.is_main,
         dynamic_ncols=True,
     )
+    count = 0
     with seeded_rng(seed + 7919 * ctx.rank, data.device):
-        for start in range(0, len(shard), batch_size):
-            batch = shard[start : start + batch_size]
-            if shard_labels is None:
+        for batch, where in _shard_batches(data, part, batch_size):
+            if labels is None:
                 metrics = model.evaluate(batch)
             else:
-                metrics = model.evaluate(batch, shard_labels[start : start + batch_size])
+                metrics = model.evaluate(batch, labels[where.to(labels.device)])
             for name, values in metrics.items():
                 totals[name] = totals.get(name, 0.0) + values.double().sum()
                 if tails and name == "bpd":
                     per_example.append(values.double())
+                    positions.append(where)
+            count += len(batch)
             bar.update(len(batch))
     bar.close()
     model.train(was_training)
     names = sorted(totals)
-    sums = torch.stack([totals[k] for k in names])
-    sums = ctx.all_reduce(torch.cat([sums, sums.new_tensor([len(shard)])]))
+    sums = torch.stack([totals[k] for k in names]) if names else torch.zeros(0, device=data.device)
+    sums = ctx.all_reduce(torch.cat([sums, sums.new_tensor([count])]))
     count = sums[-1]
     means = {name: (total / count).item() for name, total in zip(names, sums, strict=False)}
     for name in [n for n in names if n.endswith("_var")]:
@@ -86,24 +88,48 @@ def evaluate(
         # the standard error of the mean over the split
         means[name[: -len("_var")] + "_se"] = math.sqrt(means[name] / count.item())
     if tails and "bpd" in totals:  # the tail of the per-example bpd, where there is one
-        means.update(tail_statistics(per_example, len(data), ctx, data.device))
+        means.update(tail_statistics(per_example, positions, len(data), ctx, data.device))
+    if int(count.item()) < len(data):  # a streamed split's unreadable records, left out
+        means["skipped_records"] = len(data) - int(count.item())
     return means
 
 
+def _shard_batches(data, part: slice, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """This rank's examples of ``data``, ``batch_size`` at a time, with their positions in
+    ``data``: slices of a tensor, or a streamed split read by its worker processes."""
+    from genflow.data.stream import StreamSplit
+
+    if isinstance(data, StreamSplit):
+        yield from data.batches(range(len(data))[part], batch_size)
+        return
+    for start in range(part.start, part.stop, batch_size):
+        stop = min(start + batch_size, part.stop)
+        yield data[start:stop], torch.arange(start, stop, device=data.device)
+
+
 def tail_statistics(
-    per_example: list[Tensor], n: int, ctx: DistContext, device: torch.device | None = None
+    per_example: list[Tensor],
+    positions: list[Tensor],
+    n: int,
+    ctx: DistContext,
+    device: torch.device | None = None,
 ) -> dict[str, float]:
-    """Median, 99th percentile and maximum of the per-example bpd over all ``n`` examples
-    (each rank holds its contiguous shard: placed in a zero vector on ``device``, the data's,
-    and all-reduced), and the index of the worst one."""
-    values = torch.zeros(n, dtype=torch.float64, device=device)
+    """Median, 99th percentile and maximum of the per-example bpd over the ``n`` examples
+    (each rank places its values at their ``positions`` in a zero vector on ``device``, the
+    data's, and the vectors are all-reduced; an example no rank scored, an unreadable record
+    of a streamed split, is left out), and the index of the worst one."""
+    values = torch.zeros(2, n, dtype=torch.float64, device=device)
     if per_example:
-        values[ctx.shard(n)] = torch.cat(per_example)
+        where = torch.cat(positions).to(values.device)
+        values[0, where] = torch.cat(per_example).to(values.device)
+        values[1, where] = 1.0
     values = ctx.all_reduce(values).cpu()
-    worst = int(torch.argmax(values))
+    scored = values[1] > 0
+    kept = values[0][scored]
+    worst = int(torch.nonzero(scored).flatten()[int(torch.argmax(kept))])
     return {
-        "bpd_median": torch.quantile(values, 0.5).item(),
-        "bpd_p99": torch.quantile(values, 0.99).item(),
-        "bpd_max": values[worst].item(),
+        "bpd_median": torch.quantile(kept, 0.5).item(),
+        "bpd_p99": torch.quantile(kept, 0.99).item(),
+        "bpd_max": values[0, worst].item(),
         "worst_index": worst,
     }

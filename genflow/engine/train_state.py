@@ -29,6 +29,7 @@ class TrainState:
     wandb_id: str | None = None
     skipped_steps: int = 0  # non-finite steps skipped in total
     grad_skipped_steps: int = 0  # steps whose gradient norm was over trainer.grad_skip
+    skipped_records: int = 0  # unreadable records a streamed dataset left out of batches
     bad_in_a_row: int = 0
     rollbacks: int = 0
     lr_scale: float = 1.0  # product of the learning-rate cuts made by rollbacks

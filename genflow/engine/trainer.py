@@ -22,6 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from genflow.data.batches import EpochBatches
 from genflow.data.datasets import DataSplits
+from genflow.data.stream import StreamBatches, StreamSplit
 from genflow.engine.checkpoint import remove_stale_temporaries
 from genflow.engine.distributed import (
     DistContext,
@@ -80,13 +81,7 @@ class Trainer(TrainingCheckpoints):
         self.splits = splits
         self.run_dir = RunDir(run_dir)
         self.config = config
-        self.batches = EpochBatches(
-            splits.train,
-            tcfg.batch_size,
-            self.seed,
-            transform=splits.train_transform,
-            labels=self.labels_of("train"),
-        )
+        self.batches = self._batches(splits)
         self.logger: RunLogger | None = None
         self.ema = build_ema(model, tcfg.ema)
         self.scaler = grad_scaler(tcfg.precision, splits.train.device)
@@ -105,6 +100,30 @@ class Trainer(TrainingCheckpoints):
         self.state = TrainState()
         self.last_value: float | None = None  # the latest validation value of the monitor
         self._start_state: dict[str, Any] | None = None  # see TrainingCheckpoints
+
+    def _batches(self, splits: DataSplits) -> EpochBatches | StreamBatches:
+        """The training batches by global micro-batch index: from the tensor in memory, or
+        read from disk by worker processes (a streamed dataset), along this rank's indices."""
+        if not isinstance(splits.train, StreamSplit):
+            return EpochBatches(
+                splits.train,
+                self.tcfg.batch_size,
+                self.seed,
+                transform=splits.train_transform,
+                labels=self.labels_of("train"),
+            )
+        n, world = self.tcfg.accumulate_steps, self.ctx.world_size
+        # after micro-batch i < n - 1 of a step comes i + 1; after the last, the first of
+        # this rank's next step: ((s + 1) * W + r) * n
+        next_index = lambda j: j + 1 if j % n != n - 1 else j + 1 + (world - 1) * n  # noqa: E731
+        return StreamBatches(
+            splits.train,
+            self.tcfg.batch_size,
+            self.seed,
+            next_index,
+            flip=bool(self.config.get("dataset", {}).get("flip", False)),
+            labels=self.labels_of("train"),
+        )
 
     def labels_of(self, split: str) -> torch.Tensor | None:
         """What a conditional model is given with a split's examples (it trains and is scored
@@ -204,11 +223,13 @@ class Trainer(TrainingCheckpoints):
                     loss.detach().float().reshape(1),
                     torch.as_tensor(shown, device=grad_norm.device).detach().float().reshape(1),
                     (grad_norm > tc.grad_skip).float().reshape(1),
+                    torch.tensor([float(self._skipped_records())], device=grad_norm.device),
                 ]
             )
             reduced = self.ctx.all_reduce(flags).tolist()
             bad_loss, bad_grad, stops, out_of_time = reduced[:4]
             too_large = reduced[6] > 0  # the same all-reduced norm on every rank
+            self.state.skipped_records += int(reduced[7])  # unreadable records, all ranks
             world = self.ctx.world_size
             postfix = {"loss": f"{reduced[4] / world:.4f}"}
             if "bpd" in metrics:
@@ -258,6 +279,11 @@ class Trainer(TrainingCheckpoints):
                         if tc.grad_skip != math.inf
                         else {}
                     ),
+                    **(
+                        {"skipped_records": self.state.skipped_records}
+                        if self.state.skipped_records
+                        else {}
+                    ),
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "steps_per_sec": window_steps / max(elapsed, 1e-9),
                 }
@@ -286,6 +312,10 @@ class Trainer(TrainingCheckpoints):
                     step,
                 )
                 break
+
+    def _skipped_records(self) -> int:
+        """Records of this step's micro-batches a streamed dataset could not read."""
+        return self.batches.take_skipped() if isinstance(self.batches, StreamBatches) else 0
 
     def _forward_backward(self) -> tuple[tuple, dict, torch.Tensor]:
         """Gradients of one optimizer step, summed over ``trainer.accumulate_steps``
