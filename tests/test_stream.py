@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from genflow.data.datasets import load_dataset
-from genflow.data.stream import StreamBatches
+from genflow.data.stream import StreamBatches, rank_order
 from genflow.errors import GenflowError
 
 SIZE = 8
@@ -155,22 +155,23 @@ def test_a_streamed_run_resumed_mid_epoch_with_other_workers_is_bit_exact(tmp_pa
 
 
 def test_ranks_read_disjoint_shares_that_cover_each_epoch_once(tmp_path):
-    """Two ranks accumulating two micro-batches each, as the trainer asks: rank r reads
-    micro-batches (s * 2 + r) * 2 + i; over an epoch they read every training example once."""
+    """Two ranks accumulating two micro-batches each, along the trainer's order (rank r
+    reads micro-batches (s * 2 + r) * 2 + i, each loader running ahead along its own):
+    over an epoch they read every training example of a full batch once."""
     splits = load_dataset(stream_cfg(write_folder(tmp_path / "f", 45), val_fraction=0.05))
     train = splits.train
     n, world, batch = 2, 2, 4
     per_epoch = len(train) // batch  # 9 micro-batches of 4 from 41 examples
     seen = {}
     for rank in range(world):
-        nxt = lambda j: j + 1 if j % n != n - 1 else j + 1 + (world - 1) * n  # noqa: E731
-        batches = StreamBatches(train, batch, seed=3, next_index=nxt)
+        batches = StreamBatches(train, batch, seed=3, next_index=rank_order(n, world))
         seen[rank] = []
         for step in range(per_epoch // (n * world) + 1):
             for i in range(n):
                 j = (step * world + rank) * n + i
                 if j < per_epoch:
                     seen[rank] += numbers(batches.labeled(j)[0])
+        assert batches.restarts == 1  # its loader read its own share only, in order
     both = seen[0] + seen[1]
     assert not set(seen[0]) & set(seen[1])
     # no example twice in the epoch, every full batch read, all of them training examples
@@ -251,3 +252,23 @@ def test_a_resized_stream_crops_the_centre_of_the_short_side(tmp_path):
     splits = load_dataset(stream_cfg(tmp_path / "wide", resize=True))
     x = splits.train[:1]
     assert x.shape == (1, 3, SIZE, SIZE) and int(x.min()) == 200
+
+
+@pytest.mark.slow
+def test_ddp_ranks_on_a_stream_match_one_process_accumulating(tmp_path):
+    """Two CPU ranks, each with its own loader over its share, end with the weights of one
+    process accumulating both micro-batches of every step."""
+    from test_ddp import assert_same_weights
+
+    write_folder(tmp_path / "images", 60)
+    common = [*MODEL_TINY["realnvp"], *RUN_TINY, "trainer.max_steps=6", "trainer.eval_every=3"]
+    common += ["trainer.batch_size=8", "trainer.sample_every=0"]
+    common += ["dataset=image_stream", f"dataset.path={tmp_path / 'images'}"]
+    common += [f"dataset.image_size={SIZE}", "dataset.num_workers=1"]
+    for name in ("one", "ddp"):
+        (tmp_path / name).mkdir()
+    run_genflow(["train", *common, "trainer.accumulate_steps=2"], tmp_path / "one")
+    run_genflow(["train", *common, "device=ddp", "device.nproc_per_node=2"], tmp_path / "ddp")
+    (one,), (ddp,) = run_dirs(tmp_path / "one"), run_dirs(tmp_path / "ddp")
+    load = lambda r: torch.load(r / "checkpoints" / "last.pt", weights_only=True)["model"]  # noqa: E731
+    assert_same_weights(load(one), load(ddp))

@@ -354,6 +354,30 @@ MUTANTS = [
         ("tests/test_hvae.py",),
         "free bits floor the whole KL instead of each group's",
     ),
+    Mutant(
+        "stream_rank_order",
+        "genflow/data/stream.py",
+        "return lambda j: j + 1 if j % n != n - 1 else j + 1 + (world - 1) * n",
+        "return lambda j: j + 1",
+        ("tests/test_stream.py::test_ranks_read_disjoint_shares_that_cover_each_epoch_once",),
+        "a rank's loader runs ahead along every micro-batch, not its own share",
+    ),
+    Mutant(
+        "stream_epoch_order",
+        "genflow/data/stream.py",
+        "manual_seed(seed * 1_000_003 + epoch))",
+        "manual_seed(seed * 1_000_003 + epoch + 1))",
+        ("tests/test_stream.py::test_streamed_and_in_memory_folders_train_to_the_same_weights",),
+        "a streamed epoch is shuffled otherwise than the in-memory path's",
+    ),
+    Mutant(
+        "stream_loader_draws_global_rng",
+        "genflow/data/stream.py",
+        "generator=torch.Generator().manual_seed(0),",
+        "generator=None,",
+        ("tests/test_stream.py::test_streamed_and_in_memory_folders_train_to_the_same_weights",),
+        "starting a loader draws its workers' seed from the global RNG (the noise stream)",
+    ),
 ]
 
 

@@ -392,6 +392,14 @@ class _TrainOrder:
             j = self.next_index(j)
 
 
+def rank_order(accumulate_steps: int, world_size: int) -> Callable[[int], int]:
+    """The global micro-batch a rank draws after micro-batch j: rank r of W draws
+    (s * W + r) * n + i at micro-batch i < n of step s, so after i < n - 1 comes j + 1, and
+    after the last the first of its next step, ((s + 1) * W + r) * n."""
+    n, world = accumulate_steps, world_size
+    return lambda j: j + 1 if j % n != n - 1 else j + 1 + (world - 1) * n
+
+
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
     """The order of epoch ``epoch``: the one EpochBatches draws for the in-memory path."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
@@ -429,6 +437,7 @@ class StreamBatches:
         self._expected: int | None = None
         self._last: tuple[int, tuple[Tensor, Tensor | None]] | None = None
         self.skipped = 0
+        self.restarts = 0  # loaders started: once, unless asked off this rank's order
 
     def __call__(self, step: int) -> Tensor:
         return self.labeled(step)[0]
@@ -439,6 +448,7 @@ class StreamBatches:
         )
         self._iterator = iter(self.split.loader(order))
         self._expected = index
+        self.restarts += 1
 
     def labeled(self, index: int) -> tuple[Tensor, Tensor | None]:
         if self._last is not None and self._last[0] == index:  # asked again (initialisation)

@@ -22,7 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from genflow.data.batches import EpochBatches
 from genflow.data.datasets import DataSplits
-from genflow.data.stream import StreamBatches, StreamSplit
+from genflow.data.stream import StreamBatches, StreamSplit, rank_order
 from genflow.engine.checkpoint import remove_stale_temporaries
 from genflow.engine.distributed import (
     DistContext,
@@ -112,15 +112,11 @@ class Trainer(TrainingCheckpoints):
                 transform=splits.train_transform,
                 labels=self.labels_of("train"),
             )
-        n, world = self.tcfg.accumulate_steps, self.ctx.world_size
-        # after micro-batch i < n - 1 of a step comes i + 1; after the last, the first of
-        # this rank's next step: ((s + 1) * W + r) * n
-        next_index = lambda j: j + 1 if j % n != n - 1 else j + 1 + (world - 1) * n  # noqa: E731
         return StreamBatches(
             splits.train,
             self.tcfg.batch_size,
             self.seed,
-            next_index,
+            rank_order(self.tcfg.accumulate_steps, self.ctx.world_size),
             flip=bool(self.config.get("dataset", {}).get("flip", False)),
             labels=self.labels_of("train"),
         )
