@@ -84,10 +84,10 @@ MUTANTS = [
     Mutant(
         "eval_drops_last_batch",
         "genflow/engine/evaluate.py",
-        "for start in range(0, len(shard), batch_size):",
-        "for start in list(range(0, len(shard), batch_size))[:-1]:",
+        "for start in range(part.start, part.stop, batch_size):",
+        "for start in list(range(part.start, part.stop, batch_size))[:-1]:",
         ("tests/test_metrics.py",),
-        "evaluation skips the last (partial) batch but divides by every example",
+        "evaluation skips the last (partial) batch of a split held in memory",
     ),
     Mutant(
         "class_base_without_scale_logdet",
