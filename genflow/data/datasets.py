@@ -252,7 +252,7 @@ def _image_folder(cfg) -> DataSplits:
 
 
 # image datasets read from disk as they are used: the generic one and the papers' sets
-STREAMED = ("image_stream", "imagenet32", "imagenet64", "celeba64", "celeba_hq", "ffhq")
+STREAMED = ("image_stream", "imagenet32", "imagenet64", "celeba_hq")
 
 
 def _stream(cfg) -> DataSplits:

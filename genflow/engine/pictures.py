@@ -346,7 +346,9 @@ def write_step_pictures(
     with seeded_rng(seed, val.device):
         samples, nrow = draw_samples(model, n, contexts=val_context if conditional else None)
         extra = model.pictures(val[:n])
-        codes = model.latent_points(val[:scatter_points])
+        # asked of one example first: a streamed split decodes the examples it is sliced to
+        has_codes = model.latent_points(val[:1]) is not None
+        codes = model.latent_points(val[:scatter_points]) if has_codes else None
     model.train(was_training)
     vectors = val.dim() == 2
     two_d = vectors and val.shape[1] == 2 and not conditional
