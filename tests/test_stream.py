@@ -272,3 +272,32 @@ def test_ddp_ranks_on_a_stream_match_one_process_accumulating(tmp_path):
     (one,), (ddp,) = run_dirs(tmp_path / "one"), run_dirs(tmp_path / "ddp")
     load = lambda r: torch.load(r / "checkpoints" / "last.pt", weights_only=True)["model"]  # noqa: E731
     assert_same_weights(load(one), load(ddp))
+
+
+def test_a_saved_hugging_face_dataset_streams_the_same_records_as_its_folder(tmp_path):
+    """A DatasetDict saved with save_to_disk (memory-mapped Arrow, PNG bytes in its image
+    column): its own train and test splits, validation held out of train, labels from its
+    label column; the same images as the folder they were made from."""
+    datasets = pytest.importorskip("datasets")
+    n = 24
+    table = {
+        "image": [Image.fromarray(image(i)) for i in range(n)],
+        "label": [i % 3 for i in range(n)],
+    }
+    whole = datasets.Dataset.from_dict(table).cast_column("image", datasets.Image())
+    saved = tmp_path / "hf"
+    datasets.DatasetDict(
+        {"train": whole.select(range(20)), "test": whole.select(range(20, n))}
+    ).save_to_disk(str(saved))
+    splits = load_dataset(stream_cfg(saved, val_fraction=0.25))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (15, 5, 4)
+    seen = numbers(splits.train[:15]) + numbers(splits.val[:5])
+    assert sorted(seen) == list(range(20)) and numbers(splits.test[:4]) == [20, 21, 22, 23]
+    assert torch.equal(splits.test[:4][0], torch.from_numpy(image(20)).permute(2, 0, 1))
+    assert splits.labels["train"].tolist() == [k % 3 for k in numbers(splits.train[:15])]
+    # read by worker processes, batch by batch, as training reads it
+    batches = StreamBatches(splits.train.to("cpu"), 5, seed=0)
+    batches.split.num_workers = 2
+    assert sorted(sum((numbers(batches.labeled(j)[0]) for j in range(3)), [])) == sorted(seen[:15])
+    with pytest.raises(GenflowError, match="holds the splits train, test, not 'valid'"):
+        load_dataset(stream_cfg(saved, test="valid"))

@@ -258,7 +258,7 @@ STREAMED = ("image_stream", "imagenet32", "imagenet64", "celeba_hq")
 def _stream(cfg) -> DataSplits:
     """An image dataset read from files as it is used (genflow/data/stream.py): the splits
     are lists of records, decoded by worker processes batch by batch."""
-    from genflow.data.stream import Decoding, StreamSplit, list_source
+    from genflow.data.stream import Decoding, StreamSplit, list_hf, list_source
 
     base = Path(str(cfg.path)).expanduser()
     if not base.is_absolute():
@@ -269,7 +269,25 @@ def _stream(cfg) -> DataSplits:
     fmt = str(cfg.get("format", "auto"))
     named = {s: cfg.get(s) for s in ("train", "val", "test")}
     generator = torch.Generator().manual_seed(int(cfg.split_seed))
-    if named["test"] is not None or named["train"] is not None:  # the splits' own folders
+    hf_splits = None
+    if fmt in ("auto", "hf") and (base / "dataset_dict.json").is_file():
+        hf_splits = list_hf(base)  # a saved DatasetDict: its own splits, by name
+        defaults = {"train": "train", "test": "test"}
+        defaults["val"] = "validation" if "validation" in hf_splits else None
+        named = {k: v if v is not None else defaults[k] for k, v in named.items()}
+    if hf_splits is not None:
+        sources = {}
+        for split, name in named.items():
+            if name is None:
+                continue
+            if str(name) not in hf_splits:
+                raise GenflowError(
+                    f"the {split} split of dataset '{cfg.name}' is missing: {base} holds the "
+                    f"splits {', '.join(hf_splits)}, not '{name}' (dataset.{split})"
+                )
+            sources[split] = hf_splits[str(name)]
+        cut = _held_out_val(sources, float(cfg.val_fraction), generator)
+    elif named["test"] is not None or named["train"] is not None:  # the splits' own folders
         for split in ("train", "test"):
             if named[split] is None:
                 raise GenflowError(
@@ -287,15 +305,7 @@ def _stream(cfg) -> DataSplits:
                     f"does not exist (dataset.path={cfg.path}, dataset.{split}={sub})"
                 )
             sources[split] = list_source(where, fmt)
-        train = sources["train"]
-        if "val" in sources:
-            val = sources["val"]
-        else:  # held out of the training files, at random (dataset.split_seed)
-            n_val = max(1, int(len(train) * float(cfg.val_fraction)))
-            perm = torch.randperm(len(train), generator=generator).numpy()
-            keep = np.sort(perm[:-n_val])
-            train, val = train.subset(keep), train.subset(np.sort(perm[-n_val:]))
-        cut = {"train": train, "val": val, "test": sources["test"]}
+        cut = _held_out_val(sources, float(cfg.val_fraction), generator)
     else:  # one folder, split at random as dataset=image_folder splits it
         records = list_source(base, fmt)
         if len(records) < 3:
@@ -319,6 +329,19 @@ def _stream(cfg) -> DataSplits:
     if all(s.labels is not None for s in splits.values()):
         labels = {name: s.labels for name, s in splits.items()}
     return DataSplits(splits["train"], splits["val"], splits["test"], labels=labels)
+
+
+def _held_out_val(sources: dict, val_fraction: float, generator: torch.Generator) -> dict:
+    """The train / val / test records of named splits; without a val split, the validation
+    records are ``val_fraction`` of the training ones, held out at random."""
+    train = sources["train"]
+    if "val" in sources:
+        val = sources["val"]
+    else:
+        n_val = max(1, int(len(train) * val_fraction))
+        perm = torch.randperm(len(train), generator=generator).numpy()
+        train, val = train.subset(np.sort(perm[:-n_val])), train.subset(np.sort(perm[-n_val:]))
+    return {"train": train, "val": val, "test": sources["test"]}
 
 
 def is_streamed(splits: DataSplits) -> bool:

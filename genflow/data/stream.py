@@ -1,9 +1,11 @@
 """Image datasets read from disk as they are used: for data that does not fit in memory.
 
 A source is listed once at start-up, without decoding anything: the image files of a folder
-(torchvision's ImageFolder layout, or a flat folder), or the members of tar shards
+(torchvision's ImageFolder layout, or a flat folder), the members of tar shards
 (WebDataset's layout: ``<key>.png`` / ``<key>.jpg`` with an optional ``<key>.cls`` label;
-each member's offset is read from its header, so a record is one seek and one read). The
+each member's offset is read from its header, so a record is one seek and one read), or the
+rows of a Hugging Face dataset saved with ``save_to_disk`` (memory-mapped Arrow, its image
+bytes read as stored). The
 examples are then decoded, resized and cropped in DataLoader worker processes
 (``dataset.num_workers``) as the batches are drawn.
 
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # torchvision's ImageFolder extensions, so a folder lists the same files either way
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-FORMATS = ("auto", "folder", "tar")
+FORMATS = ("auto", "folder", "tar", "hf")
 
 
 @dataclass
@@ -57,16 +59,30 @@ class Records:
     offset: np.ndarray | None = None  # int64
     size: np.ndarray | None = None  # int64
     classes: list[str] = field(default_factory=list)
+    # a Hugging Face dataset saved with save_to_disk: (folder, split or "", image column);
+    # ``rows`` then holds each record's row (paths is empty)
+    hf: tuple[str, str, str] | None = None
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.rows) if self.hf is not None else len(self.paths)
 
     def name(self, i: int) -> str:
+        if self.hf is not None:
+            folder, split, _ = self.hf
+            return f"{folder}{f'[{split}]' if split else ''} row {int(self.rows[i])}"
         if self.shard is None:
             return str(self.paths[i])
         return f"{self.shards[int(self.shard[i])]}:{self.paths[i]}"
 
     def read(self, i: int) -> bytes:
+        if self.hf is not None:
+            folder, split, column = self.hf
+            cell = _hf_table(folder, split, column)[int(self.rows[i])][column]
+            if cell.get("bytes") is not None:
+                return cell["bytes"]
+            with open(cell["path"], "rb") as f:  # an image column that stores paths
+                return f.read()
         if self.shard is None:
             with open(self.paths[i], "rb") as f:
                 return f.read()
@@ -81,7 +97,8 @@ class Records:
         pick = lambda a: None if a is None else a[index]  # noqa: E731
         return replace(
             self,
-            paths=self.paths[index],
+            paths=self.paths if self.hf is not None else self.paths[index],
+            rows=pick(self.rows),
             labels=pick(self.labels),
             shard=pick(self.shard),
             offset=pick(self.offset),
@@ -185,11 +202,78 @@ def list_shards(shards: list[Path]) -> Records:
     )
 
 
+_HF_TABLES: dict[tuple[str, str, str], object] = {}
+
+
+def _hf_table(folder: str, split: str, column: str):
+    """A saved Hugging Face dataset (memory-mapped Arrow), its image column left as bytes;
+    opened once per process (each worker maps the same files)."""
+    key = (folder, split, column)
+    if key not in _HF_TABLES:
+        import datasets
+
+        loaded = datasets.load_from_disk(folder)
+        table = loaded[split] if split else loaded
+        _HF_TABLES[key] = table.cast_column(column, datasets.Image(decode=False))
+    return _HF_TABLES[key]
+
+
+def is_hf_dataset(path: Path) -> bool:
+    """A folder that Hugging Face ``save_to_disk`` wrote (a Dataset or a DatasetDict)."""
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def list_hf(path: Path, label_column: str | None = "label") -> dict[str, Records]:
+    """The records of a saved Hugging Face dataset, per split ("" for a single Dataset): the
+    rows of its image column (the first column of Image type), labelled from
+    ``label_column`` where it has one. Needs the ``datasets`` package."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise GenflowError(
+            f"{path} is a Hugging Face dataset; reading it needs the datasets package: "
+            'pip install "genflow[hf]"'
+        ) from err
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as err:  # a folder datasets cannot read: one sentence naming it
+        raise GenflowError(
+            f"{path} cannot be read as a saved Hugging Face dataset ({first_line(err)})"
+        ) from err
+    tables = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"": loaded}
+    out = {}
+    for split, table in tables.items():
+        images = [k for k, v in table.features.items() if isinstance(v, datasets.Image)]
+        if not images:
+            raise GenflowError(
+                f"{path}{f' (split {split})' if split else ''} has no image column; its "
+                f"columns: {', '.join(table.features)}"
+            )
+        labels = None
+        if label_column and label_column in table.features:
+            labels = np.asarray(table[label_column], dtype=np.int64)
+        out[split] = Records(
+            np.array([], dtype=str),
+            labels,
+            hf=(str(path), split, images[0]),
+            rows=np.arange(len(table), dtype=np.int64),
+        )
+    return out
+
+
 def list_source(path: Path, fmt: str) -> Records:
     """The records at ``path``: a folder of images, or a folder of ``*.tar`` shards (or one
     shard); ``fmt`` auto picks tar where there are shards."""
     if fmt not in FORMATS:
         raise GenflowError(f"dataset.format={fmt} is not valid; valid: {', '.join(FORMATS)}")
+    if fmt == "hf" or (fmt == "auto" and path.is_dir() and is_hf_dataset(path)):
+        splits = list_hf(path)
+        if len(splits) != 1:
+            raise GenflowError(
+                f"{path} holds the splits {', '.join(splits)}; name them with dataset.train "
+                "and dataset.test (and dataset.val)"
+            )
+        return next(iter(splits.values()))
     if path.is_file() and path.suffix == ".tar":
         return list_shards([path])
     if not path.is_dir():
