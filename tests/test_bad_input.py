@@ -20,7 +20,7 @@ COMMAND_LINE = [
     ),
     (
         ["train", "dataset=mnsit"],
-        "unknown dataset 'mnsit'; valid choices: binarized_mnist, breast_cancer, bsds300, celeba_hq, checkerboard, cifar10",
+        "unknown dataset 'mnsit'; valid choices: binarized_mnist, breast_cancer, bsds300, celeba, celeba_hq, checkerboard, cifar10",
     ),
     (["train", "optimizer=sgd"], "unknown optimizer 'sgd'; valid choices: adam, adamax, adamw"),
     (["train", "-m", "optimizer=adam,sgd"], "unknown optimizer 'sgd'; valid choices:"),
@@ -59,7 +59,7 @@ COMMAND_LINE = [
     ),
     (
         ["train", "dataset.n_bits=4"],
-        "dataset.n_bits applies to 8-bit datasets (mnist, fashion_mnist, cifar10, image_folder, image_stream, imagenet32, imagenet64, celeba_hq); dataset 'digits' has fixed levels=17",
+        "dataset.n_bits applies to 8-bit datasets (mnist, fashion_mnist, cifar10, image_folder, image_stream, imagenet32, imagenet64, celeba, celeba_hq); dataset 'digits' has fixed levels=17",
     ),
     (
         ["train", "model.event_shape=[3,8,8]"],

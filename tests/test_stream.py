@@ -301,3 +301,35 @@ def test_a_saved_hugging_face_dataset_streams_the_same_records_as_its_folder(tmp
     assert sorted(sum((numbers(batches.labeled(j)[0]) for j in range(3)), [])) == sorted(seen[:15])
     with pytest.raises(GenflowError, match="holds the splits train, test, not 'valid'"):
         load_dataset(stream_cfg(saved, test="valid"))
+
+
+def test_a_partition_file_splits_the_folder_and_a_crop_box_is_cut_first(tmp_path):
+    """CelebA's layout: one flat folder and list_eval_partition.txt naming each file's split
+    (0 train, 1 validation, 2 test); dataset.crop cuts [top, left, height, width] out before
+    the resize."""
+    folder = tmp_path / "celeba" / "img"
+    folder.mkdir(parents=True)
+    a = np.zeros((20, 12, 3), dtype=np.uint8)
+    a[5:13, 2:10] = 90  # the 8x8 box the crop cuts out
+    lines = []
+    for i in range(9):
+        a[0, 0, 0] = i
+        Image.fromarray(a).save(folder / f"{i:06d}.png")
+        lines.append(f"{i:06d}.png {i % 3}")
+    (tmp_path / "celeba" / "partition.txt").write_text("\n".join(lines) + "\n")
+    cfg = stream_cfg(
+        folder, root=str(tmp_path), partition="celeba/partition.txt", crop=[5, 2, 8, 8], resize=True
+    )
+    splits = load_dataset(cfg)
+    assert [len(s) for s in (splits.train, splits.val, splits.test)] == [3, 3, 3]
+    for k, split in enumerate((splits.train, splits.val, splits.test)):
+        x = split[:3]
+        assert x.shape == (3, 3, SIZE, SIZE) and bool((x == 90).all())
+        assert sorted(Path(p).name for p in split.records.paths) == [
+            f"{i:06d}.png" for i in range(9) if i % 3 == k
+        ]
+    (tmp_path / "celeba" / "partition.txt").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(GenflowError, match=r"000008\.png \(and 0 more images\) is not in"):
+        load_dataset(cfg)
+    with pytest.raises(GenflowError, match="too small for dataset.crop"):
+        load_dataset(stream_cfg(folder, crop=[15, 2, 8, 8], resize=True, partition=None))

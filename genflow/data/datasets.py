@@ -6,6 +6,7 @@ float32 tensors of shape (N, 2). Nothing here downloads unless ``download`` is t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -252,7 +253,7 @@ def _image_folder(cfg) -> DataSplits:
 
 
 # image datasets read from disk as they are used: the generic one and the papers' sets
-STREAMED = ("image_stream", "imagenet32", "imagenet64", "celeba_hq")
+STREAMED = ("image_stream", "imagenet32", "imagenet64", "celeba", "celeba_hq")
 
 
 def _stream(cfg) -> DataSplits:
@@ -263,8 +264,17 @@ def _stream(cfg) -> DataSplits:
     base = Path(str(cfg.path)).expanduser()
     if not base.is_absolute():
         base = _root(cfg) / base
+    crop = cfg.get("crop")
+    if crop is not None and (len(crop) != 4 or any(int(v) < 0 for v in crop)):
+        raise GenflowError(
+            f"dataset.crop={list(crop)} must be [top, left, height, width] in pixels, or null"
+        )
     decode = Decoding(
-        int(cfg.image_size), int(cfg.channels), int(cfg.n_bits), bool(cfg.get("resize", True))
+        int(cfg.image_size),
+        int(cfg.channels),
+        int(cfg.n_bits),
+        bool(cfg.get("resize", True)),
+        None if crop is None else tuple(int(v) for v in crop),
     )
     fmt = str(cfg.get("format", "auto"))
     named = {s: cfg.get(s) for s in ("train", "val", "test")}
@@ -275,7 +285,9 @@ def _stream(cfg) -> DataSplits:
         defaults = {"train": "train", "test": "test"}
         defaults["val"] = "validation" if "validation" in hf_splits else None
         named = {k: v if v is not None else defaults[k] for k, v in named.items()}
-    if hf_splits is not None:
+    if cfg.get("partition") is not None:  # a file naming each image's split: 0, 1, 2
+        cut = _partitioned(list_source(base, fmt), _root(cfg), str(cfg.partition))
+    elif hf_splits is not None:
         sources = {}
         for split, name in named.items():
             if name is None:
@@ -329,6 +341,39 @@ def _stream(cfg) -> DataSplits:
     if all(s.labels is not None for s in splits.values()):
         labels = {name: s.labels for name, s in splits.items()}
     return DataSplits(splits["train"], splits["val"], splits["test"], labels=labels)
+
+
+def _partitioned(records, root: Path, partition: str) -> dict:
+    """Train / val / test records from a partition file of lines ``<file name> <0|1|2>``
+    (CelebA's list_eval_partition.txt); every image of the folder must be named in it."""
+    path = Path(partition).expanduser()
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise GenflowError(f"partition file {path.resolve()} does not exist (dataset.partition)")
+    split_of = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise GenflowError(
+                f"{path}, line {number}: {line.strip()!r} is not '<file name> <0, 1 or 2>'"
+            )
+        split_of[fields[0]] = int(fields[1])
+    names = [os.path.basename(str(p)) for p in records.paths]
+    missing = [n for n in names if n not in split_of]
+    if missing:
+        raise GenflowError(
+            f"{missing[0]} (and {len(missing) - 1} more images) is not in the partition file {path}"
+        )
+    which = np.array([split_of[n] for n in names])
+    cut = {
+        s: records.subset(np.nonzero(which == k)[0]) for k, s in enumerate(("train", "val", "test"))
+    }
+    empty = [s for s, r in cut.items() if len(r) == 0]
+    if empty:
+        raise GenflowError(f"the partition file {path} puts no image of the folder in {empty[0]}")
+    return cut
 
 
 def _held_out_val(sources: dict, val_fraction: float, generator: torch.Generator) -> dict:

@@ -297,6 +297,7 @@ class Decoding:
     channels: int
     n_bits: int = 8
     resize: bool = True  # resize the short side and centre-crop; false: must be image_size
+    crop: tuple[int, int, int, int] | None = None  # (top, left, height, width), first
 
     def __call__(self, data: bytes) -> Tensor:
         from PIL import Image
@@ -312,6 +313,14 @@ class Decoding:
                     f"(dataset.channels={self.channels})"
                 )
             image = image.convert("L" if self.channels == 1 else "RGB")
+            if self.crop is not None:
+                top, left, height, width = self.crop
+                if top + height > image.size[1] or left + width > image.size[0]:
+                    raise ValueError(
+                        f"{image.size[0]}x{image.size[1]} is too small for dataset.crop="
+                        f"{list(self.crop)} (top, left, height, width)"
+                    )
+                image = image.crop((left, top, left + width, top + height))
             if not self.resize and image.size != (self.image_size, self.image_size):
                 raise ValueError(
                     f"{image.size[0]}x{image.size[1]}, not {self.image_size}x{self.image_size} "
