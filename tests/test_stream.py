@@ -182,7 +182,7 @@ def test_ranks_read_disjoint_shares_that_cover_each_epoch_once(tmp_path):
 def test_a_corrupt_record_is_skipped_and_counted_or_stops_a_strict_run(tmp_path):
     folder = write_folder(tmp_path / "images", 40)
     split = {"val_fraction": 0.01, "test_fraction": 0.01}  # 38 training images: 2 batches of 19
-    bad = Path(load_dataset(stream_cfg(folder, **split)).train.records.paths[5])
+    bad = Path(load_dataset(stream_cfg(folder, **split)).train.records.name(5))
     bad.write_bytes(b"not a png at all")
     common = [*MODEL_TINY["realnvp"], *RUN_TINY, "trainer.max_steps=8", "trainer.eval_every=4"]
     common += ["trainer.batch_size=19", "trainer.sample_every=0", "trainer.log_every=1"]
@@ -325,7 +325,7 @@ def test_a_partition_file_splits_the_folder_and_a_crop_box_is_cut_first(tmp_path
     for k, split in enumerate((splits.train, splits.val, splits.test)):
         x = split[:3]
         assert x.shape == (3, 3, SIZE, SIZE) and bool((x == 90).all())
-        assert sorted(Path(p).name for p in split.records.paths) == [
+        assert sorted(Path(split.records.name(i)).name for i in range(3)) == [
             f"{i:06d}.png" for i in range(9) if i % 3 == k
         ]
     (tmp_path / "celeba" / "partition.txt").write_text("\n".join(lines[:-1]) + "\n")

@@ -360,7 +360,7 @@ def _partitioned(records, root: Path, partition: str) -> dict:
                 f"{path}, line {number}: {line.strip()!r} is not '<file name> <0, 1 or 2>'"
             )
         split_of[fields[0]] = int(fields[1])
-    names = [os.path.basename(str(p)) for p in records.paths]
+    names = [os.path.basename(os.fsdecode(p)) for p in records.paths]
     missing = [n for n in names if n not in split_of]
     if missing:
         raise GenflowError(

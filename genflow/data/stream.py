@@ -47,18 +47,20 @@ FORMATS = ("auto", "folder", "tar", "hf")
 class Records:
     """Where each example of a source is, and its label, without its pixels.
 
-    Files: ``paths[i]``. Tar shards: ``shards[shard[i]]`` at byte ``offset[i]``, ``size[i]``
-    bytes long, named ``paths[i]`` inside it. Arrays, not lists of objects, so forked
-    workers share them without copying.
+    Files: ``root / paths[i]``. Tar shards: ``shards[shard[i]]`` at byte ``offset[i]``,
+    ``size[i]`` bytes long, named ``paths[i]`` inside it. Arrays of bytes (one byte a
+    character, where a str array takes four: ImageNet's 1.28M names fit in tens of MB), not
+    lists of objects, so forked workers share them without copying.
     """
 
-    paths: np.ndarray  # str: the file, or the member's name inside its shard
+    paths: np.ndarray  # bytes: the file under root, or the member's name inside its shard
     labels: np.ndarray | None = None  # int64, one per record, or None (no classes)
     shards: list[str] = field(default_factory=list)
     shard: np.ndarray | None = None  # int32 index into shards
     offset: np.ndarray | None = None  # int64
     size: np.ndarray | None = None  # int64
     classes: list[str] = field(default_factory=list)
+    root: str = ""  # the folder the files' paths are relative to
     # a Hugging Face dataset saved with save_to_disk: (folder, split or "", image column);
     # ``rows`` then holds each record's row (paths is empty)
     hf: tuple[str, str, str] | None = None
@@ -72,8 +74,8 @@ class Records:
             folder, split, _ = self.hf
             return f"{folder}{f'[{split}]' if split else ''} row {int(self.rows[i])}"
         if self.shard is None:
-            return str(self.paths[i])
-        return f"{self.shards[int(self.shard[i])]}:{self.paths[i]}"
+            return os.path.join(self.root, os.fsdecode(self.paths[i]))
+        return f"{self.shards[int(self.shard[i])]}:{os.fsdecode(self.paths[i])}"
 
     def read(self, i: int) -> bytes:
         if self.hf is not None:
@@ -84,7 +86,7 @@ class Records:
             with open(cell["path"], "rb") as f:  # an image column that stores paths
                 return f.read()
         if self.shard is None:
-            with open(self.paths[i], "rb") as f:
+            with open(self.name(i), "rb") as f:
                 return f.read()
         with open(self.shards[int(self.shard[i])], "rb") as f:
             f.seek(int(self.offset[i]))
@@ -106,11 +108,17 @@ class Records:
         )
 
 
-def _image_files(folder: Path) -> list[str]:
-    """Every image file under ``folder``, in torchvision's order (sorted walk, sorted names)."""
+def _image_files(folder: Path, under: str = "") -> list[bytes]:
+    """Every image file under ``folder``, in torchvision's order (sorted walk, sorted names),
+    as paths relative to ``folder``'s parent when ``under`` names it, else to ``folder``."""
     out = []
     for root, _, names in sorted(os.walk(folder, followlinks=True)):
-        out += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_SUFFIXES)]
+        relative = os.path.join(under, os.path.relpath(root, folder))
+        out += [
+            os.fsencode(os.path.normpath(os.path.join(relative, n)))
+            for n in sorted(names)
+            if n.lower().endswith(IMAGE_SUFFIXES)
+        ]
     return out
 
 
@@ -131,12 +139,17 @@ def list_folder(folder: Path) -> Records:
             )
         paths, labels = [], []
         for label, name in enumerate(classes):
-            files = _image_files(folder / name)
+            files = _image_files(folder / name, under=name)
             paths += files
             labels += [label] * len(files)
-        records = Records(np.array(paths), np.array(labels, dtype=np.int64), classes=classes)
+        records = Records(
+            np.array(paths, dtype=bytes),
+            np.array(labels, dtype=np.int64),
+            classes=classes,
+            root=str(folder),
+        )
     else:
-        records = Records(np.array(_image_files(folder)))
+        records = Records(np.array(_image_files(folder), dtype=bytes), root=str(folder))
     if len(records) == 0:
         raise GenflowError(
             f"image folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); it "
@@ -173,7 +186,7 @@ def list_shards(shards: list[Path]) -> Records:
                             ) from err
                     elif suffix.endswith(IMAGE_SUFFIXES) and key not in found:
                         found[key] = len(paths)
-                        paths.append(member.name)
+                        paths.append(os.fsencode(member.name))
                         shard.append(s)
                         offset.append(member.offset_data)
                         size.append(member.size)
@@ -193,7 +206,7 @@ def list_shards(shards: list[Path]) -> Records:
         )
     label_array = np.array(labels, dtype=np.int64)
     return Records(
-        np.array(paths),
+        np.array(paths, dtype=bytes),
         label_array if (label_array >= 0).all() else None,
         shards=[str(p) for p in shards],
         shard=np.array(shard, dtype=np.int32),
@@ -253,7 +266,7 @@ def list_hf(path: Path, label_column: str | None = "label") -> dict[str, Records
         if label_column and label_column in table.features:
             labels = np.asarray(table[label_column], dtype=np.int64)
         out[split] = Records(
-            np.array([], dtype=str),
+            np.array([], dtype=bytes),
             labels,
             hf=(str(path), split, images[0]),
             rows=np.arange(len(table), dtype=np.int64),

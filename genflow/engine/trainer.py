@@ -164,6 +164,8 @@ class Trainer(TrainingCheckpoints):
                 self._loop(bar, max_steps, grad_clip, params, guard)
         finally:
             bar.close()
+            if isinstance(self.batches, StreamBatches):  # its workers, before the test
+                self.batches.close()
         self.ctx.barrier()  # rank 0's last checkpoints are on disk for every rank to read
         return self.state
 
