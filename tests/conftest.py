@@ -73,6 +73,14 @@ MODEL_TINY = {
     "gated_pixelcnn": ["model.hidden_channels=6", "model.num_layers=2"],
     "vae": ["model.hidden_features=16", "model.latent_features=4", "eval.iw_samples=8"],
     "hvae": ["model.hidden_features=16", "model.latent_features=3", "eval.iw_samples=8"],
+    "vqvae": [
+        "model.hidden_channels=8",
+        "model.num_blocks=1",
+        "model.num_codes=8",
+        "model.code_dim=4",
+        "model.prior_hidden_channels=8",
+        "model.prior_layers=2",
+    ],
     "cnf": [
         "model.hidden_features=16",
         "model.num_layers=1",

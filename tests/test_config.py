@@ -81,11 +81,12 @@ SMALL = {
     "gated_pixelcnn": ["model.hidden_channels=6", "model.num_layers=1"],
     "vae": ["model.hidden_features=8", "model.latent_features=2"],
     "hvae": ["model.hidden_features=8", "model.latent_features=2"],
+    "vqvae": ["model.hidden_channels=4", "model.num_codes=4", "model.prior_layers=1"],
     "energy_flow": ["model.num_flows=2"],
     "cnf": ["model.hidden_features=8", "model.num_layers=1"],
 }
 ENERGY_TARGETS = {"u1", "u2", "u3", "u4"}  # what model=energy_flow fits
-IMAGE_ONLY = {"glow", "pixelcnn", "pixelcnnpp", "pixelrnn", "gated_pixelcnn"}
+IMAGE_ONLY = {"glow", "pixelcnn", "pixelcnnpp", "pixelrnn", "gated_pixelcnn", "vqvae"}
 # what takes a context vector: the flows, and the ARMs (at their class sites)
 CONTEXT_FLOWS = {"nsf", "maf", "realnvp", "nice", "glow", "cnf"} | {
     "pixelcnn",
@@ -94,7 +95,7 @@ CONTEXT_FLOWS = {"nsf", "maf", "realnvp", "nice", "glow", "cnf"} | {
     "pixelrnn",
     "gated_pixelcnn",
 }
-DISCRETE_ONLY = {"pixelcnn", "pixelcnnpp", "wavenet", "pixelrnn", "gated_pixelcnn"}
+DISCRETE_ONLY = {"pixelcnn", "pixelcnnpp", "wavenet", "pixelrnn", "gated_pixelcnn", "vqvae"}
 
 
 # one dataset of each kind (its shape, levels, context and config keys): the others of a kind

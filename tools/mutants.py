@@ -378,6 +378,46 @@ MUTANTS = [
         ("tests/test_stream.py::test_streamed_and_in_memory_folders_train_to_the_same_weights",),
         "starting a loader draws its workers' seed from the global RNG (the noise stream)",
     ),
+    Mutant(
+        "vqvae_bound_without_prior",
+        "genflow/models/vqvae.py",
+        "return recon + prior",
+        "return recon",
+        ("tests/test_vqvae.py",),
+        "the VQ-VAE's bound drops the prior's log p(k)",
+    ),
+    Mutant(
+        "vqvae_no_straight_through",
+        "genflow/models/vqvae.py",
+        "decoded = self.decoder(z_e + (z_q - z_e).detach())",
+        "decoded = self.decoder(z_q)",
+        ("tests/test_vqvae.py",),
+        "the decoder's gradient never reaches the encoder (no straight-through estimator)",
+    ),
+    Mutant(
+        "vqvae_commitment_sign",
+        "genflow/models/vqvae.py",
+        "loss = (nll + self.commitment * commit)",
+        "loss = (nll - self.commitment * commit)",
+        ("tests/test_vqvae.py",),
+        "the commitment term pushes the encoder away from its codes",
+    ),
+    Mutant(
+        "vqvae_ema_weights_swapped",
+        "genflow/models/vqvae.py",
+        "self.counts.mul_(self.decay).add_(one_hot.sum(0), alpha=1 - self.decay)",
+        "self.counts.mul_(1 - self.decay).add_(one_hot.sum(0), alpha=self.decay)",
+        ("tests/test_vqvae.py",),
+        "the codebook's counts keep the new batch's weight and forget their own",
+    ),
+    Mutant(
+        "vqvae_no_restarts",
+        "genflow/models/vqvae.py",
+        "dead = (self.counts < self.restart_below)",
+        "dead = (self.counts < -1.0)",
+        ("tests/test_vqvae.py",),
+        "codes nobody chooses are never restarted",
+    ),
 ]
 
 
