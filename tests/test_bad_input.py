@@ -16,7 +16,7 @@ COMMAND_LINE = [
     (["trian"], "unknown command 'trian'; valid commands: train, eval, sample"),
     (
         ["train", "model=realnvpp"],
-        "unknown model 'realnvpp'; valid choices: cnf, energy_flow, gated_pixelcnn, glow, hvae, maf, nice, nsf, pixelcnn, pixelcnnpp, pixelrnn, realnvp, vae, wavenet",
+        "unknown model 'realnvpp'; valid choices: cnf, energy_flow, gated_pixelcnn, glow, hvae, maf, nice, nsf, pixelcnn, pixelcnnpp, pixelrnn, realnvp, vae, vqvae, wavenet",
     ),
     (
         ["train", "dataset=mnsit"],

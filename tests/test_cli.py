@@ -316,7 +316,7 @@ def test_help_lists_commands_and_groups(workdir, capsys):
     assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("genflow 0.")
     proc = run_genflow(["train", "--help"], workdir)
     assert (
-        "model: cnf, energy_flow, gated_pixelcnn, glow, hvae, maf, nice, nsf, pixelcnn, pixelcnnpp, pixelrnn, realnvp, vae, wavenet"
+        "model: cnf, energy_flow, gated_pixelcnn, glow, hvae, maf, nice, nsf, pixelcnn, pixelcnnpp, pixelrnn, realnvp, vae, vqvae, wavenet"
         in proc.stdout
         and "model/posterior: gaussian, householder, iaf, nsf, planar, radial, sylvester"
         in proc.stdout
