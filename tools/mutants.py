@@ -365,10 +365,10 @@ MUTANTS = [
     Mutant(
         "stream_epoch_order",
         "genflow/data/stream.py",
-        "manual_seed(seed * 1_000_003 + epoch))",
-        "manual_seed(seed * 1_000_003 + epoch + 1))",
+        "index = self.order.positions(j).tolist()",
+        "index = self.order.positions(j + 1).tolist()",
         ("tests/test_stream.py::test_streamed_and_in_memory_folders_train_to_the_same_weights",),
-        "a streamed epoch is shuffled otherwise than the in-memory path's",
+        "a streamed micro-batch holds other examples than the in-memory path's",
     ),
     Mutant(
         "stream_loader_draws_global_rng",

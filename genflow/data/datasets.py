@@ -241,15 +241,28 @@ def _image_folder(cfg) -> DataSplits:
         raise GenflowError(
             f"image folder {folder} holds no images to read ({first_line(err)}); it needs {layout}"
         ) from err
-    if len(images) < 3:
-        raise GenflowError(f"image folder {folder} holds {len(images)} images; need at least 3")
+    parts = random_split(len(images), cfg, f"image folder {folder}")
     x = torch.stack([_read_image(images, i) for i in range(len(images))])
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(cfg.split_seed)))
-    x, y = x[perm], torch.as_tensor(images.targets, dtype=torch.int64)[perm]
-    n_test = max(1, int(len(x) * float(cfg.test_fraction)))
-    n_val = max(1, int(len(x) * float(cfg.val_fraction)))
-    cut = lambda t: (t[: -(n_val + n_test)], t[-(n_val + n_test) : -n_test], t[-n_test:])  # noqa: E731
-    return DataSplits(*cut(x), labels=dict(zip(("train", "val", "test"), cut(y), strict=True)))
+    y = torch.as_tensor(images.targets, dtype=torch.int64)
+    return DataSplits(
+        *(x[p] for p in parts), labels={s: y[p] for s, p in zip(SPLITS, parts, strict=True)}
+    )
+
+
+SPLITS = ("train", "val", "test")
+
+
+def random_split(n: int, cfg, what: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The train / val / test positions of ``n`` images split at random: one permutation
+    seeded with ``dataset.split_seed``, its last ``dataset.test_fraction`` the test split and
+    the ``dataset.val_fraction`` before them validation (``image_folder`` and a streamed
+    folder split alike, so the two give the same splits)."""
+    if n < 3:
+        raise GenflowError(f"{what} holds {n} images; need at least 3")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(cfg.split_seed)))
+    n_test = max(1, int(n * float(cfg.test_fraction)))
+    n_val = max(1, int(n * float(cfg.val_fraction)))
+    return perm[: -(n_val + n_test)], perm[-(n_val + n_test) : -n_test], perm[-n_test:]
 
 
 # image datasets read from disk as they are used: the generic one and the papers' sets
@@ -278,7 +291,6 @@ def _stream(cfg) -> DataSplits:
     )
     fmt = str(cfg.get("format", "auto"))
     named = {s: cfg.get(s) for s in ("train", "val", "test")}
-    generator = torch.Generator().manual_seed(int(cfg.split_seed))
     hf_splits = None
     if fmt in ("auto", "hf") and (base / "dataset_dict.json").is_file():
         hf_splits = list_hf(base)  # a saved DatasetDict: its own splits, by name
@@ -298,7 +310,7 @@ def _stream(cfg) -> DataSplits:
                     f"splits {', '.join(hf_splits)}, not '{name}' (dataset.{split})"
                 )
             sources[split] = hf_splits[str(name)]
-        cut = _held_out_val(sources, float(cfg.val_fraction), generator)
+        cut = _held_out_val(sources, cfg)
     elif named["test"] is not None or named["train"] is not None:  # the splits' own folders
         for split in ("train", "test"):
             if named[split] is None:
@@ -317,18 +329,17 @@ def _stream(cfg) -> DataSplits:
                     f"does not exist (dataset.path={cfg.path}, dataset.{split}={sub})"
                 )
             sources[split] = list_source(where, fmt)
-        cut = _held_out_val(sources, float(cfg.val_fraction), generator)
+        cut = _held_out_val(sources, cfg)
     else:  # one folder, split at random as dataset=image_folder splits it
         records = list_source(base, fmt)
-        if len(records) < 3:
-            raise GenflowError(f"{base} holds {len(records)} images; need at least 3")
-        perm = torch.randperm(len(records), generator=generator).numpy()
-        n_test = max(1, int(len(records) * float(cfg.test_fraction)))
-        n_val = max(1, int(len(records) * float(cfg.val_fraction)))
-        parts = (perm[: -(n_val + n_test)], perm[-(n_val + n_test) : -n_test], perm[-n_test:])
-        cut = {s: records.subset(p) for s, p in zip(("train", "val", "test"), parts, strict=True)}
+        parts = random_split(len(records), cfg, str(base))
+        cut = {s: records.subset(p.numpy()) for s, p in zip(SPLITS, parts, strict=True)}
     workers, strict = int(cfg.get("num_workers", 2)), bool(cfg.get("strict", False))
-    splits = {s: StreamSplit(r, decode, workers, strict) for s, r in cut.items()}
+    flip = bool(cfg.get("flip", False))  # training draws only
+    splits = {
+        s: StreamSplit(r, decode, workers, strict, flip=flip and s == "train")
+        for s, r in cut.items()
+    }
     for name, split in splits.items():  # a set of the wrong size or mode stops here, named
         try:
             decode(split.records.read(0))
@@ -367,23 +378,23 @@ def _partitioned(records, root: Path, partition: str) -> dict:
             f"{missing[0]} (and {len(missing) - 1} more images) is not in the partition file {path}"
         )
     which = np.array([split_of[n] for n in names])
-    cut = {
-        s: records.subset(np.nonzero(which == k)[0]) for k, s in enumerate(("train", "val", "test"))
-    }
+    cut = {s: records.subset(np.nonzero(which == k)[0]) for k, s in enumerate(SPLITS)}
     empty = [s for s, r in cut.items() if len(r) == 0]
     if empty:
         raise GenflowError(f"the partition file {path} puts no image of the folder in {empty[0]}")
     return cut
 
 
-def _held_out_val(sources: dict, val_fraction: float, generator: torch.Generator) -> dict:
+def _held_out_val(sources: dict, cfg) -> dict:
     """The train / val / test records of named splits; without a val split, the validation
-    records are ``val_fraction`` of the training ones, held out at random."""
+    records are ``dataset.val_fraction`` of the training ones, held out at random
+    (``dataset.split_seed``)."""
     train = sources["train"]
     if "val" in sources:
         val = sources["val"]
     else:
-        n_val = max(1, int(len(train) * val_fraction))
+        n_val = max(1, int(len(train) * float(cfg.val_fraction)))
+        generator = torch.Generator().manual_seed(int(cfg.split_seed))
         perm = torch.randperm(len(train), generator=generator).numpy()
         train, val = train.subset(np.sort(perm[:-n_val])), train.subset(np.sort(perm[-n_val:]))
     return {"train": train, "val": val, "test": sources["test"]}

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genflow.data.batches import EpochOrder
 from genflow.errors import GenflowError, first_line
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,6 @@ class Records:
     shard: np.ndarray | None = None  # int32 index into shards
     offset: np.ndarray | None = None  # int64
     size: np.ndarray | None = None  # int64
-    classes: list[str] = field(default_factory=list)
     root: str = ""  # the folder the files' paths are relative to
     # a Hugging Face dataset saved with save_to_disk: (folder, split or "", image column);
     # ``rows`` then holds each record's row (paths is empty)
@@ -145,7 +145,6 @@ def list_folder(folder: Path) -> Records:
         records = Records(
             np.array(paths, dtype=bytes),
             np.array(labels, dtype=np.int64),
-            classes=classes,
             root=str(folder),
         )
     else:
@@ -387,11 +386,12 @@ class StreamSplit:
         num_workers: int = 2,
         strict: bool = False,
         device: torch.device | str = "cpu",
+        flip: bool = False,
     ):
         self.records, self.decode = records, decode
         self.num_workers, self.strict = int(num_workers), bool(strict)
         self.device = torch.device(device)
-        self.skipped = 0  # records skipped in this process's reads (not in training's)
+        self.flip = bool(flip)  # training draws flip its examples left-right at random
 
     def __len__(self) -> int:
         return len(self.records)
@@ -408,8 +408,9 @@ class StreamSplit:
         return False
 
     def to(self, device) -> StreamSplit:
-        out = StreamSplit(self.records, self.decode, self.num_workers, self.strict, device)
-        return out
+        return StreamSplit(
+            self.records, self.decode, self.num_workers, self.strict, device, self.flip
+        )
 
     @property
     def labels(self) -> Tensor | None:
@@ -441,12 +442,11 @@ class StreamSplit:
                     "remove it, or set dataset.strict=false to skip such records"
                 )
             log.warning("skipped an unreadable record in %s: %s", where, why)
-        self.skipped += len(skipped)
 
-    def loader(self, order, num_workers: int | None = None) -> torch.utils.data.DataLoader:
+    def loader(self, order) -> torch.utils.data.DataLoader:
         """A DataLoader whose batches are the lists of (position, flip, tag) that ``order``
         yields, decoded by worker processes (in this process with no workers)."""
-        workers = self.num_workers if num_workers is None else int(num_workers)
+        workers = self.num_workers
         return torch.utils.data.DataLoader(
             _Examples(self.records, self.decode),
             batch_sampler=order,
@@ -474,26 +474,23 @@ class StreamSplit:
 
 
 class _TrainOrder:
-    """The global micro-batches from ``start`` on, as the in-memory path draws them: batch
-    j is slice j mod steps_per_epoch of the permutation of epoch j // steps_per_epoch.
-    ``next_index`` says which micro-batch this rank draws after j."""
+    """The micro-batches this rank draws from ``start`` on, as ``EpochOrder`` picks their
+    examples (the in-memory path's); ``next_index`` says which micro-batch comes after j.
+    Flips are drawn per epoch from (seed, epoch), so they too are the same whatever the
+    workers."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, next_index, flip: bool):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.start, self.next_index, self.flip = start, next_index, flip
-        self.steps_per_epoch = n // batch_size
+    def __init__(self, order: EpochOrder, start: int, next_index, flip: bool):
+        self.order, self.start, self.next_index, self.flip = order, start, next_index, flip
 
     def __iter__(self):
-        j, epoch, perm, flips = self.start, -1, None, None
+        j, epoch, flips = self.start, -1, None
+        seed, n = self.order.seed, self.order.n
         while True:
-            e, i = divmod(j, self.steps_per_epoch)
-            if e != epoch:
-                epoch = e
-                perm = epoch_permutation(self.n, self.seed, e)
-                if self.flip:
-                    g = torch.Generator().manual_seed(self.seed * 1_000_003 + e + 7_777_777)
-                    flips = torch.rand(self.n, generator=g) < 0.5
-            index = perm[i * self.batch_size : (i + 1) * self.batch_size].tolist()
+            if self.flip and j // self.order.steps_per_epoch != epoch:
+                epoch = j // self.order.steps_per_epoch
+                g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_777_777)
+                flips = torch.rand(n, generator=g) < 0.5
+            index = self.order.positions(j).tolist()
             yield [(p, bool(flips[p]) if self.flip else False, j) for p in index]
             j = self.next_index(j)
 
@@ -504,11 +501,6 @@ def rank_order(accumulate_steps: int, world_size: int) -> Callable[[int], int]:
     after the last the first of its next step, ((s + 1) * W + r) * n."""
     n, world = accumulate_steps, world_size
     return lambda j: j + 1 if j % n != n - 1 else j + 1 + (world - 1) * n
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
-    """The order of epoch ``epoch``: the one EpochBatches draws for the in-memory path."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 class StreamBatches:
@@ -526,19 +518,13 @@ class StreamBatches:
         batch_size: int,
         seed: int,
         next_index: Callable[[int], int] = lambda j: j + 1,
-        flip: bool = False,
         labels: Tensor | None = None,
     ):
-        if batch_size < 1:
-            raise GenflowError(f"trainer.batch_size must be a positive integer, got {batch_size}")
-        if batch_size > len(split):
-            raise GenflowError(
-                f"trainer.batch_size={batch_size} is larger than the training split ({len(split)} examples)"
-            )
+        self.order = EpochOrder(len(split), batch_size, seed)
         self.split, self.batch_size, self.seed = split, batch_size, seed
-        self.next_index, self.flip = next_index, flip
+        self.next_index = next_index
         self.labels = labels
-        self.steps_per_epoch = len(split) // batch_size
+        self.steps_per_epoch = self.order.steps_per_epoch
         self._iterator = None
         self._expected: int | None = None
         self._last: tuple[int, tuple[Tensor, Tensor | None]] | None = None
@@ -549,9 +535,7 @@ class StreamBatches:
         return self.labeled(step)[0]
 
     def restart(self, index: int) -> None:
-        order = _TrainOrder(
-            len(self.split), self.batch_size, self.seed, index, self.next_index, self.flip
-        )
+        order = _TrainOrder(self.order, index, self.next_index, self.split.flip)
         self._iterator = iter(self.split.loader(order))
         self._expected = index
         self.restarts += 1

@@ -117,7 +117,6 @@ class Trainer(TrainingCheckpoints):
             self.tcfg.batch_size,
             self.seed,
             rank_order(self.tcfg.accumulate_steps, self.ctx.world_size),
-            flip=bool(self.config.get("dataset", {}).get("flip", False)),
             labels=self.labels_of("train"),
         )
 
@@ -164,8 +163,7 @@ class Trainer(TrainingCheckpoints):
                 self._loop(bar, max_steps, grad_clip, params, guard)
         finally:
             bar.close()
-            if isinstance(self.batches, StreamBatches):  # its workers, before the test
-                self.batches.close()
+            self.batches.close()  # a streamed dataset's workers, before the test
         self.ctx.barrier()  # rank 0's last checkpoints are on disk for every rank to read
         return self.state
 
@@ -221,7 +219,8 @@ class Trainer(TrainingCheckpoints):
                     loss.detach().float().reshape(1),
                     torch.as_tensor(shown, device=grad_norm.device).detach().float().reshape(1),
                     (grad_norm > tc.grad_skip).float().reshape(1),
-                    torch.tensor([float(self._skipped_records())], device=grad_norm.device),
+                    # records a streamed dataset could not read in this step's micro-batches
+                    torch.tensor([float(self.batches.take_skipped())], device=grad_norm.device),
                 ]
             )
             reduced = self.ctx.all_reduce(flags).tolist()
@@ -310,10 +309,6 @@ class Trainer(TrainingCheckpoints):
                     step,
                 )
                 break
-
-    def _skipped_records(self) -> int:
-        """Records of this step's micro-batches a streamed dataset could not read."""
-        return self.batches.take_skipped() if isinstance(self.batches, StreamBatches) else 0
 
     def _forward_backward(self) -> tuple[tuple, dict, torch.Tensor]:
         """Gradients of one optimizer step, summed over ``trainer.accumulate_steps``
