@@ -36,6 +36,13 @@ def _check(cfg: DictConfig, key: str, ok: Callable[[object], bool], allowed: str
 WANDB_NAME_LIMIT = 128
 
 
+# the datasets read from a folder the user names, and what it holds
+FOLDER_DATASETS = {
+    "image_folder": "with one sub-folder of images per class",
+    "image_stream": "of images (one sub-folder per class, or none) or of .tar shards",
+}
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Reject bad values with a message naming the key and what is allowed."""
     positive_int = (lambda v: _integer(v) and v >= 1, "a positive integer")
@@ -124,16 +131,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     for key, ok, allowed in checks:
         _check(cfg, key, ok, allowed)
     _check_output_root(cfg)
-    if cfg.dataset.name == "image_folder" and OmegaConf.is_missing(cfg.dataset, "path"):
+    holds = FOLDER_DATASETS.get(cfg.dataset.name)
+    if holds is not None and OmegaConf.is_missing(cfg.dataset, "path"):
         raise GenflowError(
-            "dataset=image_folder needs dataset.path=<folder>: a folder with one sub-folder "
-            "of images per class (relative to dataset.root, or absolute)"
-        )
-    if cfg.dataset.name == "image_stream" and OmegaConf.is_missing(cfg.dataset, "path"):
-        raise GenflowError(
-            "dataset=image_stream needs dataset.path=<folder>: a folder of images (one "
-            "sub-folder per class, or none) or of .tar shards (relative to dataset.root, or "
-            "absolute)"
+            f"dataset={cfg.dataset.name} needs dataset.path=<folder>: a folder {holds} "
+            "(relative to dataset.root, or absolute)"
         )
     if cfg.dataset.get("num_workers") is not None:
         _check(cfg, "dataset.num_workers", lambda v: _integer(v) and v >= 0, "an integer >= 0")
