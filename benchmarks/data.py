@@ -83,28 +83,15 @@ def make_images(folder: Path, n: int, size: int, fmt: str, shards: int = 0) -> P
     return folder
 
 
-def stream_config(path: Path, size: int, workers: int, device: str) -> dict:
-    return {
-        "name": "image_stream",
-        "root": str(path.parent),
-        "path": str(path),
-        "format": "auto",
-        "train": None,
-        "val": None,
-        "test": None,
-        "image_size": size,
-        "channels": 3,
-        "resize": False,
-        "flip": False,
-        "n_bits": 8,
-        "levels": 256,
-        "shape": [3, size, size],
-        "val_fraction": 0.01,
-        "test_fraction": 0.01,
-        "split_seed": 0,
-        "num_workers": workers,
-        "strict": False,
-    }
+def compose(overrides: list[str]):
+    """The config ``genflow train <overrides>`` composes."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from genflow.config import config_dir
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return hydra_compose("train", overrides)
 
 
 def loader_rate(
@@ -112,12 +99,22 @@ def loader_rate(
 ) -> float:
     """Images/s the training loader delivers on ``device`` (after its first batch)."""
     import torch
-    from omegaconf import OmegaConf
 
     from genflow.data.datasets import load_dataset
     from genflow.data.stream import StreamBatches
 
-    splits = load_dataset(OmegaConf.create(stream_config(path, size, workers, device)))
+    dataset = compose(
+        [
+            "dataset=image_stream",
+            f"dataset.path={path}",
+            f"dataset.image_size={size}",
+            "dataset.resize=false",
+            f"dataset.num_workers={workers}",
+            "dataset.val_fraction=0.01",
+            "dataset.test_fraction=0.01",
+        ]
+    ).dataset
+    splits = load_dataset(dataset)
     train = splits.train.to(device)
     batches = StreamBatches(train, batch, seed=0)
     batches.labeled(0)  # the workers start
@@ -133,16 +130,12 @@ def loader_rate(
 def glow_rate(path: Path, device: str, steps: int) -> tuple[float, int]:
     """Images/s the default Glow at 64x64 trains on (its configured batch), data in memory."""
     import torch
-    from hydra import compose, initialize_config_dir
 
-    from genflow.config import config_dir
     from genflow.tasks.common import build_model
 
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose(
-            "train",
-            ["model=glow", "dataset=image_stream", f"dataset.path={path}", "dataset.image_size=64"],
-        )
+    cfg = compose(
+        ["model=glow", "dataset=image_stream", f"dataset.path={path}", "dataset.image_size=64"]
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device)
     batch = int(cfg.trainer.batch_size)
@@ -182,8 +175,13 @@ def throughput(args) -> None:
             rate = loader_rate(path, 64, workers, args.batch, args.device, args.seconds)
             rates[(source, workers)] = rate
             print(f"| {source} | {workers} | {rate:.0f} | {rate / consumed:.1f} |")
-    one = rates.get(("folder", 1)) or rates[("folder", max(args.workers))]
-    need = max(1, math.ceil(consumed / one)) if one else None
+    # one worker's rate: measured with 1 worker, else the most workers' rate shared out
+    most = max(args.workers)
+    one = rates.get(("folder", 1)) or (rates[("folder", most)] / most if most else None)
+    if one is None:  # only the training process decoded
+        print("workers it takes to feed Glow here: run with --workers 1 or more to say")
+        return
+    need = max(1, math.ceil(consumed / one))
     print(
         f"workers it takes to feed Glow here: {need} (one worker decodes about {one:.0f} images/s)"
     )
