@@ -12,7 +12,7 @@ import torch
 from genflow.models.vqvae import VQVAE, Codebook
 
 
-def tiny(**extra) -> VQVAE:
+def tiny(shape=(1, 2, 2), levels=2, **extra) -> VQVAE:
     kwargs = dict(
         num_codes=4,
         code_dim=3,
@@ -22,7 +22,7 @@ def tiny(**extra) -> VQVAE:
         prior_hidden_channels=8,
         prior_layers=2,
     )
-    return VQVAE((1, 2, 2), 2, **{**kwargs, **extra})
+    return VQVAE(shape, levels, **{**kwargs, **extra})
 
 
 def every_image() -> torch.Tensor:
@@ -135,16 +135,7 @@ def test_gradients_pass_the_quantisation_straight_through_and_commitment_pulls_t
 
 def test_samples_and_reconstructions_are_images_of_the_data_levels():
     torch.manual_seed(2)
-    model = VQVAE(
-        (1, 8, 8),
-        17,
-        num_codes=8,
-        code_dim=4,
-        hidden_channels=8,
-        num_blocks=1,
-        prior_hidden_channels=8,
-        prior_layers=2,
-    ).eval()
+    model = tiny((1, 8, 8), 17, num_codes=8, code_dim=4).eval()
     x = torch.randint(0, 17, (6, 1, 8, 8))
     model.initialize(x)
     samples = model.sample(5, temperature=0.9)
